@@ -1,0 +1,1 @@
+"""medtune orchestrator: typed configs, data, storage, drivers, reports and the CLI."""

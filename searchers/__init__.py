@@ -1,0 +1,1 @@
+"""medtune searchers: search algorithms as thin Ray Tune Searcher adapters over plain functions."""

@@ -1,0 +1,208 @@
+"""ODE as a Ray Tune Searcher (paper 2.3, Fig. 3).
+
+Phases: opposition-based initialisation (evaluate P and OP, keep the best NP), then
+generations of DE/rand/1/bin with one-to-one selection, each followed with probability JR
+by opposition-based generation jumping (evaluate OP* over the population's current bounds,
+keep the best NP of P u OP*).
+
+Every batch (P u OP, one generation, or one jump) is suggested at once so its trials run
+concurrently; the generation barrier is internal (``suggest`` returns None while a batch
+is still running). A genome whose decoded architecture was already evaluated reuses that
+fitness, an infeasible one gets the worst fitness without training; neither spends the
+evaluation budget. Results are applied only when a batch is complete and in batch order,
+so a search is deterministic for a seed whatever order trials finish in.
+"""
+from __future__ import annotations
+
+import math
+import pickle
+
+import numpy as np
+from ray.tune.search import Searcher
+
+from orchestrator.errors import ConfigError
+from searchers import de
+from searchers.cell_space import CellSpace
+
+WORST = -math.inf
+# A search whose last generations produced only duplicates/infeasible genomes has converged.
+MAX_IDLE_BATCHES = 25
+
+
+class ODESearcher(Searcher):
+    """Opposition-based differential evolution over a unit-hypercube genome space.
+
+    ``space`` decodes genomes (``dims``, ``decode(genome) -> Decoded``, ``config(decoded)``);
+    the default is the 29-gene 3D cell space. Fitness is ``result[metric]`` (maximised).
+    With ``max_cost``, a candidate whose ``cost_fn(config)`` exceeds it is infeasible (a
+    compute cap for small machines, e.g. FLOPs counted on the meta device).
+    """
+
+    def __init__(self, space=None, metric: str = "best_val_acc", mode: str = "max", pop_size: int = 20,
+                 F: float = 0.5, CR: float = 0.5, jump_rate: float = 0.3, budget: int = 200, seed: int = 0,
+                 cost_fn=None, max_cost: float | None = None):
+        if mode != "max":
+            raise ConfigError("the ODE searcher maximises its metric; use mode='max'")
+        if pop_size < 4:
+            raise ConfigError(f"--pop-size must be at least 4 for DE/rand/1, got {pop_size}")
+        if budget < pop_size:
+            raise ConfigError(f"--budget ({budget}) must be at least --pop-size ({pop_size})")
+        if not (0 < F <= 2 and 0 <= CR <= 1 and 0 <= jump_rate <= 1):
+            raise ConfigError("need 0 < F <= 2, 0 <= CR <= 1 and 0 <= JR <= 1")
+        super().__init__(metric=metric, mode=mode)
+        self.space = space or CellSpace()
+        self.pop_size, self.F, self.CR, self.jump_rate = pop_size, F, CR, jump_rate
+        self.budget, self.seed = budget, seed
+        self.cost_fn, self.max_cost = cost_fn, max_cost
+        self.rng = np.random.default_rng(seed)
+        self.history: list[dict] = []  # one record per candidate genome considered
+        self.fitness_by_key: dict[str, float] = {}
+        self.record_by_key: dict[str, int] = {}
+        self.trial_to_record: dict[str, int] = {}
+        self.population = None
+        self.population_fitness = None
+        self.phase = "init"
+        self.generation = 0
+        self.n_trials = 0
+        self.idle_batches = 0
+        self.batch: list[int] = []  # history indices of the current batch, in order
+        self.queue: list[int] = []  # records of this batch waiting for a trial
+        self.finished = False
+        self._start_batch(np.vstack([p := self.rng.random((pop_size, self.space.dims)),
+                                     de.opposition_population(p)]))
+
+    # ---- Tune interface -------------------------------------------------------------
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        if metric and metric != self.metric or mode and mode != self.mode:
+            return False
+        return True
+
+    def suggest(self, trial_id: str):
+        if self.finished:
+            return Searcher.FINISHED
+        if not self.queue:
+            return None
+        idx = self.queue.pop(0)
+        rec = self.history[idx]
+        rec["trial_id"], rec["status"] = trial_id, "running"
+        self.trial_to_record[trial_id] = idx
+        self.n_trials += 1
+        return dict(rec["config"], genome=list(rec["genome"]), candidate=idx, generation=rec["generation"])
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        idx = self.trial_to_record.pop(trial_id, None)
+        if idx is None:
+            return
+        rec = self.history[idx]
+        value = None if (error or not result) else result.get(self.metric)
+        failed = error or not result or result.get("status", "ok") != "ok" or value is None \
+            or not math.isfinite(float(value))
+        rec["status"] = "failed" if failed else "trained"
+        rec["fitness"] = WORST if failed else float(value)
+        rec["reason"] = "trial errored" if error else (result or {}).get("reason", "") if failed else ""
+        rec["metrics"] = {k: v for k, v in (result or {}).items() if _is_metric(k, v)}
+        self.fitness_by_key[rec["key"]] = rec["fitness"]
+        self._advance()
+
+    def save(self, checkpoint_path: str):
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__dict__, f)
+
+    def restore(self, checkpoint_path: str):
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))
+
+    # ---- the ODE state machine ------------------------------------------------------
+    def _start_batch(self, genomes: np.ndarray):
+        self.batch, self.queue = [], []
+        remaining = self.budget - self.n_trials
+        for genome in genomes:
+            decoded = self.space.decode(genome)
+            rec = {"candidate": len(self.history), "generation": self.generation, "phase": self.phase,
+                   "genome": [float(g) for g in genome], "key": decoded.key, "fitness": None,
+                   "status": "pending", "reason": decoded.reason, "trial_id": None, "metrics": {},
+                   "config": self.space.config(decoded) if decoded.feasible else None}
+            idx = len(self.history)
+            self.history.append(rec)
+            self.batch.append(idx)
+            if decoded.feasible and self.max_cost is not None and decoded.key not in self.record_by_key:
+                cost = self.cost_fn(rec["config"])
+                if cost > self.max_cost:
+                    decoded = type(decoded)(None, False, f"cost {cost:.4g} exceeds the cap of {self.max_cost:.4g}")
+                    rec["reason"] = decoded.reason
+            if not decoded.feasible:
+                rec["status"], rec["fitness"] = "infeasible", WORST
+            elif decoded.key in self.record_by_key:
+                rec["status"], rec["duplicate_of"] = "duplicate", self.record_by_key[decoded.key]
+            elif remaining > 0:
+                self.record_by_key[decoded.key] = idx
+                self.queue.append(idx)
+                remaining -= 1
+            else:
+                rec["status"], rec["reason"] = "not evaluated", "evaluation budget exhausted"
+        self.idle_batches = 0 if self.queue else self.idle_batches + 1
+        self._advance()
+
+    def _batch_fitness(self) -> np.ndarray | None:
+        """Fitness of the whole batch, or None while a trial of it is still running."""
+        values = []
+        for idx in self.batch:
+            rec = self.history[idx]
+            if rec["status"] in ("pending", "running"):
+                return None
+            if rec["status"] == "duplicate":
+                fit = self.fitness_by_key.get(rec["key"])
+                if fit is None:
+                    return None  # its original is still running in this batch
+                rec["fitness"] = fit
+            values.append(WORST if rec["fitness"] is None else rec["fitness"])
+        return np.asarray(values, dtype=float)
+
+    def _advance(self):
+        """Close the batch if complete, update P, and open the next batch (or finish)."""
+        fitness = self._batch_fitness()
+        if fitness is None:
+            return
+        genomes = np.asarray([self.history[i]["genome"] for i in self.batch])
+        if self.phase == "init":
+            keep = de.best_indices(fitness, self.pop_size)
+            self.population, self.population_fitness = genomes[keep], fitness[keep]
+        elif self.phase == "evolve":
+            self.population, self.population_fitness = de.select_survivors(
+                self.population, self.population_fitness, genomes, fitness)
+        else:  # jump
+            pool = np.vstack([self.population, genomes])
+            pool_fit = np.concatenate([self.population_fitness, fitness])
+            keep = de.best_indices(pool_fit, self.pop_size)
+            self.population, self.population_fitness = pool[keep], pool_fit[keep]
+        if self.n_trials >= self.budget or self.idle_batches >= MAX_IDLE_BATCHES:
+            self.finished = True
+            self.batch, self.queue = [], []
+            return
+        if self.phase == "evolve" and self.rng.random() <= self.jump_rate:
+            self.phase = "jump"
+            self._start_batch(de.generation_jump(self.population))
+        else:
+            self.phase = "evolve"
+            self.generation += 1
+            trials = de.de_rand_1_bin(self.population, self.F, self.CR, self.rng)
+            self._start_batch(de.repair_bounds(trials, self.rng))
+
+    # ---- results ---------------------------------------------------------------------
+    def evaluated(self) -> list[dict]:
+        """Records of trained (or failed) candidates, in evaluation order of suggestion."""
+        return [r for r in self.history if r["status"] in ("trained", "failed")]
+
+    def best_per_generation(self) -> list[tuple[int, float]]:
+        """(generation, best fitness found so far) after each generation; init is generation 0."""
+        out, best = [], WORST
+        for gen in sorted({r["generation"] for r in self.history}):
+            fits = [r["fitness"] for r in self.history if r["generation"] == gen and r["fitness"] is not None]
+            best = max([best] + fits)
+            out.append((gen, best))
+        return out
+
+
+def _is_metric(key: str, value) -> bool:
+    return isinstance(value, (int, float, str, bool)) and key not in ("config", "trial_id", "date", "hostname",
+                                                                        "node_ip", "pid", "experiment_tag")

@@ -1,0 +1,53 @@
+"""Losses and metrics that follow the MedMNIST task type.
+
+ACC and AUC are computed by medmnist's own ``getACC`` / ``getAUC`` (the functions its
+Evaluator uses), so numbers are comparable with the MedMNIST benchmarks.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+BINARY = "binary-class"
+MULTI_LABEL = "multi-label, binary-class"
+
+
+def loss_fn(task: str):
+    """BCE-with-logits for binary and multi-label tasks, cross-entropy otherwise (paper 3.2)."""
+    if task in (BINARY, MULTI_LABEL):
+        return lambda logits, y: F.binary_cross_entropy_with_logits(logits, y.float())
+    return lambda logits, y: F.cross_entropy(logits, y[:, 0])
+
+
+def scores(logits: torch.Tensor, task: str) -> np.ndarray:
+    """Probabilities in the layout medmnist's Evaluator expects."""
+    if task in (BINARY, MULTI_LABEL):
+        return torch.sigmoid(logits.float()).cpu().numpy()
+    return torch.softmax(logits.float(), dim=1).cpu().numpy()
+
+
+def accuracy(y_true: np.ndarray, y_score: np.ndarray, task: str) -> float:
+    from medmnist.evaluator import getACC
+
+    return float(getACC(y_true, y_score, task))
+
+
+def auc(y_true: np.ndarray, y_score: np.ndarray, task: str) -> float:
+    """MedMNIST AUC; NaN where it is undefined (a split with a single class)."""
+    from medmnist.evaluator import getAUC
+
+    try:
+        value = float(getAUC(y_true, y_score, task))
+    except ValueError:
+        return math.nan
+    return value
+
+
+def dice(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> float:
+    """Mean Dice over the batch of binary masks (for the segmentation searches)."""
+    pred, target = pred.float().flatten(1), target.float().flatten(1)
+    inter = (pred * target).sum(1)
+    return float(((2 * inter + eps) / (pred.sum(1) + target.sum(1) + eps)).mean())
