@@ -232,8 +232,8 @@ def make_synthetic(flag: str, root: str | os.PathLike, size: int = 28,
                    n_samples: tuple[int, int, int] = (96, 32, 32), seed: int = 0) -> Path:
     """Write a SYNTHETIC MedMNIST-format npz for ``flag`` (for flags not available offline).
 
-    Each class is a bright blob at a class-specific position over noise, so a network can
-    learn it. A marker file beside it records its MD5; every output made from it is
+    Each class is a blob of class-specific position, size and brightness over noise, so even a
+    translation-invariant network (conv + global pooling) can learn it. A marker file beside it records its MD5; every output made from it is
     labelled synthetic.
     """
     flag, size = validate_flag_size(flag, size)
@@ -253,7 +253,9 @@ def make_synthetic(flag: str, root: str | os.PathLike, size: int = 28,
         img = rng.normal(0.2, 0.08, size=(n,) + (size,) * spatial_dims)
         for c in range(n_classes):
             d2 = ((grid - centres[c].reshape((-1,) + (1,) * spatial_dims)) ** 2).sum(0)
-            img += active[:, c].reshape((-1,) + (1,) * spatial_dims) * 0.7 * np.exp(-d2 / 0.08)
+            step = c / max(n_classes - 1, 1)
+            width, amplitude = 0.02 + 0.3 * step, 0.3 + 0.6 * step
+            img += active[:, c].reshape((-1,) + (1,) * spatial_dims) * amplitude * np.exp(-d2 / width)
         img = (np.clip(img, 0, 1) * 255).astype(np.uint8)
         if n_channels == 3:
             img = np.repeat(img[..., None], 3, axis=-1)

@@ -70,7 +70,10 @@ class CellNet(nn.Module):
         super().__init__()
         conv, pool = (nn.Conv3d, nn.MaxPool3d) if spatial_dims == 3 else (nn.Conv2d, nn.MaxPool2d)
         c = arch.n_f_init
-        self.stem = nn.Sequential(conv(in_channels, c, 3, padding=1, bias=False), _norm(spatial_dims, c), nn.ReLU())
+        # The paper leaves the stem open; batch norm (not IN) keeps differences in intensity
+        # between samples, which the IN-based cell operations then cannot erase alone.
+        bn = nn.BatchNorm3d if spatial_dims == 3 else nn.BatchNorm2d
+        self.stem = nn.Sequential(conv(in_channels, c, 3, padding=1, bias=False), bn(c), nn.ReLU())
         layers, c_in = [], c
         for s in range(arch.n_stacks):
             if s > 0:

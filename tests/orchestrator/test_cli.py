@@ -1,0 +1,120 @@
+"""The driver end to end: bad input, a tiny real search, and resume after the driver is killed."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from orchestrator.cli import main
+from orchestrator.config import ODESearchConfig
+from orchestrator.data import SAMPLE_ROOT, make_synthetic
+
+SAMPLE = ["--dataset", "adrenalmnist3d", "--data-root", str(SAMPLE_ROOT)]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["search", "ode", "--dataset", "nosuchmnist"], "unknown MedMNIST flag 'nosuchmnist'"),
+    (["search", "ode", *SAMPLE, "--budget", "5", "--pop-size", "10"], "--budget (5) must be at least --pop-size (10)"),
+    (["search", "ode", *SAMPLE, "--fraction", "1.5"], "--fraction must be in (0, 1]"),
+    (["search", "ode", *SAMPLE, "--fraction", "0"], "--fraction must be in (0, 1]"),
+    (["search", "ode", *SAMPLE, "--size", "30"], "--size must be 28, 64, 128 or 224"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, message, capsys, tmp_path):
+    assert main(args + ["--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("medtune: error: ") and message in err and "\n" not in err
+
+
+def test_missing_and_corrupt_files(capsys, tmp_path):
+    assert main(["search", "ode", "--dataset", "nodulemnist3d", "--data-root", str(tmp_path),
+                 "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "nodulemnist3d.npz not found in" in err and "expected MD5 8755a7e9e05a4d9ce80a24c3e7a256f3" in err
+    (tmp_path / "vesselmnist3d.npz").write_bytes(b"garbage")
+    assert main(["search", "ode", "--dataset", "vesselmnist3d", "--data-root", str(tmp_path),
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "corrupt or not the official file" in capsys.readouterr().err
+
+
+def test_console_script_exits_non_zero():
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "search", "ode", "--dataset", "nope"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip().startswith("medtune: error: unknown MedMNIST flag")
+
+
+def test_data_synth_and_check(capsys, tmp_path):
+    assert main(["data", "synth", "organmnist3d", "--root", str(tmp_path), "--n", "11", "11", "11"]) == 0
+    assert "SYNTHETIC" in capsys.readouterr().out
+    assert main(["data", "check", "organmnist3d", "--root", str(tmp_path)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["synthetic"] is True and info["splits"] == {"train": 11, "val": 11, "test": 11}
+
+
+def test_tiny_search_on_the_shipped_sample(ray_local, tmp_path):
+    from orchestrator.ode_search import run_ode_search
+
+    cfg = ODESearchConfig(dataset="adrenalmnist3d", data_root=str(SAMPLE_ROOT), out=str(tmp_path), budget=6,
+                          pop_size=4, max_epochs=2, fraction=0.1, max_gflops=0.05, top_k=2, retrain_epochs=1,
+                          seed=0)
+    summary = run_ode_search(cfg)
+    assert summary["search"] == "ode" and summary["dataset"] == "adrenalmnist3d" and summary["synthetic"] is False
+    table = pd.read_csv(tmp_path / "candidates.csv")
+    trained = table[table.status == "trained"]
+    assert summary["n_evaluated"] == len(table[table.status.isin(["trained", "failed"])]) > 0
+    assert trained.architecture.is_unique and (trained.flops <= 0.05e9).all()
+    assert trained.val_auc.between(0, 1).all() and trained.test_auc.between(0, 1).all()
+    best = summary["best"]
+    assert best and 0 <= best["test_acc"] <= 1 and best["params"] > 0 and best["flops"] > 0
+    top = pd.read_csv(tmp_path / "top_models.csv")
+    assert len(top) == min(2, len(trained)) and (top.status == "ok").all()
+    for png in ("best_fitness_per_generation.png", "test_auc_vs_params.png"):
+        assert (tmp_path / png).stat().st_size > 1000
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved["best"]["architecture"] == best["architecture"]
+    # the same --out without --resume never overwrites a finished experiment
+    with pytest.raises(Exception, match="already exists"):
+        run_ode_search(cfg)
+
+
+def _trial_dirs(out: Path):
+    return sorted((out / "tune" / "ode_search").glob("cand*"))
+
+
+def _finished_dir(d: Path) -> bool:
+    r = d / "result.json"
+    return r.exists() and "done_training" in r.read_text()
+
+
+def test_killed_driver_resumes_without_losing_or_repeating_candidates(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "orchestrator.cli", "search", "ode", *SAMPLE, "--budget", "10", "--pop-size", "6",
+           "--max-epochs", "2", "--fraction", "0.25", "--max-gflops", "0.1", "--top-k", "0", "--seed", "1",
+           "--max-concurrent", "1", "--out", str(out)]
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS")}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    # one trial at a time: a 5th trial folder means 4 candidates have been evaluated
+    while len(_trial_dirs(out)) < 5 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    assert proc.poll() is None, "search ended before it could be interrupted"
+    time.sleep(3)  # Tune saves experiment + searcher state every 2 s (TUNE_GLOBAL_CHECKPOINT_S)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = {d.name for d in _trial_dirs(out) if _finished_dir(d)}
+    assert len(before) >= 1, [(d.name, sorted(p.name for p in d.iterdir())) for d in _trial_dirs(out)]
+
+    done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=env, timeout=400)
+    assert done.returncode == 0, done.stderr[-2000:]
+    dirs = _trial_dirs(out)
+    assert before <= {d.name for d in dirs}  # nothing evaluated before the kill was lost
+    archs = [json.dumps(json.loads((d / "params.json").read_text())["architecture"], sort_keys=True) for d in dirs]
+    assert len(archs) == len(set(archs))  # and no architecture was trained twice
+    table = pd.read_csv(out / "candidates.csv")
+    assert len(table[table.status == "trained"]) == len(dirs)
+    assert json.loads((out / "summary.json").read_text())["n_evaluated"] == len(dirs)

@@ -1,0 +1,82 @@
+"""Metrics follow medmnist's Evaluator; the fit loop learns, early-stops and fails cleanly."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from medmnist.evaluator import getACC, getAUC
+
+from orchestrator.data import load_medmnist, make_synthetic
+from trainables import metrics
+from trainables.fit import FitConfig, NonFiniteLoss, fit
+from trainables.nets.cell_net import CellNet
+from searchers.cell_space import CellArchitecture
+
+
+@pytest.mark.parametrize("task,n_out", [("binary-class", 1), ("multi-class", 4), ("ordinal-regression", 5),
+                                        ("multi-label, binary-class", 3)])
+def test_acc_auc_equal_medmnist_evaluator(task, n_out):
+    rng = np.random.default_rng(0)
+    logits = torch.randn(50, n_out)
+    if task == "multi-label, binary-class":
+        y = rng.integers(0, 2, (50, n_out))
+    else:
+        y = rng.integers(0, max(n_out, 2), (50, 1))
+    s = metrics.scores(logits, task)
+    assert metrics.accuracy(y, s, task) == pytest.approx(getACC(y, s, task))
+    assert metrics.auc(y, s, task) == pytest.approx(getAUC(y, s, task))
+
+
+def test_loss_follows_task():
+    logits = torch.tensor([[2.0, -1.0]])
+    assert metrics.loss_fn("multi-class")(logits, torch.tensor([[0]])) == pytest.approx(
+        torch.nn.functional.cross_entropy(logits, torch.tensor([0])).item())
+    assert metrics.loss_fn("binary-class")(torch.tensor([[0.0]]), torch.tensor([[1]])) == pytest.approx(math.log(2))
+
+
+def test_auc_undefined_on_a_single_class_is_nan():
+    assert math.isnan(metrics.auc(np.zeros((4, 1)), np.full((4, 1), 0.3), "binary-class"))
+
+
+def test_dice():
+    a = torch.tensor([[1, 1, 0, 0]])
+    assert metrics.dice(a, a) == pytest.approx(1.0)
+    assert metrics.dice(a, torch.tensor([[1, 0, 0, 0]])) == pytest.approx(2 / 3, abs=1e-4)
+
+
+@pytest.fixture(scope="module")
+def synthetic_2d(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    make_synthetic("pneumoniamnist", root, n_samples=(128, 48, 48), seed=0)
+    return load_medmnist("pneumoniamnist", 28, root, download=False)
+
+
+def small_arch():
+    return CellArchitecture(nodes=((1, "conv3_in_relu"),), edges=((0, 1), (0, 6), (1, 6)),
+                            n_stacks=1, n_modules=1, n_f_init=8)
+
+
+def test_fit_learns_synthetic_classes_and_reports_every_epoch(synthetic_2d):
+    torch.manual_seed(0)
+    net = CellNet(small_arch(), 1, synthetic_2d.info.n_outputs, spatial_dims=2)
+    rows = []
+    res = fit(net, synthetic_2d, FitConfig(max_epochs=6, batch_size=32, lr=1e-2, patience=6), report=rows.append,
+              evaluate_test=True)
+    assert [r["epoch"] for r in rows] == list(range(1, res.epochs_run + 1)) and res.epochs_run == 6
+    assert res.best["val_auc"] > 0.9 and res.best["val_acc"] > 0.8
+    assert res.test["test_acc"] > 0.8
+    assert rows[-1]["best_val_acc"] == max(r["val_acc"] for r in rows)
+
+
+def test_early_stopping_after_patience_epochs_without_val_loss_improvement(synthetic_2d):
+    net = CellNet(small_arch(), 1, synthetic_2d.info.n_outputs, spatial_dims=2)
+    res = fit(net, synthetic_2d, FitConfig(max_epochs=30, batch_size=32, lr=0.0, patience=2))
+    assert res.epochs_run == 3  # lr 0: epoch 1 sets the best loss, 2 stale epochs stop it
+
+
+def test_divergence_raises_non_finite_loss(synthetic_2d):
+    net = CellNet(small_arch(), 1, synthetic_2d.info.n_outputs, spatial_dims=2)
+    with torch.no_grad():
+        net.head.weight.fill_(float("nan"))
+    with pytest.raises(NonFiniteLoss):
+        fit(net, synthetic_2d, FitConfig(max_epochs=2, batch_size=32))
