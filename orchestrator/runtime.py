@@ -31,7 +31,9 @@ def worker_env(jemalloc: bool) -> dict:
 def ray_session(address: str | None = None, jemalloc: bool = False, num_cpus: int | None = None):
     """Use the Ray already running in this process, else connect/start one; shut down only
     what we started. ``address`` or ``RAY_ADDRESS`` (set by ``ray job submit``) joins a
-    cluster; otherwise a local Ray uses this machine."""
+    cluster (``auto`` = the one ``ray start`` left on this machine); otherwise a fresh local
+    Ray uses this machine. We never fall back to Ray's own "latest cluster" lookup, since a
+    killed driver can leave a stale address behind that would then be joined."""
     import ray
 
     if ray.is_initialized():
@@ -41,7 +43,7 @@ def ray_session(address: str | None = None, jemalloc: bool = False, num_cpus: in
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address or os.environ["RAY_ADDRESS"], **kwargs)
     else:
-        ray.init(num_cpus=num_cpus, **kwargs)
+        ray.init(address="local", num_cpus=num_cpus, **kwargs)
     try:
         yield ray
     finally:
