@@ -71,16 +71,24 @@ def set_threads_from_ray(default: int | None = None) -> int:
     return n
 
 
+# A split whose float32 copy fits this budget is converted once; larger ones stay uint8 and
+# each batch is converted on the fly (4x less memory, one extra pass per batch).
+FLOAT_PRELOAD_BYTES = int(os.environ.get("MEDTUNE_FLOAT_PRELOAD_MB", "1024")) * 2**20
+
+
 class DeviceSplit:
-    """One split held on the device as uint8; batches are converted to float on the fly."""
+    """One split held on the device, scaled to [0, 1] float32 once when it fits
+    :data:`FLOAT_PRELOAD_BYTES`, else as uint8 converted per batch."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, device: torch.device):
         # Arrays from Ray's object store are read-only views; sharing them without a copy is
-        # safe because batches are always new tensors (indexing + float()), never written back.
+        # safe because batches are only read (nothing here writes to a batch in place).
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            self.x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+            x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
             self.y = torch.from_numpy(np.ascontiguousarray(labels)).to(device)
+        self.preloaded = x.numel() * 4 <= FLOAT_PRELOAD_BYTES
+        self.x = x.float().div_(255.0) if self.preloaded else x
         self.device = device
 
     def __len__(self) -> int:
@@ -91,7 +99,8 @@ class DeviceSplit:
         order = torch.randperm(n, generator=generator).to(self.device) if generator is not None else None
         for start in range(0, n, batch_size):
             idx = order[start:start + batch_size] if order is not None else slice(start, start + batch_size)
-            yield self.x[idx].float().div_(255.0), self.y[idx]
+            x = self.x[idx]
+            yield (x if self.preloaded else x.float().div_(255.0)), self.y[idx]
 
 
 def _memory_format(x: torch.Tensor):

@@ -80,3 +80,19 @@ def test_divergence_raises_non_finite_loss(synthetic_2d):
         net.head.weight.fill_(float("nan"))
     with pytest.raises(NonFiniteLoss):
         fit(net, synthetic_2d, FitConfig(max_epochs=2, batch_size=32))
+
+
+def test_float_preload_and_uint8_batches_are_identical(monkeypatch):
+    from trainables import fit as fit_mod
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (10, 1, 4, 4, 4), dtype=np.uint8)
+    labels = rng.integers(0, 2, (10, 1))
+    pre = fit_mod.DeviceSplit(images, labels, torch.device("cpu"))
+    monkeypatch.setattr(fit_mod, "FLOAT_PRELOAD_BYTES", 0)  # too big to preload: uint8 path
+    raw = fit_mod.DeviceSplit(images, labels, torch.device("cpu"))
+    assert pre.preloaded and not raw.preloaded and raw.x.dtype == torch.uint8
+    for (xa, ya), (xb, yb) in zip(pre.batches(4, torch.Generator().manual_seed(1)),
+                                  raw.batches(4, torch.Generator().manual_seed(1))):
+        assert xa.dtype == xb.dtype == torch.float32 and torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert float(pre.x.max()) <= 1.0
