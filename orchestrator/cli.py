@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from orchestrator.config import ODESearchConfig
+from orchestrator.config import CompressSearchConfig, ODESearchConfig
 from orchestrator.errors import MedtuneError
 
 # The demo: the real AdrenalMNIST3D sample, a search small enough for 2 CPU cores.
@@ -49,6 +49,22 @@ def _add_ode_options(p: argparse.ArgumentParser):
     p.add_argument("--max-gflops", type=float, default=0.0, help="0: no cap; heavier candidates fail untrained")
 
 
+def _add_compress_options(p: argparse.ArgumentParser):
+    d = CompressSearchConfig()
+    p.add_argument("--model", default=d.model, help="base network: resnet10, resnet18, resnet34 or resnet50 (paper: resnet50)")
+    p.add_argument("--base-checkpoint", help="a trained base (train_base checkpoint folder); default: train one")
+    p.add_argument("--train-epochs", type=int, default=d.train_epochs, help="epochs to train the base (MedMNIST: 100)")
+    p.add_argument("--searcher", default=d.searcher, choices=["surrogate", "ctaea"],
+                   help="surrogate-assisted CTAEA (paper section 3) or pure CTAEA on the real function")
+    p.add_argument("--budget", type=int, default=d.budget, help="evaluations of the real function (paper: 100)")
+    p.add_argument("--initial", type=int, default=d.initial, help="Latin hypercube initial sample (paper: 50)")
+    p.add_argument("--infill", type=int, default=d.infill, help="infill points per iteration (paper: 2)")
+    p.add_argument("--ctaea-pop", type=int, default=d.ctaea_pop, help="CTAEA population (pure CTAEA: 20 or 10)")
+    p.add_argument("--ctaea-gens", type=int, default=d.ctaea_gens, help="CTAEA generations (pure CTAEA: 5 or 10)")
+    p.add_argument("--inference-batch", type=int, default=d.inference_batch, help="batch of the timed CPU inference")
+    p.add_argument("--inference-repeats", type=int, default=d.inference_repeats, help="timed runs (median is kept)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medtune", description="Medical-imaging NAS and compression on Ray Tune.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -61,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     ode = search.add_parser("ode", help="opposition-based DE over the 3D cell space")
     _add_run_options(ode, "results/ode")
     _add_ode_options(ode)
+    compress = search.add_parser("compress", help="surrogate-assisted CTAEA over pruning + quantization")
+    _add_run_options(compress, "results/compress")
+    _add_compress_options(compress)
 
     data = sub.add_parser("data", help="dataset utilities").add_subparsers(dest="data", required=True)
     synth = data.add_parser("synth", help="write a SYNTHETIC MedMNIST-format npz (for flags not available offline)")
@@ -110,6 +129,17 @@ def run(argv: list[str] | None = None) -> int:
         summary = run_ode_search(cfg)
         summary["out"] = str(cfg.out_dir)
         _print_summary(summary)
+    elif args.command == "search" and args.search == "compress":
+        from orchestrator.compress_search import run_compress_search
+
+        cfg = _config(CompressSearchConfig, args)
+        summary = run_compress_search(cfg)
+        if summary.get("synthetic"):
+            print("NOTE: results come from SYNTHETIC data")
+        print(json.dumps({k: summary[k] for k in ("search", "searcher", "dataset", "synthetic", "n_evaluated",
+                                                   "hypervolume")}))
+        print(f"base accuracy {summary['base']['accuracy']}, {len(summary['pareto'])} points in D*")
+        print(f"results in {cfg.out_dir}")
     elif args.command == "data" and args.data == "synth":
         from orchestrator.data import make_synthetic
 

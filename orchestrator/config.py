@@ -96,3 +96,39 @@ class ODESearchConfig(RunOptions):
     def fit_config(self, epochs: int | None = None) -> dict:
         return {"max_epochs": epochs or self.max_epochs, "lr": self.lr, "batch_size": self.batch_size,
                 "patience": self.patience, "select_metric": self.metric, "seed": self.seed}
+
+
+@dataclass
+class CompressSearchConfig(RunOptions):
+    """Surrogate-assisted CTAEA over pruning + quantization (paper section 3, 4.2-4.3)."""
+
+    out: str = "results/compress"
+    model: str = "resnet50"
+    base_checkpoint: str | None = None  # a train_base checkpoint dir; None: train one
+    train_epochs: int = 100  # MedMNIST recipe for the base network
+    searcher: str = "surrogate"  # "surrogate" (paper section 3) or "ctaea" (pure CTAEA baseline)
+    budget: int = 100
+    initial: int = 50
+    infill: int = 2
+    ctaea_pop: int = 50  # surrogate: CTAEA population on the surrogates; ctaea: population on the real function
+    ctaea_gens: int = 1000  # surrogate: generations on the surrogates; ctaea: generations (budget = pop x gens)
+    inference_batch: int = 128  # measured inference time: batch size (paper: 128) ...
+    inference_repeats: int = 5  # ... and the median over this many timed runs
+
+    def validate(self) -> "CompressSearchConfig":
+        from trainables.nets.resnet import RESNETS
+
+        self.validate_run()
+        if self.model.lower() not in RESNETS:
+            raise ConfigError(f"unknown model '{self.model}'; known models: {', '.join(sorted(RESNETS))}")
+        if self.base_checkpoint is not None and not Path(self.base_checkpoint).expanduser().is_dir():
+            raise ConfigError(f"base checkpoint {self.base_checkpoint} not found (expected a train_base checkpoint folder)")
+        if self.searcher not in ("surrogate", "ctaea"):
+            raise ConfigError(f"--searcher must be surrogate or ctaea, got {self.searcher}")
+        if self.train_epochs < 1 or self.infill < 1 or self.initial < 2 or self.ctaea_pop < 2 or self.ctaea_gens < 1:
+            raise ConfigError("need --train-epochs >= 1, --infill >= 1, --initial >= 2, --ctaea-pop >= 2, --ctaea-gens >= 1")
+        if self.inference_batch < 1 or self.inference_repeats < 1:
+            raise ConfigError("need --inference-batch >= 1 and --inference-repeats >= 1")
+        if self.searcher == "surrogate" and self.budget < self.initial:
+            raise ConfigError(f"--budget ({self.budget}) is smaller than the initial sample --initial ({self.initial})")
+        return self

@@ -93,7 +93,7 @@ def _finished_dir(d: Path) -> bool:
 def test_killed_driver_resumes_without_losing_or_repeating_candidates(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "orchestrator.cli", "search", "ode", *SAMPLE, "--budget", "10", "--pop-size", "6",
-           "--max-epochs", "2", "--fraction", "0.25", "--max-gflops", "0.1", "--top-k", "0", "--seed", "1",
+           "--max-epochs", "1", "--fraction", "0.1", "--max-gflops", "0.1", "--top-k", "0", "--seed", "1",
            "--max-concurrent", "1", "--out", str(out)]
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS")}
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
