@@ -48,7 +48,7 @@ DEFAULT_CONFIGS = {
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="resnet18", help="resnet18 | resnet34 | resnet50")
+    p.add_argument("--model", default="resnet18", help="resnet10 | resnet18 | resnet34 | resnet50")
     p.add_argument("--stem", default=None, help="medmnist | imagenet (default: imagenet in 3D)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=BASE_DEFAULTS["batch_size"])

@@ -41,6 +41,11 @@ def test_tiny_compression_search_on_the_shipped_sample(ray_local, tmp_path):
     for p in s["pareto"]:
         assert p["feasible"] and p["accuracy"] >= 0.96 * base["accuracy"] - 1e-12
     assert s["hypervolume"] >= 0 and (s["hypervolume"] > 0) == bool(s["pareto"])
+    feasible = ok[ok.feasible]
+    if len(feasible):  # the fastest feasible point of all evaluated, against the base
+        f = s["fastest_feasible"]
+        assert f["inference_ms"] == pytest.approx(feasible.inference_ms.min())
+        assert f["inference_ratio"] == pytest.approx(f["inference_ms"] / base["inference_ms"])
     for png in ("objective_space.png", "inference_vs_nonzero.png", "confusion_matrices.png"):
         assert (tmp_path / png).stat().st_size > 1000
     assert json.loads((tmp_path / "summary.json").read_text())["hypervolume"] == pytest.approx(s["hypervolume"])
