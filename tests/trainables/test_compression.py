@@ -182,6 +182,35 @@ def test_quantized_model_runs_close_to_float_and_is_smaller(spatial_dims, size):
     assert C.model_size_mb(qmodel) < 0.5 * C.model_size_mb(model)
 
 
+def test_engine_is_onednn_where_built_and_qconfig_safe_without_vnni(monkeypatch):
+    engines = torch.backends.quantized.supported_engines
+    expected = next(e for e in C.ENGINE_PREFERENCE if e in engines)
+    assert C.quantized_backend() == expected
+    assert C.quantized_backend(["fbgemm", "x86", "onednn"]) == "onednn"
+    assert C.quantized_backend(["qnnpack", "fbgemm"]) == "fbgemm"
+    assert C.quantized_backend(["qnnpack"]) == "qnnpack"
+    with pytest.raises(RuntimeError, match="no int8 CPU engine"):
+        C.quantized_backend([])
+    # 7-bit activations (x86 qconfig, reduce_range) unless VNNI can take full 8 bits
+    monkeypatch.setattr(C, "cpu_has_vnni", lambda: False)
+    assert C.qconfig_backend("onednn") == "x86"
+    monkeypatch.setattr(C, "cpu_has_vnni", lambda: True)
+    assert C.qconfig_backend("onednn") == "onednn"
+    assert C.qconfig_backend("x86") == "x86"
+
+
+@pytest.mark.parametrize("engine", ["onednn", "x86"])
+def test_quantize_with_an_explicit_engine_sets_it_for_inference(engine):
+    if engine not in torch.backends.quantized.supported_engines:
+        pytest.skip(f"torch build without {engine}")
+    model = tiny_resnet(3, in_channels=1, n_outputs=2)
+    calib = np.random.default_rng(1).integers(0, 256, size=(8, 1, 16, 16, 16), dtype=np.uint8)
+    qmodel, quantized, _ = C.quantize(model, calib, engine=engine)
+    assert torch.backends.quantized.engine == engine and "fc" in quantized
+    ref, out = C.predict(model, calib), C.predict(qmodel, calib)
+    assert float((out - ref).abs().max()) <= 0.05 * float(ref.abs().max())
+
+
 # ------------------------------------------------------------------ measurements
 
 def test_flops_accounting_and_f1_decreases_with_compression(blood):
