@@ -132,7 +132,8 @@ def _write_outputs(cfg: ODESearchConfig, data: MedMNISTData, searcher, final: li
         "n_failed": sum(r["status"] == "failed" for r in rows),
         "n_infeasible": sum(r["status"] == "infeasible" for r in rows),
         "n_duplicates": sum(r["status"] == "duplicate" for r in rows),
-        "generations": searcher.generation, "metric": cfg.metric, "wall_time_s": round(seconds, 1),
+        "generations": searcher.generation, "restarts": searcher.restarts, "metric": cfg.metric,
+        "wall_time_s": round(seconds, 1),
         "best": None if best is None else {
             "architecture": best["architecture"],
             "description": CellArchitecture.from_config(best["architecture"]).describe(),

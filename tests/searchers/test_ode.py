@@ -98,6 +98,36 @@ def test_infeasible_and_duplicate_candidates_are_not_trained():
         assert r["fitness"] == s.history[r["duplicate_of"]]["fitness"]
 
 
+class BasinSpace(GenomeSpace):
+    """Half the cube (gene 0 < 0.5) decodes to one architecture, like the stem-only cell that
+    most edge patterns prune down to; the other half are all distinct."""
+
+    def decode(self, genome):
+        return _Plain("basin") if genome[0] < 0.5 else super().decode(genome)
+
+
+def basin_fitness(genome) -> float:
+    return 1.0 if genome[0] < 0.5 else sphere(genome)  # the basin is the best architecture
+
+
+def test_converged_population_restarts_and_spends_the_budget():
+    s = drive(ODESearcher(space=BasinSpace(), pop_size=6, budget=30, seed=0), basin_fitness)
+    assert len(s.evaluated()) == 30 and s.restarts >= 1
+    restarts = [r for r in s.history if r["phase"] == "restart"]
+    assert restarts and any(r["status"] == "trained" for r in restarts)
+    assert [r["key"] for r in s.evaluated()].count("basin") == 1  # still trained once
+    assert s.population_fitness.max() == 1.0  # the elite survives every restart
+
+
+def test_exhausted_space_stops_without_spending_the_budget():
+    class ThreeSpace(GenomeSpace):
+        def decode(self, genome):
+            return _Plain(str(min(int(genome[0] * 3), 2)))
+
+    s = drive(ODESearcher(space=ThreeSpace(), pop_size=4, budget=20, seed=0), sphere)
+    assert s.finished and len(s.evaluated()) == 3 and s.restarts >= 1
+
+
 def test_cost_cap_makes_candidates_infeasible_without_training():
     s = ODESearcher(pop_size=6, budget=12, seed=0, cost_fn=lambda cfg: cfg["architecture"]["n_f_init"],
                     max_cost=8)
