@@ -36,6 +36,7 @@ Accounting choices the paper leaves open (each also stated where it is implement
 from __future__ import annotations
 
 import copy
+import functools
 import io
 import statistics
 import time
@@ -187,8 +188,9 @@ def accounted_flops(total: int, per_layer: Mapping[str, int], quantized_layers: 
 
 
 # Measured (benchmarks/int8_speed.py, torch 2.13, 2-core AVX2 CPU): oneDNN runs int8 ResNet
-# inference at 0.4-0.5x of float in 2D and 3D, while the default "x86" engine sends conv3d to
-# fbgemm, which is 1.7x *slower* than float. Hence oneDNN first.
+# inference at 0.3-0.4x of float in 2D and 0.57-0.69x in 3D (0.37-0.46x for the trained
+# AdrenalMNIST3D ResNet-18), while the default "x86" engine sends conv3d to fbgemm, which is
+# 1.6-2.2x *slower* than float. Hence oneDNN first.
 ENGINE_PREFERENCE = ("onednn", "x86", "fbgemm", "qnnpack")
 
 
@@ -202,13 +204,15 @@ def quantized_backend(engines: list[str] | None = None) -> str:
     raise RuntimeError(f"this torch build has no int8 CPU engine (engines: {engines})")
 
 
+@functools.lru_cache(maxsize=1)
 def cpu_has_vnni() -> bool:
-    """Whether this CPU has VNNI int8 dot-product instructions (Linux /proc/cpuinfo; else False)."""
+    """Whether this CPU has VNNI int8 dot-product instructions (Linux /proc/cpuinfo; else False).
+    Read once per process: every quantized candidate asks."""
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        flags = set(Path("/proc/cpuinfo").read_text().split())
     except OSError:
         return False
-    return any(f in flags.split() for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+    return not flags.isdisjoint({"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
 def qconfig_backend(engine: str) -> str:
