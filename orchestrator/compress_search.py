@@ -14,7 +14,7 @@ from orchestrator import reports
 from orchestrator.config import CompressSearchConfig
 from orchestrator.data import MedMNISTData, load_medmnist
 from orchestrator.errors import MedtuneError
-from orchestrator.experiments import experiment_path, run_experiment, trial_resources
+from orchestrator.experiments import experiment_path, require_finished, run_experiment, trial_resources
 from orchestrator.runtime import ray_session
 
 BASE_NAME, BASE_EVAL_NAME, SEARCH_NAME = "compress_base", "compress_base_eval", "compress_search"
@@ -84,6 +84,7 @@ def run_compress_search(cfg: CompressSearchConfig, data: MedMNISTData | None = N
     measured = {r.metrics["trial_id"]: r.metrics for r in grid if r.metrics and "trial_id" in r.metrics}
     searcher = make_searcher(cfg)
     searcher.restore_from_dir(experiment_path(cfg, SEARCH_NAME))
+    require_finished(searcher, SEARCH_NAME, cfg)
     return _write_outputs(cfg, data, base, base_dir, base_eval, searcher, measured, time.time() - started)
 
 

@@ -15,6 +15,10 @@ from orchestrator.errors import MedtuneError
 # Save experiment + searcher state at least every few seconds, so a killed driver loses
 # at most the trials that were still running (those re-run on resume).
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+# Ctrl+C stops the driver at once (KeyboardInterrupt; the CLI says how to resume). Tune's own
+# handler would instead end the experiment as if it had finished, and the driver would go on
+# to retrain and summarise a half-done search. The state saved every 2 s is what resume uses.
+os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
 
 
 def experiment_path(opts: RunOptions, name: str) -> str:
@@ -46,3 +50,10 @@ def trial_resources(opts: RunOptions) -> dict:
     if opts.gpus_per_trial:
         res["gpu"] = opts.gpus_per_trial
     return res
+
+
+def require_finished(searcher, name: str, opts: RunOptions) -> None:
+    """Refuse to report on a search that stopped early (Tune also ends a run on SIGUSR1)."""
+    if not searcher.is_finished:
+        raise MedtuneError(f"the {name} experiment stopped before its searcher finished; everything "
+                           f"evaluated is saved in {experiment_path(opts, name)}; rerun with --resume")

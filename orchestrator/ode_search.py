@@ -11,7 +11,7 @@ import time
 from orchestrator import reports
 from orchestrator.config import ODESearchConfig
 from orchestrator.data import MedMNISTData, load_medmnist
-from orchestrator.experiments import experiment_path, run_experiment, trial_resources
+from orchestrator.experiments import experiment_path, require_finished, run_experiment, trial_resources
 from orchestrator.runtime import ray_session
 
 SEARCH_NAME, RETRAIN_NAME = "ode_search", "ode_retrain"
@@ -66,6 +66,7 @@ def run_ode_search(cfg: ODESearchConfig, data: MedMNISTData | None = None) -> di
         # The searcher Tune ran (fresh or restored) saved its state beside the experiment.
         searcher = make_searcher(cfg, data.info)
         searcher.restore_from_dir(experiment_path(cfg, SEARCH_NAME))
+        require_finished(searcher, SEARCH_NAME, cfg)
         top = top_architectures(searcher.history, cfg.top_k)
         final = []
         if top:

@@ -81,6 +81,11 @@ class ODESearcher(Searcher):
         self._start_batch(np.vstack([p := self.rng.random((pop_size, self.space.dims)),
                                      de.opposition_population(p)]))
 
+    @property
+    def is_finished(self) -> bool:
+        """True once the budget is spent (or the space exhausted) and every trial is in."""
+        return self.finished
+
     # ---- Tune interface -------------------------------------------------------------
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         if metric and metric != self.metric or mode and mode != self.mode:

@@ -1,4 +1,4 @@
-"""The driver end to end: bad input, a tiny real search, and resume after the driver is killed."""
+"""The driver end to end: bad input, a tiny real search, and resume after Ctrl+C or a killed driver."""
 import json
 import os
 import signal
@@ -13,6 +13,7 @@ import pytest
 from orchestrator.cli import main
 from orchestrator.config import ODESearchConfig
 from orchestrator.data import SAMPLE_ROOT, make_synthetic
+from orchestrator.errors import MedtuneError
 
 SAMPLE = ["--dataset", "adrenalmnist3d", "--data-root", str(SAMPLE_ROOT)]
 
@@ -90,24 +91,43 @@ def _finished_dir(d: Path) -> bool:
     return r.exists() and "done_training" in r.read_text()
 
 
-def test_killed_driver_resumes_without_losing_or_repeating_candidates(tmp_path):
+def _start(cmd, env, **kw):
+    return subprocess.Popen(cmd, env=env, start_new_session=True, **kw)
+
+
+def _wait_for_trials(proc, out: Path, n: int) -> None:
+    deadline = time.time() + 300
+    while len(_trial_dirs(out)) < n and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    assert proc.poll() is None, "search ended before it could be interrupted"
+    time.sleep(3)  # Tune saves experiment + searcher state every 2 s (TUNE_GLOBAL_CHECKPOINT_S)
+
+
+def test_interrupted_and_killed_driver_resume_without_losing_or_repeating_candidates(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "orchestrator.cli", "search", "ode", *SAMPLE, "--budget", "10", "--pop-size", "6",
            "--max-epochs", "1", "--fraction", "0.1", "--max-gflops", "0.1", "--top-k", "0", "--seed", "1",
            "--max-concurrent", "1", "--out", str(out)]
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS")}
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-                            start_new_session=True)
-    deadline = time.time() + 300
-    # one trial at a time: a 5th trial folder means 4 candidates have been evaluated
-    while len(_trial_dirs(out)) < 5 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.5)
-    assert proc.poll() is None, "search ended before it could be interrupted"
-    time.sleep(3)  # Tune saves experiment + searcher state every 2 s (TUNE_GLOBAL_CHECKPOINT_S)
+
+    # Ctrl+C (SIGINT to the foreground group): the driver stops, says how to resume, exits 130,
+    # and does not summarise the half-done search (Tune alone would end it as finished).
+    proc = _start(cmd, env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_for_trials(proc, out, 3)  # one trial at a time: a 3rd folder means 2 were evaluated
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted; rerun with --resume" in err, err[-2000:]
+    assert not (out / "summary.json").exists()
+    interrupted = {d.name for d in _trial_dirs(out) if _finished_dir(d)}
+    assert len(interrupted) >= 1
+
+    # resumed, then SIGKILL: nothing can be saved at the kill itself
+    proc = _start(cmd + ["--resume"], env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for_trials(proc, out, len(_trial_dirs(out)) + 2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     before = {d.name for d in _trial_dirs(out) if _finished_dir(d)}
-    assert len(before) >= 1, [(d.name, sorted(p.name for p in d.iterdir())) for d in _trial_dirs(out)]
+    assert interrupted < before, [(d.name, sorted(p.name for p in d.iterdir())) for d in _trial_dirs(out)]
 
     done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=env, timeout=400)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -118,3 +138,15 @@ def test_killed_driver_resumes_without_losing_or_repeating_candidates(tmp_path):
     table = pd.read_csv(out / "candidates.csv")
     assert len(table[table.status == "trained"]) == len(dirs)
     assert json.loads((out / "summary.json").read_text())["n_evaluated"] == len(dirs)
+
+
+def test_a_search_that_stopped_early_is_refused_not_summarised(tmp_path):
+    from orchestrator.experiments import require_finished
+    from searchers.ode import ODESearcher
+
+    cfg = ODESearchConfig(dataset="adrenalmnist3d", out=str(tmp_path))
+    searcher = ODESearcher(pop_size=4, budget=8, seed=0)
+    with pytest.raises(MedtuneError, match=r"ode_search experiment stopped before its searcher finished.*--resume"):
+        require_finished(searcher, "ode_search", cfg)
+    searcher.finished = True
+    require_finished(searcher, "ode_search", cfg)
