@@ -91,8 +91,14 @@ def _finished_dir(d: Path) -> bool:
     return r.exists() and "done_training" in r.read_text()
 
 
+def _sigint_default():
+    # A test run from a background job without job control (CI) inherits SIGINT ignored, and a
+    # Python started that way ignores Ctrl+C too; give the driver what a terminal gives it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(cmd, env, **kw):
-    return subprocess.Popen(cmd, env=env, start_new_session=True, **kw)
+    return subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=_sigint_default, **kw)
 
 
 def _wait_for_trials(proc, out: Path, n: int) -> None:
