@@ -1,7 +1,8 @@
 """Benchmark 4: ODE on the real AdrenalMNIST3D vs two hand-made baselines, same recipe.
 
     .venv/bin/python -m benchmarks.ode_real [--seeds 0 1 2] [--budget 24] [--max-epochs 10]
-        [--data-root ../shared/data/medmnist] [--resnet-seeds 1] [--out results/bench_ode_real]
+        [--fraction 0.25] [--val-fraction F] [--data-root ../shared/data/medmnist] [--resnet-seeds 1]
+        [--out results/bench_ode_real]
 
 Per seed: an ODE search (1/4 of train/val, <= --max-epochs, early stopping), its top 3
 retrained on the full train split with the same epoch budget, the val-selected one tested;
@@ -53,6 +54,7 @@ def main():
     p.add_argument("--pop-size", type=int, default=8)
     p.add_argument("--max-epochs", type=int, default=10)
     p.add_argument("--fraction", type=float, default=0.25)
+    p.add_argument("--val-fraction", type=float, default=None, help="default: --fraction (the paper)")
     p.add_argument("--max-gflops", type=float, default=0.3)
     p.add_argument("--metric", default="val_auc", choices=["val_acc", "val_auc"])
     p.add_argument("--resnet-seeds", type=int, default=1, help="ResNet-18 is ~30x slower: seeds to run it for")
@@ -77,7 +79,7 @@ def main():
         if ("ode", seed) not in done:
             cfg = ODESearchConfig(dataset="adrenalmnist3d", data_root=args.data_root, out=str(out / f"ode_seed{seed}"),
                                   budget=args.budget, pop_size=args.pop_size, max_epochs=args.max_epochs,
-                                  fraction=args.fraction, max_gflops=args.max_gflops, metric=args.metric,
+                                  fraction=args.fraction, val_fraction=args.val_fraction, max_gflops=args.max_gflops, metric=args.metric,
                                   top_k=3, seed=seed, max_concurrent=2, resume=True)
             t = time.perf_counter()
             s = run_ode_search(cfg, data)

@@ -39,6 +39,8 @@ def _add_ode_options(p: argparse.ArgumentParser):
     p.add_argument("--CR", type=float, default=d.CR, help="DE crossover rate")
     p.add_argument("--jump-rate", type=float, default=d.jump_rate, help="JR, generation jumping probability")
     p.add_argument("--fraction", type=float, default=d.fraction, help="train/val fraction during search (paper: 0.25)")
+    p.add_argument("--val-fraction", type=float, default=None,
+                   help="val fraction during search (default: --fraction); 1.0 for small val splits")
     p.add_argument("--max-epochs", type=int, default=d.max_epochs)
     p.add_argument("--patience", type=int, default=d.patience, help="early stopping on val loss")
     p.add_argument("--batch-size", type=int, default=d.batch_size)

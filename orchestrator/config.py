@@ -66,6 +66,7 @@ class ODESearchConfig(RunOptions):
     CR: float = 0.5
     jump_rate: float = 0.3
     fraction: float = 0.25
+    val_fraction: float | None = None  # None: same as fraction (paper); 1.0 keeps small val splits rankable
     max_epochs: int = 50
     patience: int = 5
     batch_size: int = 128
@@ -83,6 +84,8 @@ class ODESearchConfig(RunOptions):
             raise ConfigError(f"--budget ({self.budget}) must be at least --pop-size ({self.pop_size})")
         if not 0.0 < self.fraction <= 1.0:
             raise ConfigError(f"--fraction must be in (0, 1], got {self.fraction}")
+        if self.val_fraction is not None and not 0.0 < self.val_fraction <= 1.0:
+            raise ConfigError(f"--val-fraction must be in (0, 1], got {self.val_fraction}")
         if self.max_epochs < 1 or self.patience < 1 or self.batch_size < 1:
             raise ConfigError("--max-epochs, --patience and --batch-size must be >= 1")
         if self.metric not in ("val_acc", "val_auc"):

@@ -68,9 +68,11 @@ class MedMNISTData:
         images[split], labels[split] = self.images[split][idx], self.labels[split][idx]
         return MedMNISTData(self.info, images, labels)
 
-    def low_fidelity(self, fraction: float, seed: int) -> "MedMNISTData":
-        """Train and val both reduced to ``fraction``, as in the paper's search phase."""
-        return self.subset("train", fraction, seed).subset("val", fraction, seed + 1)
+    def low_fidelity(self, fraction: float, seed: int, val_fraction: float | None = None) -> "MedMNISTData":
+        """Train reduced to ``fraction`` and val to ``val_fraction`` (default: the same, as in
+        the paper's search phase, 3.2); test is never reduced."""
+        val_fraction = fraction if val_fraction is None else val_fraction
+        return self.subset("train", fraction, seed).subset("val", val_fraction, seed + 1)
 
     def sizes(self) -> dict:
         return {s: int(len(self.labels[s])) for s in SPLITS if s in self.labels}

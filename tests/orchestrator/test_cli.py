@@ -23,6 +23,7 @@ SAMPLE = ["--dataset", "adrenalmnist3d", "--data-root", str(SAMPLE_ROOT)]
     (["search", "ode", *SAMPLE, "--budget", "5", "--pop-size", "10"], "--budget (5) must be at least --pop-size (10)"),
     (["search", "ode", *SAMPLE, "--fraction", "1.5"], "--fraction must be in (0, 1]"),
     (["search", "ode", *SAMPLE, "--fraction", "0"], "--fraction must be in (0, 1]"),
+    (["search", "ode", *SAMPLE, "--val-fraction", "0"], "--val-fraction must be in (0, 1]"),
     (["search", "ode", *SAMPLE, "--size", "30"], "--size must be 28, 64, 128 or 224"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message, capsys, tmp_path):
