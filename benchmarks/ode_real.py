@@ -79,7 +79,8 @@ def main():
         if ("ode", seed) not in done:
             cfg = ODESearchConfig(dataset="adrenalmnist3d", data_root=args.data_root, out=str(out / f"ode_seed{seed}"),
                                   budget=args.budget, pop_size=args.pop_size, max_epochs=args.max_epochs,
-                                  fraction=args.fraction, val_fraction=args.val_fraction, max_gflops=args.max_gflops, metric=args.metric,
+                                  fraction=args.fraction, val_fraction=args.val_fraction,
+                                  max_gflops=args.max_gflops, metric=args.metric,
                                   top_k=3, seed=seed, max_concurrent=2, resume=True)
             t = time.perf_counter()
             s = run_ode_search(cfg, data)
