@@ -74,8 +74,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     configs = json.loads(args.configs.read_text()) if args.configs else DEFAULT_CONFIGS
     data = load_sample()
-    if args.train_fraction < 1.0:
-        data = data.subset("train", args.train_fraction, args.seed)
+    data = data.subset("train", args.train_fraction, args.seed)
     info = data.info
     label = "SYNTHETIC" if info.synthetic else "real"
     stem = args.stem or default_stem(info.spatial_dims)

@@ -50,8 +50,7 @@ def main():
     args = p.parse_args()
     torch.set_num_threads(2)
     data = load_medmnist("adrenalmnist3d", 28, args.data_root)
-    if args.fraction < 1:
-        data = data.low_fidelity(args.fraction, 0)
+    data = data.low_fidelity(args.fraction, 0)
     top = pd.read_csv(args.top_models)
     models = [(f"ode rank {r.rank} (cand {r.candidate})", json.loads(r.architecture), r.search_val_metric)
               for r in top.itertuples() if args.ranks is None or r.rank in args.ranks] + [("tiny_cnn", None, float("nan"))]

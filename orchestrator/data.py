@@ -62,10 +62,13 @@ class MedMNISTData:
     labels: dict = field(default_factory=dict)
 
     def subset(self, split: str, fraction: float, seed: int) -> "MedMNISTData":
-        """A copy whose ``split`` keeps a seeded stratified ``fraction`` (paper 3.2: 1/4)."""
+        """A copy whose ``split`` keeps a seeded stratified ``fraction`` (paper 3.2: 1/4).
+
+        At ``fraction`` 1 the split's arrays are shared, not copied (callers need no guard)."""
         idx = stratified_indices(self.labels[split], fraction, seed)
         images, labels = dict(self.images), dict(self.labels)
-        images[split], labels[split] = self.images[split][idx], self.labels[split][idx]
+        if len(idx) < len(self.labels[split]):
+            images[split], labels[split] = self.images[split][idx], self.labels[split][idx]
         return MedMNISTData(self.info, images, labels)
 
     def low_fidelity(self, fraction: float, seed: int, val_fraction: float | None = None) -> "MedMNISTData":

@@ -53,9 +53,7 @@ def run_ode_search(cfg: ODESearchConfig, data: MedMNISTData | None = None) -> di
     out.mkdir(parents=True, exist_ok=True)
     synthetic = bool(data.info.synthetic)
     started = time.time()
-    val_fraction = cfg.fraction if cfg.val_fraction is None else cfg.val_fraction
-    reduced = min(cfg.fraction, val_fraction) < 1
-    search_data = data.low_fidelity(cfg.fraction, cfg.seed, val_fraction) if reduced else data
+    search_data = data.low_fidelity(cfg.fraction, cfg.seed, cfg.val_fraction)
     with ray_session(cfg.address, cfg.jemalloc):
         searcher = make_searcher(cfg, data.info)
         trainable = tune.with_resources(

@@ -87,6 +87,6 @@ def test_stratified_subset_is_seeded_and_keeps_class_balance():
 def test_low_fidelity_can_keep_the_whole_val_split():
     d = D.load_sample()
     sub = d.low_fidelity(0.25, seed=1, val_fraction=1.0)
-    assert np.array_equal(sub.labels["val"], d.labels["val"])
+    assert sub.labels["val"] is d.labels["val"] and sub.images["val"] is d.images["val"]  # shared, not copied
     assert np.array_equal(sub.labels["train"], d.low_fidelity(0.25, seed=1).labels["train"])
     assert len(d.low_fidelity(0.25, seed=1, val_fraction=0.5).labels["val"]) == pytest.approx(49, abs=1)
