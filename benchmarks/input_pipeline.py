@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from benchmarks.common import emit, ensure_jemalloc, machine
 from orchestrator.data import SAMPLE_FLAG, SAMPLE_ROOT, load_sample
-from searchers.cell_space import CellArchitecture
+from medcore.cell_genotype import CellArchitecture
 from trainables import metrics
 from trainables.fit import DeviceSplit
 from trainables.nets.cell_net import CellNet

@@ -16,7 +16,7 @@ from orchestrator.runtime import JEMALLOC_CONF, jemalloc_path
 
 STEP = r"""
 import json, os, resource, time, torch
-from searchers.cell_space import CellArchitecture
+from medcore.cell_genotype import CellArchitecture
 from trainables.nets.cell_net import CellNet
 torch.set_num_threads(1)
 torch.manual_seed(0)

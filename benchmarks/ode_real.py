@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import ensure_jemalloc, machine
-from orchestrator.config import ODESearchConfig
+from orchestrator.config import FitOptions, ODESearchConfig, Resources
 from orchestrator.data import load_medmnist
 from trainables.complexity import count_flops, count_params
 from trainables.fit import FitConfig, fit
@@ -73,17 +73,18 @@ def main():
         print(json.dumps(row, default=float), flush=True)
 
     data = load_medmnist("adrenalmnist3d", 28, args.data_root)
-    from orchestrator.ode_search import run_ode_search
+    from orchestrator.driver import run_search
 
     for seed in args.seeds:
         if ("ode", seed) not in done:
-            cfg = ODESearchConfig(dataset="adrenalmnist3d", data_root=args.data_root, out=str(out / f"ode_seed{seed}"),
-                                  budget=args.budget, pop_size=args.pop_size, max_epochs=args.max_epochs,
-                                  fraction=args.fraction, val_fraction=args.val_fraction,
-                                  max_gflops=args.max_gflops, metric=args.metric,
-                                  top_k=3, seed=seed, max_concurrent=2, resume=True)
+            run_dir = out / f"ode_seed{seed}"
+            cfg = ODESearchConfig(dataset="adrenalmnist3d", data_root=args.data_root, out=str(run_dir),
+                                  budget=args.budget, pop_size=args.pop_size, fraction=args.fraction,
+                                  val_fraction=args.val_fraction, max_gflops=args.max_gflops, top_k=3, seed=seed,
+                                  resume=(run_dir / "run.json").exists(), resources=Resources(max_concurrent=2),
+                                  fit=FitOptions(max_epochs=args.max_epochs, metric=args.metric))
             t = time.perf_counter()
-            s = run_ode_search(cfg, data)
+            s = run_search("ode", cfg, data)
             b = s["best"]
             save({"model": "ode", "seed": seed, "test_auc": b["test_auc"], "test_acc": b["test_acc"],
                   "params": b["params"], "flops": b["flops"], "wall_s": time.perf_counter() - t,

@@ -1,39 +1,117 @@
-"""Typed search configurations. The CLI, YAML specs and the Python API build these objects;
-``validate()`` turns every bad value into one ConfigError line before any work starts."""
+"""Typed search configurations: one schema per search, shared by the CLI, YAML specs and Python.
+
+A config is a dataclass tree: the search's own settings at the top, ``resources`` (where and
+how trials run) and ``fit`` (the training recipe) nested. CLI flags are generated from the
+fields (:func:`add_flags`; help text lives on the field), YAML maps onto the same objects
+(:func:`from_dict`), and :meth:`SearchConfig.validate` checks everything once, raising a
+:class:`ConfigError` that names the field path, rendered as the flag on the CLI and as
+``searches[i].field`` in a spec.
+"""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+import argparse
+import dataclasses
+import typing
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 
-from orchestrator.errors import ConfigError
+from medcore.errors import ConfigError
+
+
+def opt(default=None, help: str = "", flag: str | None = None, choices=None, factory=None):
+    """A config field with its CLI help (and optional flag name and choices)."""
+    meta = {"help": help, "flag": flag, "choices": choices}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
-class RunOptions:
-    """Where and how a search runs: shared by every search."""
+class Resources:
+    """Where trials run and what each one asks of the cluster."""
 
-    dataset: str = "adrenalmnist3d"
-    data_root: str | None = None  # None: MEDTUNE_DATA, else medmnist's default
-    size: int = 28
-    out: str = "results/run"
-    storage: str | None = None  # Tune storage path; default <out>/tune
-    address: str | None = None  # Ray cluster address; default: RAY_ADDRESS, else local
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
-    max_concurrent: int = 0  # 0: as many as the cluster fits
-    resume: bool = False
-    seed: int = 0
-    jemalloc: bool = True  # LD_PRELOAD Ray's jemalloc into trial workers (benchmarks/jemalloc.py)
+    address: str | None = opt(None, "Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    cpus_per_trial: float = opt(1.0, "CPUs per trial")
+    gpus_per_trial: float = opt(0.0, "GPUs per trial (fractions share a GPU)")
+    memory_per_trial_gb: float = opt(0.0, "memory per trial in GB (0: estimated from the network and batch)")
+    max_concurrent: int = opt(0, "trials at a time (0: as many as the cluster fits)")
+    autoscale: bool = opt(False, "the cluster autoscales: accept requests above its current resources")
+    jemalloc: bool = opt(True, "do not preload Ray's jemalloc in trial workers (it makes CPU training ~2x faster)",
+                         flag="--no-jemalloc")
 
-    def validate_run(self):
-        if self.size not in (28, 64, 128, 224):
-            raise ConfigError(f"--size must be 28, 64, 128 or 224, got {self.size}")
+    def check(self):
         if self.cpus_per_trial <= 0:
-            raise ConfigError(f"--cpus-per-trial must be > 0, got {self.cpus_per_trial}")
+            raise ConfigError(f"must be > 0, got {self.cpus_per_trial}", "resources.cpus_per_trial")
         if self.gpus_per_trial < 0:
-            raise ConfigError(f"--gpus-per-trial must be >= 0, got {self.gpus_per_trial}")
+            raise ConfigError(f"must be >= 0, got {self.gpus_per_trial}", "resources.gpus_per_trial")
+        if self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial):
+            raise ConfigError(f"above 1 must be a whole number, got {self.gpus_per_trial}",
+                              "resources.gpus_per_trial")
+        if self.memory_per_trial_gb < 0:
+            raise ConfigError(f"must be >= 0, got {self.memory_per_trial_gb}", "resources.memory_per_trial_gb")
         if self.max_concurrent < 0:
-            raise ConfigError(f"--max-concurrent must be >= 0, got {self.max_concurrent}")
+            raise ConfigError(f"must be >= 0, got {self.max_concurrent}", "resources.max_concurrent")
+
+
+@dataclass
+class FitOptions:
+    """The training recipe every trainable's fit loop takes (paper defaults: Adam 1e-3, batch 128)."""
+
+    max_epochs: int = opt(50, "training epochs per candidate (at most)")
+    patience: int = opt(5, "early stopping: epochs without val-loss improvement (0: never stop early)")
+    batch_size: int = opt(128, "batch size")
+    lr: float = opt(1e-3, "Adam learning rate")
+    weight_decay: float = opt(0.0, "Adam L2 penalty")
+    metric: str = opt("val_acc", "validation metric that ranks candidates and selects epochs",
+                      choices=("val_acc", "val_auc"))
+
+    def check(self, prefix: str = "fit."):
+        for name in ("max_epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"must be >= 1, got {getattr(self, name)}", prefix + name)
+        if self.patience < 0:
+            raise ConfigError(f"must be >= 0, got {self.patience}", prefix + "patience")
+        if not self.lr > 0:
+            raise ConfigError(f"must be > 0, got {self.lr}", prefix + "lr")
+        if self.weight_decay < 0:
+            raise ConfigError(f"must be >= 0, got {self.weight_decay}", prefix + "weight_decay")
+        if self.metric not in ("val_acc", "val_auc"):
+            raise ConfigError(f"must be val_acc or val_auc, got {self.metric}", prefix + "metric")
+
+    def fit_config(self, seed: int, epochs: int | None = None) -> dict:
+        """The keyword arguments of ``trainables.fit.FitConfig``."""
+        max_epochs = epochs or self.max_epochs
+        return {"max_epochs": max_epochs, "lr": self.lr, "weight_decay": self.weight_decay,
+                "batch_size": self.batch_size, "patience": self.patience or max_epochs,
+                "select_metric": self.metric, "seed": seed}
+
+
+@dataclass
+class SearchConfig:
+    """What every search shares: the dataset, the run folder, resume, seed, resources."""
+
+    dataset: str = opt("adrenalmnist3d", "MedMNIST flag, e.g. adrenalmnist3d, bloodmnist")
+    data_root: str | None = opt(None, "folder with the MedMNIST npz files (default: $MEDTUNE_DATA or ~/.medmnist)")
+    size: int = opt(28, "image size: 28, 64, 128 or 224")
+    out: str = opt("results/run", "folder for tables, plots, summary.json and the Tune state")
+    storage: str | None = opt(None, "Tune storage path (default: <out>/tune)")
+    zoo: str | None = opt(None, "model zoo folder the search adds to (default: <out>/zoo)")
+    resume: bool = opt(False, "continue the run stored in --out")
+    seed: int = opt(0, "random seed of the search and its trainings")
+    resources: Resources = opt(factory=Resources)
+
+    def validate(self):
+        """Check every field once; raises ConfigError naming the field path. Returns self."""
+        if self.size not in (28, 64, 128, 224):
+            raise ConfigError(f"must be 28, 64, 128 or 224, got {self.size}", "size")
+        if not isinstance(self.dataset, str) or not self.dataset:
+            raise ConfigError("must name a dataset", "dataset")
+        self.resources.check()
+        self.check()
+        return self
+
+    def check(self):
+        """The search's own checks (subclasses)."""
 
     @property
     def out_dir(self) -> Path:
@@ -43,95 +121,223 @@ class RunOptions:
     def storage_path(self) -> str:
         return str(Path(self.storage).expanduser().resolve()) if self.storage else str(self.out_dir / "tune")
 
+    @property
+    def zoo_path(self) -> str:
+        return str(Path(self.zoo).expanduser().resolve()) if self.zoo else str(self.out_dir / "zoo")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict):
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ConfigError(f"unknown option(s) for {cls.__name__}: {', '.join(unknown)}")
-        return cls(**d)
-
 
 @dataclass
-class ODESearchConfig(RunOptions):
+class ODESearchConfig(SearchConfig):
     """ODE over the 3D cell space (paper 2.3, 3.2); defaults are the paper's."""
 
-    out: str = "results/ode"
-    budget: int = 200
-    pop_size: int = 20
-    F: float = 0.5
-    CR: float = 0.5
-    jump_rate: float = 0.3
-    fraction: float = 0.25
-    val_fraction: float | None = None  # None: same as fraction (paper); 1.0 keeps small val splits rankable
-    max_epochs: int = 50
-    patience: int = 5
-    batch_size: int = 128
-    lr: float = 1e-3
-    metric: str = "val_acc"  # fitness = best value of this validation metric
-    top_k: int = 3
-    retrain_epochs: int = 0  # 0: same as --max-epochs
-    max_gflops: float = 0.0  # 0: no cap; >0: heavier candidates are infeasible, never trained
+    out: str = opt("results/ode", "folder for tables, plots, summary.json and the Tune state")
+    budget: int = opt(200, "candidates to train (paper: 200)")
+    pop_size: int = opt(20, "NP (paper: 20)")
+    F: float = opt(0.5, "DE scale factor")
+    CR: float = opt(0.5, "DE crossover rate")
+    jump_rate: float = opt(0.3, "JR, generation jumping probability")
+    fraction: float = opt(0.25, "train/val fraction during search (paper: 0.25)")
+    val_fraction: float | None = opt(None, "val fraction during search (default: --fraction); 1.0 for small val splits")
+    top_k: int = opt(3, "architectures retrained on the full train split")
+    retrain_epochs: int = opt(0, "0: same as --max-epochs")
+    max_gflops: float = opt(0.0, "0: no cap; heavier candidates are infeasible, never trained")
+    fit: FitOptions = opt(factory=FitOptions)
 
-    def validate(self) -> "ODESearchConfig":
-        self.validate_run()
+    def check(self):
         if self.pop_size < 4:
-            raise ConfigError(f"--pop-size must be at least 4 for DE/rand/1, got {self.pop_size}")
+            raise ConfigError(f"must be at least 4 for DE/rand/1, got {self.pop_size}", "pop_size")
         if self.budget < self.pop_size:
-            raise ConfigError(f"--budget ({self.budget}) must be at least --pop-size ({self.pop_size})")
-        if not 0.0 < self.fraction <= 1.0:
-            raise ConfigError(f"--fraction must be in (0, 1], got {self.fraction}")
-        if self.val_fraction is not None and not 0.0 < self.val_fraction <= 1.0:
-            raise ConfigError(f"--val-fraction must be in (0, 1], got {self.val_fraction}")
-        if self.max_epochs < 1 or self.patience < 1 or self.batch_size < 1:
-            raise ConfigError("--max-epochs, --patience and --batch-size must be >= 1")
-        if self.metric not in ("val_acc", "val_auc"):
-            raise ConfigError(f"--metric must be val_acc or val_auc, got {self.metric}")
-        if not (0 < self.F <= 2 and 0 <= self.CR <= 1 and 0 <= self.jump_rate <= 1):
-            raise ConfigError("need 0 < F <= 2, 0 <= CR <= 1 and 0 <= jump rate <= 1")
-        if self.top_k < 0 or self.retrain_epochs < 0 or self.max_gflops < 0:
-            raise ConfigError("--top-k, --retrain-epochs and --max-gflops must be >= 0")
-        return self
+            raise ConfigError(f"must be at least `pop_size` ({self.pop_size}), got {self.budget}", "budget")
+        for name in ("fraction", "val_fraction"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 < value <= 1.0:
+                raise ConfigError(f"must be in (0, 1], got {value}", name)
+        if not 0 < self.F <= 2:
+            raise ConfigError(f"must be in (0, 2], got {self.F}", "F")
+        for name in ("CR", "jump_rate"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"must be in [0, 1], got {getattr(self, name)}", name)
+        for name in ("top_k", "retrain_epochs", "max_gflops"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"must be >= 0, got {getattr(self, name)}", name)
+        self.fit.check()
 
-    def fit_config(self, epochs: int | None = None) -> dict:
-        return {"max_epochs": epochs or self.max_epochs, "lr": self.lr, "batch_size": self.batch_size,
-                "patience": self.patience, "select_metric": self.metric, "seed": self.seed}
+
+def _base_recipe() -> FitOptions:
+    """MedMNIST's recipe for the base network (compression paper 4.2): Adam 1e-3, L2 1e-3,
+    batch 128, 100 epochs, no early stopping, the best val-accuracy epoch kept."""
+    return FitOptions(max_epochs=100, patience=0, weight_decay=1e-3)
 
 
 @dataclass
-class CompressSearchConfig(RunOptions):
+class BaseTrainOptions(FitOptions):
+    """The base network's recipe; its epochs flag is ``--train-epochs``."""
+
+    max_epochs: int = opt(100, "epochs to train the base (MedMNIST: 100)", flag="--train-epochs")
+    patience: int = opt(0, "early stopping on val loss (0: the recipe's fixed epoch count)")
+    weight_decay: float = opt(1e-3, "Adam L2 penalty (MedMNIST: 1e-3)")
+
+
+@dataclass
+class CompressSearchConfig(SearchConfig):
     """Surrogate-assisted CTAEA over pruning + quantization (paper section 3, 4.2-4.3)."""
 
-    out: str = "results/compress"
-    model: str = "resnet50"
-    base_checkpoint: str | None = None  # a train_base checkpoint dir; None: train one
-    train_epochs: int = 100  # MedMNIST recipe for the base network
-    searcher: str = "surrogate"  # "surrogate" (paper section 3) or "ctaea" (pure CTAEA baseline)
-    budget: int = 100
-    initial: int = 50
-    infill: int = 2
-    ctaea_pop: int = 50  # surrogate: CTAEA population on the surrogates; ctaea: population on the real function
-    ctaea_gens: int = 1000  # surrogate: generations on the surrogates; ctaea: generations (budget = pop x gens)
-    inference_batch: int = 128  # measured inference time: batch size (paper: 128) ...
-    inference_repeats: int = 5  # ... and the median over this many timed runs
+    out: str = opt("results/compress", "folder for tables, plots, summary.json and the Tune state")
+    model: str = opt("resnet50", "base network: resnet10, resnet18, resnet34 or resnet50 (paper: resnet50)")
+    base_checkpoint: str | None = opt(None, "a trained base (train_base checkpoint folder); default: train one")
+    searcher: str = opt("surrogate", "surrogate-assisted CTAEA (paper section 3) or pure CTAEA on the real function",
+                        choices=("surrogate", "ctaea"))
+    budget: int = opt(100, "evaluations of the real function (paper: 100)")
+    initial: int = opt(50, "Latin hypercube initial sample (paper: 50)")
+    infill: int = opt(2, "infill points per iteration (paper: 2)")
+    ctaea_pop: int = opt(50, "CTAEA population (pure CTAEA: 20 or 10)")
+    ctaea_gens: int = opt(1000, "CTAEA generations (pure CTAEA: 5 or 10)")
+    inference_batch: int = opt(128, "batch of the timed CPU inference")
+    inference_repeats: int = opt(5, "timed runs (median is kept)")
+    fit: BaseTrainOptions = opt(factory=BaseTrainOptions)
 
-    def validate(self) -> "CompressSearchConfig":
-        from trainables.nets.resnet import RESNETS
+    def check(self):
+        from medcore.networks import RESNET_NAMES
 
-        self.validate_run()
-        if self.model.lower() not in RESNETS:
-            raise ConfigError(f"unknown model '{self.model}'; known models: {', '.join(sorted(RESNETS))}")
+        if self.model.lower() not in RESNET_NAMES:
+            raise ConfigError(f"unknown model '{self.model}'; known models: {', '.join(RESNET_NAMES)}", "model")
         if self.base_checkpoint is not None and not Path(self.base_checkpoint).expanduser().is_dir():
-            raise ConfigError(f"base checkpoint {self.base_checkpoint} not found (expected a train_base checkpoint folder)")
+            raise ConfigError(f"{self.base_checkpoint} not found (expected a train_base checkpoint folder)",
+                              "base_checkpoint")
         if self.searcher not in ("surrogate", "ctaea"):
-            raise ConfigError(f"--searcher must be surrogate or ctaea, got {self.searcher}")
-        if self.train_epochs < 1 or self.infill < 1 or self.initial < 2 or self.ctaea_pop < 2 or self.ctaea_gens < 1:
-            raise ConfigError("need --train-epochs >= 1, --infill >= 1, --initial >= 2, --ctaea-pop >= 2, --ctaea-gens >= 1")
-        if self.inference_batch < 1 or self.inference_repeats < 1:
-            raise ConfigError("need --inference-batch >= 1 and --inference-repeats >= 1")
+            raise ConfigError(f"must be surrogate or ctaea, got {self.searcher}", "searcher")
+        for name, low in (("infill", 1), ("initial", 2), ("ctaea_pop", 2), ("ctaea_gens", 1),
+                          ("inference_batch", 1), ("inference_repeats", 1), ("budget", 1)):
+            if getattr(self, name) < low:
+                raise ConfigError(f"must be >= {low}, got {getattr(self, name)}", name)
         if self.searcher == "surrogate" and self.budget < self.initial:
-            raise ConfigError(f"--budget ({self.budget}) is smaller than the initial sample --initial ({self.initial})")
-        return self
+            raise ConfigError(f"must be at least the initial sample `initial` ({self.initial}), got {self.budget}",
+                              "budget")
+        self.fit.check()
+
+
+# ---- dataclass tree <-> flags and dicts -------------------------------------------------
+
+def leaves(cls, prefix: str = ""):
+    """(path, field, owner class) of every non-dataclass field, depth first."""
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        tp = hints[f.name]
+        if is_dataclass(tp):
+            yield from leaves(tp, prefix + f.name + ".")
+        else:
+            yield prefix + f.name, f, tp
+
+
+def flag_of(f) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def flag_names(cls) -> dict[str, str]:
+    """Field path -> CLI flag, for rendering errors in the CLI's words."""
+    return {path: flag_of(f) for path, f, _ in leaves(cls)}
+
+
+def _scalar_type(tp):
+    """The concrete type behind ``X | None``."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return args[0] if args else tp
+
+
+def add_flags(parser: argparse.ArgumentParser, cls) -> None:
+    """One flag per leaf field of ``cls``; the dest is the field path."""
+    defaults = cls()
+    for path, f, tp in leaves(cls):
+        default = _get(defaults, path)
+        kind = _scalar_type(tp)
+        help_text = f.metadata.get("help", "")
+        if kind is bool:
+            action = "store_false" if default else "store_true"
+            parser.add_argument(flag_of(f), dest=path, action=action, default=default, help=help_text)
+            continue
+        shown = f" (default: {default})" if default not in (None, "") else ""
+        parser.add_argument(flag_of(f), dest=path, type=kind, default=default, choices=f.metadata.get("choices"),
+                            help=help_text + shown)
+
+
+def from_flags(cls, args: argparse.Namespace):
+    """Build ``cls`` from the parsed flags of :func:`add_flags`."""
+    values = {path: getattr(args, path) for path, _, _ in leaves(cls)}
+    return from_dict(cls, _nest(values))
+
+
+def _nest(flat: dict) -> dict:
+    out: dict = {}
+    for path, value in flat.items():
+        node = out
+        *parents, leaf = path.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
+def _get(obj, path: str):
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def from_dict(cls, data, path: str = ""):
+    """Build a config tree from a (YAML / JSON) dict, checking names and types.
+
+    Unknown fields and wrong types raise ConfigError naming the field path.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"expected a mapping, got {type(data).__name__}", path.rstrip(".") or None)
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in fields(cls)}
+    for key in data:
+        if key not in names:
+            raise ConfigError(f"unknown field for {_label(cls)}; known: {', '.join(sorted(names))}", path + str(key))
+    kwargs = {}
+    for f in fields(cls):
+        if f.name not in data:
+            continue
+        tp, value = hints[f.name], data[f.name]
+        if is_dataclass(tp):
+            kwargs[f.name] = from_dict(tp, value, path + f.name + ".")
+        else:
+            kwargs[f.name] = _coerce(value, tp, path + f.name)
+    return cls(**kwargs)
+
+
+def _label(cls) -> str:
+    return cls.__name__
+
+
+def _coerce(value, tp, path: str):
+    optional = type(None) in typing.get_args(tp)
+    kind = _scalar_type(tp)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"must not be empty (expected {kind.__name__})", path)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif kind is str:
+        if isinstance(value, str):
+            return value
+    else:
+        return value
+    raise ConfigError(f"expected {kind.__name__}, got {value!r}", path)
+
+
+def replace(cfg, **changes):
+    """A copy of ``cfg`` with top-level fields changed (``dataclasses.replace``)."""
+    return dataclasses.replace(cfg, **changes)

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from orchestrator.errors import DataError
+from medcore.errors import DataError
+from medcore.records import DatasetInfo
 
 SPLITS = ("train", "val", "test")
 SAMPLE_ROOT = Path(__file__).parent / "sample_data"
@@ -28,29 +29,6 @@ def _info():
     import medmnist  # lazy: keeps `medtune --help` fast
 
     return medmnist.INFO
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """What a trial needs to know about a dataset, and where it came from."""
-
-    flag: str
-    task: str  # MedMNIST task string, e.g. "binary-class", "multi-label, binary-class"
-    n_channels: int
-    n_classes: int  # labels in INFO (classes, or binary labels for multi-label)
-    spatial_dims: int
-    size: int
-    synthetic: bool
-    path: str
-
-    @property
-    def n_outputs(self) -> int:
-        """Logits the network emits: 1 for binary (BCE), else one per class / label."""
-        return 1 if self.task == "binary-class" else self.n_classes
-
-    @property
-    def multi_label(self) -> bool:
-        return self.task == "multi-label, binary-class"
 
 
 @dataclass
@@ -206,8 +184,22 @@ def load_medmnist(flag: str, size: int = 28, root: str | os.PathLike | None = No
             raise DataError(f"{path.name}: {split}_labels has shape {labels.shape}, expected ({images.shape[0]}, L)")
         if images.shape[1] != data.info.n_channels:
             raise DataError(f"{path.name}: {split}_images has {images.shape[1]} channels, expected {data.info.n_channels}")
+        check_labels(labels, data.info, f"{path.name}: {split}_labels")
         data.images[split], data.labels[split] = images, labels.astype(np.int64)
     return data
+
+
+def check_labels(labels: np.ndarray, info: DatasetInfo, what: str) -> None:
+    """Refuse labels that do not fit the task: one column per label for multi-label tasks
+    (0/1 each), else one column of class indices 0..n_classes-1."""
+    columns = info.n_classes if info.multi_label else 1
+    if labels.shape[1] != columns:
+        raise DataError(f"{what} has {labels.shape[1]} columns; a {info.task} task with {info.n_classes} "
+                        f"{'labels' if info.multi_label else 'classes'} needs {columns}")
+    high = 1 if info.multi_label else info.n_classes - 1
+    if labels.size and (labels.min() < 0 or labels.max() > high):
+        raise DataError(f"{what} holds values {int(labels.min())}..{int(labels.max())}; the {info.task} task "
+                        f"of {info.flag} allows 0..{high}")
 
 
 def load_sample() -> MedMNISTData:

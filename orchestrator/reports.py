@@ -5,7 +5,6 @@ import json
 import math
 from pathlib import Path
 
-import pandas as pd
 
 SYNTHETIC_BANNER = "SYNTHETIC DATA (not a real MedMNIST result)"
 
@@ -26,6 +25,8 @@ def _title(ax, text: str, synthetic: bool):
 
 def write_table(records: list[dict], path: Path, synthetic: bool) -> Path:
     """One row per record; nested values as JSON text; a ``synthetic`` column on every row."""
+    import pandas as pd
+
     rows = []
     for r in records:
         rows.append({k: (json.dumps(v) if isinstance(v, (list, dict, tuple)) else v) for k, v in r.items()})
@@ -33,22 +34,6 @@ def write_table(records: list[dict], path: Path, synthetic: bool) -> Path:
     df["synthetic"] = synthetic
     df.to_csv(path, index=False)
     return path
-
-
-def write_json(obj: dict, path: Path) -> Path:
-    path.write_text(json.dumps(_finite(obj), indent=2, sort_keys=False))
-    return path
-
-
-def _finite(obj):
-    """JSON has no inf/NaN: write null instead."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 def plot_best_per_generation(points: list[tuple[int, float]], path: Path, metric: str, synthetic: bool) -> Path:

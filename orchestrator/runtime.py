@@ -1,9 +1,13 @@
-"""Connecting to Ray: a cluster (``--address`` / ``ray job submit``) or a local one."""
+"""Connecting to Ray (``--address`` / ``ray job submit`` / a local Ray) and checking that the
+cluster can run what a search asks of it."""
 from __future__ import annotations
 
 import os
+import signal
 from contextlib import contextmanager
 from pathlib import Path
+
+from medcore.errors import ResourceError
 
 JEMALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
 
@@ -27,6 +31,52 @@ def worker_env(jemalloc: bool) -> dict:
     return env
 
 
+def _token_hint(address: str) -> str:
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
+        return ""
+    return ("; if the cluster was started with token auth (RAY_AUTH_MODE=token), set RAY_AUTH_MODE=token "
+            "here too (the token is read from ~/.ray/auth_token or RAY_AUTH_TOKEN)")
+
+
+def check_reachable(address: str, timeout: float = 10.0) -> None:
+    """Refuse in one line a cluster that does not answer, or that wants a token we do not send,
+    before ``ray.init`` spends its 30 s of retries and warnings on it."""
+    if address in ("auto", "local") or "://" in address and not address.startswith("ray://"):
+        return
+    host_port = address.split("://")[-1]
+    host, _, port = host_port.rpartition(":")
+    import socket
+
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout):
+            pass
+    except (OSError, ValueError):
+        raise ResourceError(f"no Ray cluster answers at {address}; start one (`ray start --head`) or fix "
+                            f"--address") from None
+    if os.environ.get("RAY_AUTH_MODE", "").lower() != "token" and _cluster_wants_token(host or "127.0.0.1",
+                                                                                       int(port), timeout):
+        raise ResourceError(f"the Ray cluster at {address} requires token auth; set RAY_AUTH_MODE=token "
+                            f"(the token is read from ~/.ray/auth_token or RAY_AUTH_TOKEN)")
+
+
+def _cluster_wants_token(host: str, port: int, timeout: float) -> bool:
+    """Ask the GCS for its cluster id without a token: an UNAUTHENTICATED answer means token auth."""
+    try:
+        import grpc
+        from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+    except ImportError:
+        return False
+    channel = grpc.insecure_channel(f"{host}:{port}")
+    try:
+        stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)
+        stub.GetClusterId(gcs_service_pb2.GetClusterIdRequest(), timeout=timeout)
+    except grpc.RpcError as exc:
+        return exc.code() == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        channel.close()
+    return False
+
+
 @contextmanager
 def ray_session(address: str | None = None, jemalloc: bool = False, num_cpus: int | None = None):
     """Use the Ray already running in this process, else connect/start one; shut down only
@@ -36,15 +86,124 @@ def ray_session(address: str | None = None, jemalloc: bool = False, num_cpus: in
     killed driver can leave a stale address behind that would then be joined."""
     import ray
 
+    tune_survives_memory_kills()
     if ray.is_initialized():
         yield ray
         return
     kwargs = {"runtime_env": {"env_vars": worker_env(jemalloc)}, "log_to_driver": True}
-    if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address or os.environ["RAY_ADDRESS"], **kwargs)
+    target = address or os.environ.get("RAY_ADDRESS")
+    if target:
+        check_reachable(target)
+        try:
+            ray.init(address=target, **kwargs)
+        except ConnectionError as exc:
+            raise ResourceError(f"could not connect to the Ray cluster at {target}: "
+                                f"{str(exc).splitlines()[0]}{_token_hint(target)}") from None
     else:
         ray.init(address="local", num_cpus=num_cpus, **kwargs)
     try:
         yield ray
     finally:
         ray.shutdown()
+
+
+def tune_survives_memory_kills() -> None:
+    """Make a trial whose worker Ray's memory monitor killed a failed trial, not a crashed search.
+
+    Ray 2.60 resolves the killed trial's pending call with ``OutOfMemoryError``, which is
+    neither an actor nor a task error, and Tune's actor manager then raises "Caught unexpected
+    exception", ending the whole experiment. Here such an error reaches Tune as an actor death
+    (:class:`TrialOutOfMemoryError`), so Tune retries the trial like any lost worker and then
+    records it as errored; :func:`orchestrator.search.describe_error` names it 'out of memory'.
+    Idempotent; patches this driver process only.
+    """
+    from ray.air.execution._internal import actor_manager
+    from ray.exceptions import OutOfMemoryError, RayActorError, RayTaskError
+
+    manager = actor_manager.RayActorManager
+    if getattr(manager._actor_task_failed, "_medtune", False):
+        return
+    original = manager._actor_task_failed
+
+    def _actor_task_failed(self, tracked_actor_task, exception):
+        if isinstance(exception, OutOfMemoryError) and not isinstance(exception, (RayActorError, RayTaskError)):
+            exception = __getattr__("TrialOutOfMemoryError")(str(exception))
+        return original(self, tracked_actor_task, exception)
+
+    _actor_task_failed._medtune = True
+    manager._actor_task_failed = _actor_task_failed
+
+
+def __getattr__(name: str):
+    """``TrialOutOfMemoryError`` is built on first use, so importing this module imports no Ray
+    (and unpickling a saved trial error finds the class here)."""
+    if name != "TrialOutOfMemoryError":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from ray.exceptions import OutOfMemoryError, RayActorError
+
+    class TrialOutOfMemoryError(RayActorError, OutOfMemoryError):
+        """A trial's worker killed by Ray's memory monitor, as an actor death Tune handles."""
+
+        def __init__(self, message: str = ""):
+            RayActorError.__init__(self, error_msg=message)
+            self.message = message
+
+        def __reduce__(self):
+            return type(self), (self.error_msg,)
+
+    TrialOutOfMemoryError.__module__, TrialOutOfMemoryError.__qualname__ = __name__, name
+    globals()[name] = TrialOutOfMemoryError
+    return TrialOutOfMemoryError
+
+
+def node_capacities() -> list[dict]:
+    """Resources of every alive node (CPU, GPU, memory in bytes)."""
+    import ray
+
+    return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+
+
+def check_trial_fits(cpus: float, gpus: float, memory: float = 0.0, autoscale: bool = False) -> None:
+    """Refuse a per-trial request no node of the cluster can satisfy: such a trial would stay
+    PENDING forever. With ``autoscale`` the cluster may still grow, so nothing is refused."""
+    if autoscale:
+        return
+    nodes = node_capacities()
+    if not any(n.get("CPU", 0) >= cpus for n in nodes):
+        most = max((n.get("CPU", 0) for n in nodes), default=0)
+        raise ResourceError(f"--cpus-per-trial {cpus:g} is more than any node of the cluster has (largest: "
+                            f"{most:g} CPUs); lower it, or pass --autoscale on an autoscaling cluster")
+    if gpus and not any(n.get("GPU", 0) >= min(gpus, 1.0) for n in nodes):
+        total = sum(n.get("GPU", 0) for n in nodes)
+        raise ResourceError(f"--gpus-per-trial {gpus:g} but the cluster has {total:g} GPUs; use "
+                            f"--gpus-per-trial 0, or pass --autoscale on an autoscaling cluster")
+    if memory and not any(n.get("memory", 0) >= memory for n in nodes):
+        most = max((n.get("memory", 0) for n in nodes), default=0)
+        raise ResourceError(f"a trial needs {memory / 2**30:.1f} GB of memory but the largest node offers "
+                            f"{most / 2**30:.1f} GB to Ray; lower --memory-per-trial-gb or the batch size")
+
+
+def largest_node_memory() -> float:
+    """The most memory one node offers Ray's scheduler (bytes): the cap for any one trial."""
+    return max((n.get("memory", 0) for n in node_capacities()), default=0.0)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``ray job stop``, schedulers) takes the same path as Ctrl+C."""
+
+
+@contextmanager
+def sigterm_as_interrupt():
+    """Turn SIGTERM into :class:`Terminated` in the main thread while the block runs."""
+    def handler(signum, frame):
+        raise Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

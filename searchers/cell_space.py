@@ -10,31 +10,20 @@ in {1, 2} and n_f_init in {8, 16, 32} the same way.
 Nodes that are not on a path from input to output are pruned, as NAS-Bench-101 does (the
 paper adopts its |N| = 7, |E| = 9 limits); a cell with more than 9 remaining edges is
 infeasible and is never trained. No torch here: the Searcher decodes and de-duplicates.
+The decoded record (:class:`medcore.cell_genotype.CellArchitecture`), the operation names and
+the node numbering are defined in :mod:`medcore.cell_genotype`; this module only decodes.
 """
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
-N_NODES = 7
-INPUT, OUTPUT = 0, N_NODES - 1
-MAX_EDGES = 9
+from medcore.cell_genotype import (INPUT, MAX_EDGES, N_F_INIT, N_MODULES, N_NODES, N_STACKS, OPERATIONS, OUTPUT,
+                                   CellArchitecture)
+
 N_GENES = 29
 EDGE_GENES = N_NODES * (N_NODES - 1) // 2  # 21
-
-# Table 1, in order: the name says the layer order (conv k, IN = instance norm, activation).
-OPERATIONS = (
-    "conv3_in_relu", "conv5_in_relu", "conv7_in_relu",
-    "conv3_in_mish", "conv5_in_mish", "conv7_in_mish",
-    "in_mish_conv3", "in_mish_conv5", "in_mish_conv7",
-    "relu_conv3", "relu_conv5", "relu_conv7",
-    "mish_conv3", "mish_conv5", "mish_conv7",
-)
-N_STACKS = (1, 2)
-N_MODULES = (1, 2)
-N_F_INIT = (8, 16, 32)
 
 # (i, j) for gene g, row-major over the upper triangle.
 EDGE_INDEX = tuple((i, j) for i in range(N_NODES) for j in range(i + 1, N_NODES))
@@ -44,39 +33,6 @@ def interval_choice(value: float, choices: tuple):
     """Right-open equal sub-intervals of [0, 1]; 1.0 itself maps to the last choice."""
     k = min(int(float(value) * len(choices)), len(choices) - 1)
     return choices[max(k, 0)]
-
-
-@dataclass(frozen=True)
-class CellArchitecture:
-    """A decoded genome: the pruned cell DAG plus the three macro decision variables."""
-
-    nodes: tuple  # ((node index 1..5, operation name), ...) for nodes kept after pruning
-    edges: tuple  # ((i, j), ...) kept edges, i < j, node indices 0..6
-    n_stacks: int
-    n_modules: int
-    n_f_init: int
-
-    @property
-    def key(self) -> str:
-        """Identity used to train each distinct architecture only once."""
-        return json.dumps(self.to_config(), sort_keys=True)
-
-    def to_config(self) -> dict:
-        d = asdict(self)
-        d["nodes"] = [list(n) for n in self.nodes]
-        d["edges"] = [list(e) for e in self.edges]
-        return d
-
-    @classmethod
-    def from_config(cls, d: dict) -> "CellArchitecture":
-        return cls(nodes=tuple((int(i), str(op)) for i, op in d["nodes"]),
-                   edges=tuple((int(i), int(j)) for i, j in d["edges"]),
-                   n_stacks=int(d["n_stacks"]), n_modules=int(d["n_modules"]), n_f_init=int(d["n_f_init"]))
-
-    def describe(self) -> str:
-        ops = ",".join(f"{i}:{op}" for i, op in self.nodes) or "-"
-        edges = " ".join(f"{i}>{j}" for i, j in self.edges)
-        return f"S{self.n_stacks}M{self.n_modules}F{self.n_f_init} ops[{ops}] edges[{edges}]"
 
 
 @dataclass(frozen=True)

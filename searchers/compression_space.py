@@ -1,18 +1,8 @@
-"""The mixed design space of the pruning + quantization search (paper section 2.2).
+"""The solver-space encoding of the compression genome (paper section 2.2), LHS and a synthetic problem.
 
-Seven compression design variables, as config-dict keys::
-
-    x1  linear-layer pruning scope      {0 none, 1 all, 2 seeded random subset}
-    x2  conv-layer pruning scope        {0 none, 1 all, 2 seeded random subset}
-    x3  linear pruning intensity (%)    0 < x3 < 100, kept in [1, 99], 2 decimals
-    x4  conv pruning intensity (%)      0 < x4 < 100, kept in [1, 99], 2 decimals
-    x5  linear pruning type             {0 weights, 1 biases, 2 both}
-    x6  conv pruning type               {0 weights, 1 biases, 2 both}
-    x7  quantization                    {0 no, 1 yes}
-
-Every suggested config also carries ``"subset_seed"``: the searcher's seed, used by the
-trainable to draw the random subset of layers when a scope is 2, so the real function
-is deterministic for one search.
+The design variables and their validation live in :mod:`medcore.compression_genome` (one
+definition for searchers and trainables); this module maps them to and from the real
+vectors the solvers and surrogates work on.
 
 Encoding (the choice, and why)
 ------------------------------
@@ -32,65 +22,23 @@ are indifferent to it.
 
 Canonical configs (de-duplication)
 ----------------------------------
-When a scope is 0 nothing of that layer kind is pruned, so its intensity and pruning type
-cannot change the compressed model. :func:`canonical_config` sets them to fixed values
-(intensity = lower bound, type = 0) and :func:`canonical_key` drops them (``None``).
-Searchers compare canonical keys to "never re-propose an evaluated point" while still
-reporting the config exactly as suggested. :func:`canonical_vectors` snaps solver
-vectors to the encoding of their canonical config: the surrogates are trained and
-queried on these, so two configs the trainable cannot tell apart look identical to
-them as well.
+Searchers compare :func:`medcore.compression_genome.canonical_key` to "never re-propose an
+evaluated point" while still reporting the config exactly as suggested.
+:func:`canonical_vectors` snaps solver vectors to the encoding of their canonical config: the
+surrogates are trained and queried on these, so two configs the trainable cannot tell apart
+look identical to them as well.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 from scipy.stats import qmc
 
-from orchestrator.errors import ConfigError
-
-# ---------------------------------------------------------------------------------------
-# The variables (paper section 2.2)
-# ---------------------------------------------------------------------------------------
-
-INTENSITY_BOUNDS = (1.0, 99.0)  # percent; the paper's open interval 0 < x < 100, kept off the ends
-INTENSITY_DECIMALS = 2
-
-
-@dataclass(frozen=True)
-class DesignVariable:
-    """One compression design variable: categorical (``n_categories``) or continuous (``bounds``)."""
-
-    name: str
-    description: str
-    n_categories: int | None = None
-    bounds: tuple[float, float] | None = None
-
-    @property
-    def is_categorical(self) -> bool:
-        return self.n_categories is not None
-
-
-DESIGN_VARIABLES: tuple[DesignVariable, ...] = (
-    DesignVariable("x1", "linear-layer pruning scope (0 none, 1 all, 2 random subset)", n_categories=3),
-    DesignVariable("x2", "conv-layer pruning scope (0 none, 1 all, 2 random subset)", n_categories=3),
-    DesignVariable("x3", "linear pruning intensity (%)", bounds=INTENSITY_BOUNDS),
-    DesignVariable("x4", "conv pruning intensity (%)", bounds=INTENSITY_BOUNDS),
-    DesignVariable("x5", "linear pruning type (0 weights, 1 biases, 2 both)", n_categories=3),
-    DesignVariable("x6", "conv pruning type (0 weights, 1 biases, 2 both)", n_categories=3),
-    DesignVariable("x7", "quantization (0 no, 1 yes)", n_categories=2),
-)
-VARIABLE_NAMES: tuple[str, ...] = tuple(v.name for v in DESIGN_VARIABLES)
-N_VARIABLES = len(DESIGN_VARIABLES)
-
-# Which intensity / type belong to which scope: (scope, intensity, type).
-LAYER_GROUPS: tuple[tuple[str, str, str], ...] = (("x1", "x3", "x5"), ("x2", "x4", "x6"))
-
-# Canonical values of the "does not matter" variables when their scope is 0.
-CANONICAL_INTENSITY = INTENSITY_BOUNDS[0]
-CANONICAL_TYPE = 0
+from medcore.compression_genome import (CANONICAL_INTENSITY, CANONICAL_TYPE, DESIGN_VARIABLES, INTENSITY_BOUNDS,
+                                        INTENSITY_DECIMALS, LAYER_GROUPS, N_VARIABLES, VARIABLE_NAMES,
+                                        CompressionGenome, canonical_config, canonical_key)
+from medcore.errors import ConfigError
 
 _N_CATEGORIES = np.array([v.n_categories or 0 for v in DESIGN_VARIABLES])
 _IS_CATEGORICAL = _N_CATEGORIES > 0
@@ -99,45 +47,32 @@ _INDEX = {name: i for i, name in enumerate(VARIABLE_NAMES)}
 _LOW, _HIGH = INTENSITY_BOUNDS
 
 
-class CompressionConfigError(ConfigError, ValueError):
-    """A compression-search setting or config is invalid.
-
-    A :class:`~orchestrator.errors.ConfigError` (the CLI prints it as one line) that is also a
-    ``ValueError``, so plain-Python callers can catch it the standard way.
-    """
-
-
 # ---------------------------------------------------------------------------------------
 # Config <-> solver vector
 # ---------------------------------------------------------------------------------------
 
-def validate_config(config: Mapping) -> None:
-    """Raise :class:`CompressionConfigError` unless ``config`` holds all seven variables in range."""
-    for var in DESIGN_VARIABLES:
-        if var.name not in config:
-            raise CompressionConfigError(f"compression config is missing {var.name} ({var.description})")
-        value = config[var.name]
-        if var.is_categorical:
-            if int(value) != value or not 0 <= int(value) < var.n_categories:
-                raise CompressionConfigError(
-                    f"{var.name}={value!r} is not one of 0..{var.n_categories - 1} ({var.description})")
-        else:
-            lo, hi = var.bounds
-            if not lo <= float(value) <= hi:
-                raise CompressionConfigError(f"{var.name}={value!r} is outside [{lo}, {hi}] ({var.description})")
+def _encode_columns(values: np.ndarray) -> np.ndarray:
+    """Vectorised encode of variable values (rows of seven) into the unit cube.
+
+    Only an intensity whose scope is 0 can lie outside the bounds (see
+    :meth:`CompressionGenome.from_config`); it is clipped to the nearest bound, which cannot
+    change the compressed model.
+    """
+    out = np.empty_like(values)
+    cats = _IS_CATEGORICAL
+    out[:, cats] = (values[:, cats] + 0.5) / _N_CATEGORIES[cats]
+    out[:, ~cats] = np.clip((values[:, ~cats] - _LOW) / (_HIGH - _LOW), 0.0, 1.0)
+    return out
 
 
 def encode(config: Mapping) -> np.ndarray:
-    """Config -> solver vector in ``[0, 1]^7`` (categories at their cell centres)."""
-    validate_config(config)
-    u = np.empty(N_VARIABLES)
-    for i, var in enumerate(DESIGN_VARIABLES):
-        value = config[var.name]
-        if var.is_categorical:
-            u[i] = (int(value) + 0.5) / var.n_categories
-        else:
-            u[i] = (float(value) - _LOW) / (_HIGH - _LOW)
-    return u
+    """Config -> solver vector in ``[0, 1]^7`` (categories at their cell centres).
+
+    Raises :class:`~medcore.errors.ConfigError` (a ``ValueError``) for an invalid config.
+    """
+    genome = CompressionGenome.from_config(config)
+    values = np.array([list(genome.variables().values())], dtype=float)
+    return _encode_columns(values)[0]
 
 
 def encode_many(configs: Iterable[Mapping]) -> np.ndarray:
@@ -178,37 +113,8 @@ def decode_many(U: np.ndarray, subset_seed: int | None = None) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------
-# Canonical form
+# Canonical form in the solver space
 # ---------------------------------------------------------------------------------------
-
-def canonical_config(config: Mapping) -> dict:
-    """The config with intensity/type of every scope-0 layer kind set to fixed values.
-
-    Only the seven design variables are kept (``subset_seed`` is constant per search).
-    """
-    canon = {name: config[name] for name in VARIABLE_NAMES}
-    for scope, intensity, ptype in LAYER_GROUPS:
-        if int(canon[scope]) == 0:
-            canon[intensity] = CANONICAL_INTENSITY
-            canon[ptype] = CANONICAL_TYPE
-    for var in DESIGN_VARIABLES:
-        canon[var.name] = (int(canon[var.name]) if var.is_categorical
-                           else round(float(canon[var.name]), INTENSITY_DECIMALS))
-    return canon
-
-
-def canonical_key(config: Mapping) -> tuple:
-    """Hashable de-duplication key: two configs with equal keys compress the model identically.
-
-    Intensity and type of a scope-0 layer kind are ``None`` in the key.
-    """
-    canon = canonical_config(config)
-    irrelevant = set()
-    for scope, intensity, ptype in LAYER_GROUPS:
-        if canon[scope] == 0:
-            irrelevant.update((intensity, ptype))
-    return tuple(None if name in irrelevant else canon[name] for name in VARIABLE_NAMES)
-
 
 def canonical_vectors(U: np.ndarray) -> np.ndarray:
     """Snap solver vectors to the encoding of their canonical configs (vectorised).
@@ -221,15 +127,11 @@ def canonical_vectors(U: np.ndarray) -> np.ndarray:
         off = values[:, _INDEX[scope]] == 0
         values[off, _INDEX[intensity]] = CANONICAL_INTENSITY
         values[off, _INDEX[ptype]] = CANONICAL_TYPE
-    out = np.empty_like(values)
-    cats = _IS_CATEGORICAL
-    out[:, cats] = (values[:, cats] + 0.5) / _N_CATEGORIES[cats]
-    out[:, ~cats] = (values[:, ~cats] - _LOW) / (_HIGH - _LOW)
-    return out
+    return _encode_columns(values)
 
 
 def canonical_keys(U: np.ndarray) -> list[tuple]:
-    """:func:`canonical_key` of every decoded row of ``U``."""
+    """:func:`~medcore.compression_genome.canonical_key` of every decoded row of ``U``."""
     return [canonical_key(c) for c in decode_many(U)]
 
 
@@ -240,14 +142,14 @@ def canonical_keys(U: np.ndarray) -> list[tuple]:
 def random_unique_configs(n: int, rng: np.random.Generator, excluded_keys: Iterable[tuple] = (),
                           subset_seed: int | None = None, max_tries: int = 10_000) -> list[dict]:
     """``n`` uniformly random configs whose canonical keys are new (not in ``excluded_keys``
-    and pairwise distinct). Raises :class:`CompressionConfigError` if the space seems exhausted."""
+    and pairwise distinct). Raises :class:`~medcore.errors.ConfigError` if the space seems exhausted."""
     seen = set(excluded_keys)
     out: list[dict] = []
     tries = 0
     while len(out) < n:
         tries += 1
         if tries > max_tries:
-            raise CompressionConfigError(f"could not draw {n} new compression configs in {max_tries} tries")
+            raise ConfigError(f"could not draw {n} new compression configs in {max_tries} tries")
         config = decode(rng.random(N_VARIABLES), subset_seed)
         key = canonical_key(config)
         if key not in seen:
@@ -269,7 +171,7 @@ def latin_hypercube_configs(n: int, seed: int, subset_seed: int | None = None,
     new canonical key, so the sample has exactly ``n`` distinct compressed models.
     """
     if n < 1:
-        raise CompressionConfigError(f"initial sample size must be >= 1, got {n}")
+        raise ConfigError(f"initial sample size must be >= 1, got {n}")
     U = qmc.LatinHypercube(d=N_VARIABLES, seed=seed).random(n)
     seen = set(excluded_keys)
     configs: list[dict | None] = []

@@ -43,8 +43,9 @@ from pymoo.problems.static import StaticProblem
 from pymoo.util.ref_dirs import get_reference_directions
 from ray.tune.search import Searcher
 
+from medcore.compression_genome import canonical_key
+from medcore.errors import ConfigError
 from searchers import compression_space as space
-from searchers.compression_space import CompressionConfigError
 from searchers.pareto import (DEFAULT_IDEAL, DEFAULT_NADIR, DEFAULT_REFERENCE,
                               feasible_nondominated_indices, hypervolume)
 
@@ -72,7 +73,7 @@ def reference_directions(pop_size: int, n_obj: int = 2) -> np.ndarray:
     partition count with at most ``pop_size`` directions is used.
     """
     if pop_size < 2:
-        raise CompressionConfigError(f"CTAEA population size must be >= 2, got {pop_size}")
+        raise ConfigError(f"CTAEA population size must be >= 2, got {pop_size}")
     partitions = 1
     while math.comb(partitions + 1 + n_obj - 1, n_obj - 1) <= pop_size:
         partitions += 1
@@ -220,15 +221,15 @@ class CompressionBatchSearcher(Searcher):
                  hv_reference: Sequence[float] = DEFAULT_REFERENCE):
         super().__init__(metric=None, mode=None)
         if int(budget) < 1:
-            raise CompressionConfigError(f"evaluation budget must be >= 1, got {budget}")
+            raise ConfigError(f"evaluation budget must be >= 1, got {budget}")
         if len(objective_keys) < 1:
-            raise CompressionConfigError("at least one objective key is needed")
+            raise ConfigError("at least one objective key is needed")
         if not (len(objective_ideal) == len(objective_nadir) == len(hv_reference) == len(objective_keys)):
-            raise CompressionConfigError(
+            raise ConfigError(
                 "objective_ideal, objective_nadir and hv_reference need one value per objective")
         if any(n <= i for i, n in zip(objective_ideal, objective_nadir)):
-            raise CompressionConfigError(f"objective_nadir {tuple(objective_nadir)} must exceed "
-                                         f"objective_ideal {tuple(objective_ideal)}")
+            raise ConfigError(f"objective_nadir {tuple(objective_nadir)} must exceed "
+                              f"objective_ideal {tuple(objective_ideal)}")
         self.budget = int(budget)
         self.seed = int(seed)
         self.objective_keys = tuple(objective_keys)
@@ -278,7 +279,7 @@ class CompressionBatchSearcher(Searcher):
         if not self._queue:
             return None  # the running batch must finish before the next one is decided
         iteration, config = self._queue.pop(0)
-        self._known_keys.add(space.canonical_key(config))
+        self._known_keys.add(canonical_key(config))
         self._batch.append(trial_id)
         self._pending[trial_id] = {"iteration": iteration, "config": dict(config)}
         self._n_suggested += 1
@@ -367,8 +368,8 @@ class CompressionBatchSearcher(Searcher):
 
     def set_state(self, state: dict) -> None:
         if state.get("searcher_class") != type(self).__name__:
-            raise CompressionConfigError(f"cannot restore a {state.get('searcher_class')} state into "
-                                         f"{type(self).__name__}")
+            raise ConfigError(f"cannot restore a {state.get('searcher_class')} state into "
+                              f"{type(self).__name__}")
         if state["settings"]["seed"] != self.seed:
             logger.warning("restoring a state saved with seed %s into a searcher with seed %s; "
                            "the saved state wins", state["settings"]["seed"], self.seed)
@@ -419,7 +420,7 @@ class CTAEASearcher(CompressionBatchSearcher):
 
     def __init__(self, pop_size: int = 20, n_gen: int = 5, seed: int = 0, **kwargs):
         if int(pop_size) < 2 or int(n_gen) < 1:
-            raise CompressionConfigError(
+            raise ConfigError(
                 f"CTAEA needs pop_size >= 2 and n_gen >= 1, got {pop_size} x {n_gen}")
         super().__init__(budget=int(pop_size) * int(n_gen), seed=seed, **kwargs)
         self.n_gen = int(n_gen)
@@ -466,7 +467,7 @@ class CTAEASearcher(CompressionBatchSearcher):
             pop = algorithm.ask()
             X = pop.get("X")
             configs = space.decode_many(X, subset_seed=self.seed)
-            keys = [space.canonical_key(c) for c in configs]
+            keys = [canonical_key(c) for c in configs]
             self._asked = {"X": X.copy(), "keys": keys, "iteration": generation}
             self._asked_pop = pop
             new, seen = [], set()
@@ -481,7 +482,7 @@ class CTAEASearcher(CompressionBatchSearcher):
 
     def _on_batch_complete(self, records: list[dict]) -> None:
         for record in records:
-            key = space.canonical_key(record["config"])
+            key = canonical_key(record["config"])
             if record["status"] == "ok":
                 F = np.array([record["objectives"][k] for k in self.objective_keys], dtype=float)
                 self._values[key] = (F, float(record["constraint"]))

@@ -26,7 +26,7 @@ import pickle
 import numpy as np
 from ray.tune.search import Searcher
 
-from orchestrator.errors import ConfigError
+from medcore.records import DUPLICATE, FAILED, INFEASIBLE, NOT_EVALUATED, OK
 from searchers import de
 from searchers.cell_space import CellSpace
 
@@ -42,26 +42,24 @@ class ODESearcher(Searcher):
 
     ``space`` decodes genomes (``dims``, ``decode(genome) -> Decoded``, ``config(decoded)``);
     the default is the 29-gene 3D cell space. Fitness is ``result[metric]`` (maximised).
-    With ``max_cost``, a candidate whose ``cost_fn(config)`` exceeds it is infeasible (a
-    compute cap for small machines, e.g. FLOPs counted on the meta device).
+    ``feasibility_fn(config)`` returns the reason a decoded candidate cannot be trained (a
+    FLOPs cap, training memory above the largest node), or None; such a candidate is
+    infeasible and costs no budget. The validated config (orchestrator.config) is the place
+    for range checks; this class only refuses what it cannot run.
     """
 
     def __init__(self, space=None, metric: str = "best_val_acc", mode: str = "max", pop_size: int = 20,
                  F: float = 0.5, CR: float = 0.5, jump_rate: float = 0.3, budget: int = 200, seed: int = 0,
-                 cost_fn=None, max_cost: float | None = None):
+                 feasibility_fn=None):
         if mode != "max":
-            raise ConfigError("the ODE searcher maximises its metric; use mode='max'")
-        if pop_size < 4:
-            raise ConfigError(f"--pop-size must be at least 4 for DE/rand/1, got {pop_size}")
-        if budget < pop_size:
-            raise ConfigError(f"--budget ({budget}) must be at least --pop-size ({pop_size})")
-        if not (0 < F <= 2 and 0 <= CR <= 1 and 0 <= jump_rate <= 1):
-            raise ConfigError("need 0 < F <= 2, 0 <= CR <= 1 and 0 <= JR <= 1")
+            raise ValueError("the ODE searcher maximises its metric; use mode='max'")
+        if pop_size < 4 or budget < pop_size:
+            raise ValueError(f"DE/rand/1 needs pop_size >= 4 and budget >= pop_size, got {pop_size}, {budget}")
         super().__init__(metric=metric, mode=mode)
         self.space = space or CellSpace()
         self.pop_size, self.F, self.CR, self.jump_rate = pop_size, F, CR, jump_rate
         self.budget, self.seed = budget, seed
-        self.cost_fn, self.max_cost = cost_fn, max_cost
+        self.feasibility_fn = feasibility_fn
         self.rng = np.random.default_rng(seed)
         self.history: list[dict] = []  # one record per candidate genome considered
         self.fitness_by_key: dict[str, float] = {}
@@ -112,7 +110,7 @@ class ODESearcher(Searcher):
         value = None if (error or not result) else result.get(self.metric)
         failed = error or not result or result.get("status", "ok") != "ok" or value is None \
             or not math.isfinite(float(value))
-        rec["status"] = "failed" if failed else "trained"
+        rec["status"] = FAILED if failed else OK
         rec["fitness"] = WORST if failed else float(value)
         rec["reason"] = "trial errored" if error else (result or {}).get("reason", "") if failed else ""
         rec["metrics"] = {k: v for k, v in (result or {}).items() if _is_metric(k, v)}
@@ -140,21 +138,21 @@ class ODESearcher(Searcher):
             idx = len(self.history)
             self.history.append(rec)
             self.batch.append(idx)
-            if decoded.feasible and self.max_cost is not None and decoded.key not in self.record_by_key:
-                cost = self.cost_fn(rec["config"])
-                if cost > self.max_cost:
-                    decoded = type(decoded)(None, False, f"cost {cost:.4g} exceeds the cap of {self.max_cost:.4g}")
-                    rec["reason"] = decoded.reason
+            if decoded.feasible and self.feasibility_fn is not None and decoded.key not in self.record_by_key:
+                reason = self.feasibility_fn(rec["config"])
+                if reason:
+                    decoded = type(decoded)(None, False, reason)
+                    rec["reason"] = reason
             if not decoded.feasible:
-                rec["status"], rec["fitness"] = "infeasible", WORST
+                rec["status"], rec["fitness"] = INFEASIBLE, WORST
             elif decoded.key in self.record_by_key:
-                rec["status"], rec["duplicate_of"] = "duplicate", self.record_by_key[decoded.key]
+                rec["status"], rec["duplicate_of"] = DUPLICATE, self.record_by_key[decoded.key]
             elif remaining > 0:
                 self.record_by_key[decoded.key] = idx
                 self.queue.append(idx)
                 remaining -= 1
             else:
-                rec["status"], rec["reason"] = "not evaluated", "evaluation budget exhausted"
+                rec["status"], rec["reason"] = NOT_EVALUATED, "evaluation budget exhausted"
         self.idle_batches = 0 if self.queue else self.idle_batches + 1
         self._advance()
 
@@ -165,7 +163,7 @@ class ODESearcher(Searcher):
             rec = self.history[idx]
             if rec["status"] in ("pending", "running"):
                 return None
-            if rec["status"] == "duplicate":
+            if rec["status"] == DUPLICATE:
                 fit = self.fitness_by_key.get(rec["key"])
                 if fit is None:
                     return None  # its original is still running in this batch
@@ -214,7 +212,7 @@ class ODESearcher(Searcher):
     # ---- results ---------------------------------------------------------------------
     def evaluated(self) -> list[dict]:
         """Records of trained (or failed) candidates, in evaluation order of suggestion."""
-        return [r for r in self.history if r["status"] in ("trained", "failed")]
+        return [r for r in self.history if r["status"] in (OK, FAILED)]
 
     def best_per_generation(self) -> list[tuple[int, float]]:
         """(generation, best fitness found so far) after each generation; init is generation 0."""

@@ -43,8 +43,9 @@ import numpy as np
 from pymoo.core.problem import Problem
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
+from medcore.compression_genome import canonical_key
+from medcore.errors import ConfigError
 from searchers import compression_space as space
-from searchers.compression_space import CompressionConfigError
 from searchers.ctaea import CompressionBatchSearcher, make_ctaea
 from searchers.pareto import feasible_mask, non_dominated_mask
 from searchers.surrogates import (MAPE_EPSILON, SurrogateFactory, SurrogateSelection, fast_predictor,
@@ -149,7 +150,7 @@ def select_infill(solution: SurrogateSolution, k: int, rng: np.random.Generator,
     """Step 8 with the fallback (a)-(c) of the module docstring; never an excluded key."""
     excluded = set(excluded_keys)
     configs = space.decode_many(solution.X, subset_seed)
-    keys = [space.canonical_key(c) for c in configs]
+    keys = [canonical_key(c) for c in configs]
     seen: set[tuple] = set()
     fresh = np.zeros(len(keys), dtype=bool)   # new key, first occurrence in the population
     for i, key in enumerate(keys):
@@ -247,14 +248,14 @@ class SurrogateCTAEASearcher(CompressionBatchSearcher):
                  n_gen: int = 1000, folds: int = 5, pool: Mapping[str, SurrogateFactory] | None = None,
                  seed: int = 0, mape_epsilon: float = MAPE_EPSILON, **kwargs):
         if int(n_initial) < 2:
-            raise CompressionConfigError(
+            raise ConfigError(
                 f"the initial sample needs >= 2 points to fit surrogates, got {n_initial}")
         if int(budget) < int(n_initial):
-            raise CompressionConfigError(f"evaluation budget ({budget}) is smaller than the initial sample "
-                                         f"({n_initial}); the surrogate loop needs budget >= n_initial")
+            raise ConfigError(f"evaluation budget ({budget}) is smaller than the initial sample "
+                              f"({n_initial}); the surrogate loop needs budget >= n_initial")
         if int(n_infill) < 1 or int(n_gen) < 1 or int(folds) < 2:
-            raise CompressionConfigError(f"need n_infill >= 1, n_gen >= 1 and folds >= 2, "
-                                         f"got {n_infill}, {n_gen}, {folds}")
+            raise ConfigError(f"need n_infill >= 1, n_gen >= 1 and folds >= 2, "
+                              f"got {n_infill}, {n_gen}, {folds}")
         super().__init__(budget=budget, seed=seed, **kwargs)
         self.n_initial = int(n_initial)
         self.n_infill = int(n_infill)

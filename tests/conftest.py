@@ -27,3 +27,10 @@ def ray_local():
         yield ray
     finally:
         ray.shutdown()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test that uses a local Ray is in the `ray` tier (the fast tier runs without Ray)."""
+    for item in items:
+        if "ray_local" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.ray)

@@ -27,7 +27,8 @@ import torch
 from ray import tune
 from torch import nn
 
-from orchestrator.errors import MedtuneError
+from medcore.compression_genome import CompressionGenome
+from medcore.errors import MedtuneError
 from trainables import compression
 from trainables.complexity import count_flops, count_params
 from trainables.fit import DeviceSplit, FitConfig, evaluate, fit, pick_device, set_threads_from_ray
@@ -159,7 +160,7 @@ def evaluate_candidate(model: nn.Module, data, config: Mapping, base_accuracy: f
     bug and raises ``ConfigError``); any error during compression or measurement returns
     :func:`failed_result` with the exception as ``reason``.
     """
-    cfg = compression.CompressionConfig.from_config(config)
+    cfg = CompressionGenome.from_config(config)
     opts = {"calibration_samples": int(config.get("calibration_samples", 256)),
             "calibration_seed": int(config.get("calibration_seed", 0)),
             "inference_batch": int(config.get("inference_batch", 128)),
@@ -180,19 +181,18 @@ def evaluate_candidate(model: nn.Module, data, config: Mapping, base_accuracy: f
     return out
 
 
-def compress_trial(config: Mapping, data, base_dir, base_accuracy: float | None = None,
+def compress_trial(config: Mapping, data, base: BaseCheckpoint, base_accuracy: float | None = None,
                    options: Mapping | None = None) -> None:
     """Tune function trainable: evaluate one compression config on the test split, one report.
 
-    Use as ``tune.with_parameters(compress_trial, data=data, base_dir=ckpt_path,
-    base_accuracy=acc)``. Config: ``x1``..``x7`` and ``subset_seed`` (the design variables,
-    see ``trainables.compression``) plus optional ``calibration_samples`` (256),
-    ``calibration_seed`` (0), ``inference_batch`` (128), ``inference_repeats`` (5).
-    ``base_accuracy`` defaults to the test accuracy recorded in the checkpoint; ``options``
-    holds run-wide defaults for the optional keys (the config wins).
+    Use as ``tune.with_parameters(compress_trial, data=data, base=load_base(checkpoint))``: the
+    base network travels through Ray's object store (any node, no shared disk). Config:
+    ``x1``..``x7`` and ``subset_seed`` (the design variables, see ``trainables.compression``)
+    plus optional ``calibration_samples`` (256), ``calibration_seed`` (0), ``inference_batch``
+    (128), ``inference_repeats`` (5). ``base_accuracy`` defaults to the test accuracy recorded
+    in the checkpoint; ``options`` holds run-wide defaults for the optional keys (the config wins).
     """
     set_threads_from_ray()
-    base = load_base(base_dir)
     _check_compatible(base, data)
     if base_accuracy is None:
         base_accuracy = base.meta["metrics"]["test_acc"]

@@ -14,6 +14,9 @@ The "real function" of the surrogate-assisted CTAEA compression search
   definitions), the confusion matrix (Fig. 3), the non-zero weight rate, FLOPs,
   ``f1 = FLOPs x non-zero rate`` (section 2.3), model size and CPU inference time (Fig. 2).
 
+Configs are read and validated by :class:`medcore.compression_genome.CompressionGenome`, the
+record the searchers encode and de-duplicate, so both sides accept the same configs.
+
 Accounting choices the paper leaves open (each also stated where it is implemented):
 
 * Random subset (x = 2): every layer of that kind is kept independently with probability
@@ -41,7 +44,6 @@ import io
 import statistics
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
@@ -51,56 +53,17 @@ from torch import nn
 from torch.nn.utils import prune
 from torch.utils.flop_counter import FlopCounterMode
 
-from orchestrator.errors import ConfigError
+from medcore.compression_genome import CompressionGenome
 from trainables import metrics
 
 LINEAR_TYPES = (nn.Linear,)
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-SCOPES = {0: "none", 1: "all", 2: "random subset"}
 PRUNE_TENSORS = {0: ("weight",), 1: ("bias",), 2: ("weight", "bias")}
 SUBSET_KEEP_PROBABILITY = 0.5
 QUANTIZED_FLOP_WEIGHT = 8 / 32  # int8 multiply-accumulates weighted by bit width vs float32
 _QUANTIZED_MODULE_PREFIXES = ("torch.ao.nn.quantized", "torch.ao.nn.intrinsic.quantized")
 
-
-@dataclass(frozen=True)
-class CompressionConfig:
-    """The seven design variables of section 2.2 plus the seed of the random subsets."""
-
-    x1: int  # linear pruning scope: 0 none, 1 all, 2 random subset
-    x2: int  # conv pruning scope
-    x3: float  # linear pruning intensity, percent, 0 < x3 < 100
-    x4: float  # conv pruning intensity, percent
-    x5: int  # linear pruning type: 0 weights, 1 biases, 2 both
-    x6: int  # conv pruning type
-    x7: int  # quantization: 0 no, 1 yes
-    subset_seed: int = 0
-
-    @classmethod
-    def from_config(cls, config: Mapping) -> "CompressionConfig":
-        """Validate a Tune config dict (ints may arrive as floats from a real-coded solver)."""
-        def choice(key: str, n: int) -> int:
-            if key not in config:
-                raise ConfigError(f"compression config is missing {key}")
-            value = config[key]
-            if float(value) != int(float(value)) or not 0 <= int(float(value)) < n:
-                raise ConfigError(f"{key}={value!r} must be one of 0..{n - 1}")
-            return int(float(value))
-
-        x1, x2, x5, x6, x7 = (choice(k, n) for k, n in (("x1", 3), ("x2", 3), ("x5", 3), ("x6", 3), ("x7", 2)))
-
-        def intensity(key: str, scope: int) -> float:
-            value = float(config.get(key, 0.0))
-            # Only checked where it is used: with scope 0 the intensity cannot matter.
-            if scope != 0 and not 0.0 < value < 100.0:
-                raise ConfigError(f"{key}={config.get(key)!r} must satisfy 0 < {key} < 100 (percent)")
-            return value
-
-        seed = config.get("subset_seed", 0)
-        if int(seed) != seed or int(seed) < 0:
-            raise ConfigError(f"subset_seed={seed!r} must be a non-negative integer")
-        return cls(x1=x1, x2=x2, x3=intensity("x3", x1), x4=intensity("x4", x2), x5=x5, x6=x6, x7=x7,
-                   subset_seed=int(seed))
+# The name trainables.compress_trial still uses; drop once it imports CompressionGenome from medcore.
 
 
 def prunable_layers(model: nn.Module, kind: str) -> list[tuple[str, nn.Module]]:
@@ -126,7 +89,7 @@ def select_layers(names: list[str], scope: int, subset_seed: int, stream: int) -
     return [n for n, k in zip(names, keep) if k]
 
 
-def apply_pruning(model: nn.Module, cfg: CompressionConfig) -> list[dict]:
+def apply_pruning(model: nn.Module, cfg: CompressionGenome) -> list[dict]:
     """Prune ``model`` in place by x1..x6 (section 2.2); one report row per selected layer.
 
     Each row: ``layer``, ``kind``, ``amount`` (fraction), ``pruned`` (tensor -> measured zero
@@ -331,7 +294,7 @@ def confusion(y_true: np.ndarray, y_score: np.ndarray, task: str) -> list:
     return confusion_matrix(y_true[:, 0], y_score.argmax(1), labels=list(range(n))).tolist()
 
 
-def evaluate_compression(model: nn.Module, data, config: Mapping | CompressionConfig, *,
+def evaluate_compression(model: nn.Module, data, config: Mapping | CompressionGenome, *,
                          calibration_samples: int = 256, calibration_seed: int = 0,
                          inference_batch: int = 128, inference_repeats: int = 5) -> dict:
     """Compress ``model`` (modified in place by pruning) by ``config`` and measure it on CPU.
@@ -341,7 +304,7 @@ def evaluate_compression(model: nn.Module, data, config: Mapping | CompressionCo
     quantized, quantized_layers, float_layers, pruned_layers and the pruning report.
     Exceptions propagate; the trial turns them into failed results.
     """
-    cfg = config if isinstance(config, CompressionConfig) else CompressionConfig.from_config(config)
+    cfg = config if isinstance(config, CompressionGenome) else CompressionGenome.from_config(config)
     model = model.cpu().eval()
     task = data.info.task
     input_shape = tuple(data.images["test"].shape[1:])

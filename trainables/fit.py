@@ -5,21 +5,32 @@ the device once, and is batched from memory with a seeded permutation: no per-sa
 Dataset/DataLoader for 28/64 px data. Early stopping watches the validation loss (paper
 3.2: stop after 5 epochs without improvement); the model state of the best epoch by the
 selection metric is kept in memory so test metrics are *val-selected*.
+
+Extension points, all keyword arguments of :func:`fit` with today's behaviour as default:
+the task (loss + metrics, :mod:`trainables.tasks`), ``optimizer_factory``, ``init_fn``,
+``augment`` (train batches only), ``train_step`` (a :class:`TrainStep`: one call per train
+batch, owning zero_grad/backward/step, so bilevel (DARTS) and gradient-accumulating
+(FairNAS) steps fit the same loop) and per-epoch ``save_state`` / ``resume_state``, which
+let a killed trial continue where it stopped (:mod:`trainables.checkpointing` adapts them
+to Tune).
 """
 from __future__ import annotations
 
 import copy
 import math
 import os
+import random
 import warnings
+import zlib
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from trainables import metrics
+from medcore.errors import ConfigError
+from trainables.tasks import make_task
 
 
 class NonFiniteLoss(RuntimeError):
@@ -28,14 +39,18 @@ class NonFiniteLoss(RuntimeError):
 
 @dataclass(frozen=True)
 class FitConfig:
-    """The training recipe; defaults are the paper's (Adam 1e-3, batch 128, <= 50 epochs)."""
+    """The training recipe; defaults are the paper's (Adam 1e-3, batch 128, <= 50 epochs).
+
+    ``select_metric`` picks the best epoch; ``None`` means the task's own (``val_acc`` for
+    classification, ``val_dice`` for segmentation).
+    """
 
     max_epochs: int = 50
     lr: float = 1e-3
     weight_decay: float = 0.0
     batch_size: int = 128
     patience: int = 5
-    select_metric: str = "val_acc"  # which validation metric picks the best epoch
+    select_metric: str | None = None
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # mixed precision, on CUDA only
@@ -82,7 +97,7 @@ class DeviceSplit:
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, device: torch.device):
         # Arrays from Ray's object store are read-only views; sharing them without a copy is
-        # safe because batches are only read (nothing here writes to a batch in place).
+        # safe because batches are only read (shuffled batches are copies, see ``batches``).
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
@@ -95,6 +110,7 @@ class DeviceSplit:
         return len(self.y)
 
     def batches(self, batch_size: int, generator: torch.Generator | None = None):
+        """Batches in order, or shuffled by ``generator`` (shuffled batches are fresh copies)."""
         n = len(self)
         order = torch.randperm(n, generator=generator).to(self.device) if generator is not None else None
         for start in range(0, n, batch_size):
@@ -110,92 +126,281 @@ def _memory_format(x: torch.Tensor):
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: DeviceSplit, task: str, batch_size: int = 256,
+def evaluate(model: nn.Module, split: DeviceSplit, task, batch_size: int = 256,
              channels_last: bool = False) -> dict:
-    """Loss, ACC and AUC (medmnist's definitions) of ``model`` on one split."""
+    """Loss and the task's metrics of ``model`` on one split.
+
+    ``task`` is a task string or object (:func:`trainables.tasks.make_task`): classification
+    gives ``loss``, ``acc``, ``auc`` (medmnist's definitions), segmentation ``loss``, ``dice``.
+    """
     model.eval()
-    loss_fn = metrics.loss_fn(task)
-    logits_all, total = [], 0.0
+    task = make_task(task)
+    acc, total = task.accumulator(), 0.0
     for x, y in split.batches(batch_size):
         if channels_last:
             x = x.contiguous(memory_format=_memory_format(x))
         logits = model(x).float()
-        total += float(loss_fn(logits, y)) * len(y)
-        logits_all.append(logits)
-    logits = torch.cat(logits_all)
-    y_true, y_score = split.y.cpu().numpy(), metrics.scores(logits, task)
-    return {"loss": total / len(split), "acc": metrics.accuracy(y_true, y_score, task),
-            "auc": metrics.auc(y_true, y_score, task)}
+        total += float(task.loss(logits, y)) * len(y)
+        acc.update(logits, y)
+    return {"loss": total / len(split), **acc.compute()}
+
+
+def default_optimizer(params, cfg: FitConfig) -> torch.optim.Optimizer:
+    """Adam with the recipe's learning rate and L2 penalty (paper 3.2; MedMNIST's recipe)."""
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+@dataclass
+class StepContext:
+    """What a :class:`TrainStep` may use besides the model and the batch.
+
+    ``optimizer`` is the one ``optimizer_factory`` built over the model's parameters,
+    ``scaler`` the AMP grad scaler (a no-op off CUDA), ``epoch`` the current epoch (1-based).
+    :meth:`next_batch` draws batches of another split (e.g. ``"val"`` for DARTS' architecture
+    step), cycling through it in an order seeded by (seed, epoch, split), so a resumed run
+    sees the same batches without storing iterator positions.
+    """
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    task: Any
+    cfg: FitConfig
+    device: torch.device
+    amp: bool
+    channels_last: bool
+    data: Any = None
+    splits: dict = field(default_factory=dict)
+    epoch: int = 0
+    _iters: dict = field(default_factory=dict)
+
+    def autocast(self):
+        """Mixed precision where enabled (CUDA with ``cfg.amp``), else a no-op context."""
+        return torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp)
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.task.loss(logits, y)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """``loss.backward()`` through the grad scaler (gradients accumulate across calls)."""
+        self.scaler.scale(loss).backward()
+
+    def step(self, *optimizers: torch.optim.Optimizer) -> None:
+        """Step ``optimizers`` (default: :attr:`optimizer`) through the scaler, then update it."""
+        for opt in optimizers or (self.optimizer,):
+            self.scaler.step(opt)
+        self.scaler.update()
+
+    def split(self, name: str) -> DeviceSplit:
+        if name not in self.splits:
+            self.splits[name] = DeviceSplit(self.data.images[name], self.data.labels[name], self.device)
+        return self.splits[name]
+
+    def next_batch(self, name: str, batch_size: int | None = None):
+        """The next ``(x, y)`` of split ``name`` (no augmentation), cycling within the epoch."""
+        key = (name, batch_size)
+        if key not in self._iters:
+            self._iters[key] = self._cycle(name, batch_size or self.cfg.batch_size)
+        return next(self._iters[key])
+
+    def _cycle(self, name: str, batch_size: int):
+        gen = torch.Generator().manual_seed(
+            (self.cfg.seed * 1_000_003 + self.epoch * 7919 + zlib.crc32(name.encode())) % 2**63)
+        split = self.split(name)
+        while True:
+            for x, y in split.batches(batch_size, gen):
+                yield (x.contiguous(memory_format=_memory_format(x)) if self.channels_last else x), y
+
+    def start_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self._iters.clear()
+
+
+class TrainStep:
+    """One optimisation step on one train batch; returns the batch's loss as a float.
+
+    The step owns zero_grad / backward / optimizer step, so a subclass can do several
+    forward/backward passes before one step (FairNAS' strict fairness: m subnets, one
+    update) or step several optimizers on several splits (DARTS' bilevel: an architecture
+    step on ``ctx.next_batch("val")``, then a weight step). :meth:`setup` runs once before
+    training (create extra optimizers there); :meth:`state_dict` / :meth:`load_state_dict`
+    carry their state through per-epoch checkpoints. The default is forward + task loss
+    under AMP, scaled backward, one step of ``ctx.optimizer``.
+    """
+
+    def setup(self, model: nn.Module, ctx: StepContext) -> None:
+        pass
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> float:
+        with ctx.autocast():
+            loss = ctx.loss(model(x), y)
+        ctx.optimizer.zero_grad(set_to_none=True)
+        ctx.backward(loss)
+        ctx.step()
+        return float(loss.detach())
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def _snapshot(obj):
+    """A detached CPU copy of every tensor in ``obj`` (nested dicts/lists/tuples), so a saved
+    state never aliases live parameters or optimizer buffers."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _snapshot(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_snapshot(v) for v in obj)
+    return copy.deepcopy(obj)
+
+
+def _rng_state(generators: dict) -> dict:
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
+             **{name: g.get_state() for name, g in generators.items()}}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict, generators: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    for key, g in generators.items():
+        g.set_state(state[key])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _resolve_select(cfg: FitConfig, task) -> str:
+    key = cfg.select_metric or task.select_metric
+    allowed = {f"val_{m}" for m in task.metric_names} | {"val_loss"}
+    if key not in allowed:
+        raise ConfigError(f"select metric '{key}' is not reported for task {task!r}; "
+                          f"choose one of {', '.join(sorted(allowed))}", field="select_metric")
+    return key
 
 
 def fit(model: nn.Module, data, cfg: FitConfig, report: Callable[[dict], None] | None = None,
-        evaluate_test: bool = False, keep_state: bool = False) -> FitResult:
+        evaluate_test: bool = False, keep_state: bool = False, *,
+        task=None,
+        optimizer_factory: Callable[[Any, FitConfig], torch.optim.Optimizer] = default_optimizer,
+        init_fn: Callable[[nn.Module], None] | None = None,
+        augment: Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple] | None = None,
+        train_step: TrainStep | None = None,
+        save_state: Callable[[dict, dict], None] | None = None,
+        resume_state: dict | None = None) -> FitResult:
     """Train ``model`` on ``data.images['train']``, validate every epoch, early-stop on val loss.
 
-    ``report`` receives one dict per epoch (epoch, train_loss, val_loss, val_acc, val_auc and
-    the running best values) so Tune schedulers can act. With ``evaluate_test`` the best
-    epoch's weights (by ``cfg.select_metric``) are evaluated once on the test split.
+    ``report`` receives one dict per epoch (epoch, train_loss, val_loss, the task's val
+    metrics -- ``val_acc``/``val_auc`` or ``val_dice`` -- and the running best values) so Tune
+    schedulers can act. With ``evaluate_test`` the best epoch's weights (by
+    ``cfg.select_metric``) are evaluated once on the test split.
+
+    Hooks (keyword only): ``task`` (default: from ``data.info.task``), ``optimizer_factory(params,
+    cfg)``, ``init_fn(model)`` (before training, not on resume), ``augment(x, y, generator) ->
+    (x, y)`` on train batches on the device, ``train_step`` (:class:`TrainStep`),
+    ``save_state(state, row)`` called after ``report`` every epoch with everything needed to
+    continue (weights, optimizer, scaler, step state, best epoch, early-stopping counters,
+    RNG states), and ``resume_state``: such a state to continue from.
     """
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    task = data.info.task
+    task = make_task(task if task is not None else data.info.task)
+    select_key = _resolve_select(cfg, task)
     use_cuda = device.type == "cuda"
+    if init_fn is not None and resume_state is None:
+        init_fn(model)
     model = model.to(device)
     if use_cuda:
         model = model.to(memory_format=torch.channels_last_3d if data.info.spatial_dims == 3 else torch.channels_last)
     train = DeviceSplit(data.images["train"], data.labels["train"], device)
     val = DeviceSplit(data.images["val"], data.labels["val"], device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = optimizer_factory(model.parameters(), cfg)
     scaler = torch.amp.GradScaler("cuda", enabled=use_cuda and cfg.amp)
-    loss_fn = metrics.loss_fn(task)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    select_key = cfg.select_metric
+    ctx = StepContext(model=model, optimizer=opt, scaler=scaler, task=task, cfg=cfg, device=device,
+                      amp=use_cuda and cfg.amp, channels_last=use_cuda, data=data,
+                      splits={"train": train, "val": val})
+    step = train_step if train_step is not None else TrainStep()
+    step.setup(model, ctx)
+    generators = {"batches": torch.Generator().manual_seed(cfg.seed)}
+    if augment is not None:
+        generators["augment"] = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    keep_best = evaluate_test or keep_state or save_state is not None
     best, best_state, best_epoch = None, None, 0
-    best_val_loss, stale = math.inf, 0
+    best_val_loss, stale, stopped, start = math.inf, 0, False, 1
     history = []
-    for epoch in range(1, cfg.max_epochs + 1):
+    if resume_state is not None:
+        s = resume_state
+        model.load_state_dict(s["model"])
+        opt.load_state_dict(s["optimizer"])
+        scaler.load_state_dict(s["scaler"])
+        step.load_state_dict(s["step"])
+        best, best_epoch, best_state = copy.deepcopy(s["best"]), s["best_epoch"], s["best_state"]
+        best_val_loss, stale, stopped = s["best_val_loss"], s["stale"], s["stopped"]
+        history, start = copy.deepcopy(s["history"]), s["epoch"] + 1
+        _set_rng_state(s["rng"], generators)
+    for epoch in range(start, cfg.max_epochs + 1):
+        if stopped:
+            break
         model.train()
+        ctx.start_epoch(epoch)
         running, seen = 0.0, 0
-        for x, y in train.batches(cfg.batch_size, gen):
+        for x, y in train.batches(cfg.batch_size, generators["batches"]):
+            if augment is not None:
+                x, y = augment(x, y, generators["augment"])
             if use_cuda:
                 x = x.contiguous(memory_format=_memory_format(x))
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_cuda and cfg.amp):
-                loss = loss_fn(model(x).float(), y)
-            if not torch.isfinite(loss):
+            loss = step(model, x, y, ctx)
+            if not math.isfinite(loss):
                 raise NonFiniteLoss(f"non-finite training loss at epoch {epoch}")
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            running += float(loss.detach()) * len(y)
+            running += loss * len(y)
             seen += len(y)
         v = evaluate(model, val, task, channels_last=use_cuda)
         if not math.isfinite(v["loss"]):
             raise NonFiniteLoss(f"non-finite validation loss at epoch {epoch}")
         row = {"epoch": epoch, "train_loss": running / seen, "val_loss": v["loss"],
-               "val_acc": v["acc"], "val_auc": v["auc"]}
-        score = row[select_key]
+               **{f"val_{m}": v[m] for m in task.metric_names}}
+        score = row[select_key] if select_key != "val_loss" else -row["val_loss"]
         score = -math.inf if score is None or math.isnan(score) else score
-        if best is None or score > best[select_key] or (score == best[select_key] and row["val_loss"] < best["val_loss"]):
-            best, best_epoch = dict(row, **{select_key: score}), epoch
-            if evaluate_test or keep_state:
+        if best is None or score > best["score"] or (score == best["score"] and row["val_loss"] < best["val_loss"]):
+            best, best_epoch = dict(row, score=score), epoch
+            if select_key != "val_loss":
+                best[select_key] = score
+            if keep_best:
                 best_state = copy.deepcopy(model.state_dict())
-        row.update({"best_val_acc": best["val_acc"], "best_val_auc": best["val_auc"], "best_epoch": best_epoch})
+        row.update({f"best_val_{m}": best[f"val_{m}"] for m in task.metric_names})
+        row["best_epoch"] = best_epoch
         history.append(row)
-        if report is not None:
-            report(dict(row))
         if v["loss"] < best_val_loss:
             best_val_loss, stale = v["loss"], 0
         else:
             stale += 1
-            if stale >= cfg.patience:
-                break
+            stopped = stale >= cfg.patience
+        if report is not None:
+            report(dict(row))
+        if save_state is not None:
+            save_state(_snapshot({
+                "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "scaler": scaler.state_dict(), "step": step.state_dict(), "best": best,
+                "best_epoch": best_epoch, "best_state": best_state, "best_val_loss": best_val_loss,
+                "stale": stale, "stopped": stopped, "history": history,
+                "rng": _rng_state(generators)}), dict(row))
+    best = {k: v for k, v in best.items() if k != "score"}
     result = FitResult(best_epoch=best_epoch, best=best, epochs_run=len(history), history=history)
-    if best_state is not None:
+    if best_state is not None and (evaluate_test or keep_state):
         model.load_state_dict(best_state)
         result.state_dict = best_state if keep_state else None
     if evaluate_test:
         t = evaluate(model, DeviceSplit(data.images["test"], data.labels["test"], device), task,
                      channels_last=use_cuda)
-        result.test = {"test_loss": t["loss"], "test_acc": t["acc"], "test_auc": t["auc"]}
+        result.test = {"test_loss": t["loss"], **{f"test_{m}": t[m] for m in task.metric_names}}
     return result
+

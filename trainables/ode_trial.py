@@ -2,21 +2,28 @@
 
 One function serves the search (low-fidelity data) and the final retraining of the top
 architectures (full train split): the data comes through ``tune.with_parameters`` from
-Ray's object store, never from disk. Divergence and OOM become a
-reported failed candidate (worst fitness, reason recorded), never a crashed trial.
-Over-budget networks never get here: the searcher caps FLOPs (:class:`CandidateFlops`).
+Ray's object store, never from disk. Divergence and OOM become a reported failed candidate
+(worst fitness, reason recorded), never a crashed trial. Over-budget networks never get
+here: the searcher asks :class:`CandidateCost` first (FLOPs cap, memory that fits a node).
+With ``keep_weights`` (the retrain) the val-selected weights are saved as a Tune checkpoint.
 """
 from __future__ import annotations
+
+import json
+import os
+import tempfile
 
 import torch
 from ray import tune
 
-from searchers.cell_space import CellArchitecture
+from medcore.cell_genotype import CellArchitecture
 from trainables.complexity import count_flops, count_params
 from trainables.fit import FitConfig, NonFiniteLoss, fit, set_threads_from_ray
+from trainables.memory import estimate_training_bytes
 from trainables.nets.cell_net import CellNet
 
 WORST_METRICS = {"val_acc": 0.0, "val_auc": 0.0, "best_val_acc": 0.0, "best_val_auc": 0.0}
+BUILDER = "trainables.ode_trial:build_network"
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -26,47 +33,69 @@ def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
-def build_candidate(config: dict, info) -> CellNet:
-    arch = CellArchitecture.from_config(config["architecture"])
-    return CellNet(arch, info.n_channels, info.n_outputs, info.spatial_dims)
+def build_network(architecture: dict, in_channels: int, n_outputs: int, spatial_dims: int) -> CellNet:
+    """The zoo's rebuild recipe for a cell network."""
+    return CellNet(CellArchitecture.from_config(architecture), in_channels, n_outputs, spatial_dims)
 
 
-class CandidateFlops:
-    """FLOPs of a candidate counted on the meta device: exact, and ~20 ms without compute.
-    The ODE searcher calls it to enforce ``--max-gflops`` before any training."""
+def build_kwargs(config: dict, info) -> dict:
+    return {"architecture": config["architecture"], "in_channels": info.n_channels, "n_outputs": info.n_outputs,
+            "spatial_dims": info.spatial_dims}
 
-    def __init__(self, info):
-        self.info = info
 
-    def __call__(self, config: dict) -> int:
+class CandidateCost:
+    """FLOPs and training memory of a candidate, computed on the meta device (no compute).
+
+    The ODE searcher calls it before any training to enforce ``--max-gflops`` and to refuse
+    networks whose training cannot fit the largest node; the driver requests the memory
+    estimate as the trial's Ray ``memory`` resource so trials are never over-packed.
+    """
+
+    def __init__(self, info, batch_size: int, n_train: int):
+        self.info, self.batch_size, self.n_train = info, batch_size, n_train
+
+    def _net(self, config: dict):
         with torch.device("meta"):
-            net = build_candidate(config, self.info)
-        return count_flops(net, input_shape(self.info))
+            return build_network(**build_kwargs(config, self.info))
+
+    def flops(self, config: dict) -> int:
+        return count_flops(self._net(config), self.info.input_shape)
+
+    def memory(self, config: dict) -> int:
+        return estimate_training_bytes(self._net(config), self.info.input_shape, self.batch_size,
+                                       n_train=self.n_train)
 
 
-def input_shape(info) -> tuple:
-    return (info.n_channels,) + (info.size,) * info.spatial_dims
-
-
-def train_candidate(config: dict, data, fit_config: dict):
+def train_candidate(config: dict, data, fit_config: dict, keep_weights: bool = False):
     """Train ``config['architecture']`` on ``data``; report val metrics each epoch and, at the
-    end, the val-selected model's test ACC/AUC plus params and FLOPs."""
+    end, the val-selected model's test ACC/AUC plus params and FLOPs (and, with
+    ``keep_weights``, its weights as a checkpoint)."""
     set_threads_from_ray()
     info = data.info
     seed = int(fit_config.get("seed", 0)) + int(config.get("candidate", 0))
     torch.manual_seed(seed)
-    net = build_candidate(config, info)
-    base = {"params": count_params(net), "flops": count_flops(net, input_shape(info)), "status": "ok",
+    net = build_network(**build_kwargs(config, info))
+    base = {"params": count_params(net), "flops": count_flops(net, info.input_shape), "status": "ok",
             "reason": "", "synthetic": bool(info.synthetic)}
     try:
         result = fit(net, data, FitConfig(**dict(fit_config, seed=seed)),
-                     report=lambda row: tune.report(dict(base, **row)), evaluate_test=True)
+                     report=lambda row: tune.report(dict(base, **row)), evaluate_test=True,
+                     keep_state=keep_weights)
     except Exception as exc:  # a failed candidate is a result, not a crash
         if not (isinstance(exc, NonFiniteLoss) or is_oom(exc)):
             raise
-        tune.report(dict(base, **WORST_METRICS, status="failed", reason=f"{type(exc).__name__}: {exc}"[:300]))
+        reason = "out of memory" if is_oom(exc) else f"{type(exc).__name__}: {exc}"[:300]
+        tune.report(dict(base, **WORST_METRICS, status="failed", reason=reason))
         return
     best = result.best
-    tune.report(dict(base, **result.test, epoch=result.epochs_run, best_epoch=result.best_epoch,
-                     val_loss=best["val_loss"], val_acc=best["val_acc"], val_auc=best["val_auc"],
-                     best_val_acc=best["val_acc"], best_val_auc=best["val_auc"], done_training=True))
+    final = dict(base, **result.test, epoch=result.epochs_run, best_epoch=result.best_epoch,
+                 val_loss=best["val_loss"], val_acc=best["val_acc"], val_auc=best["val_auc"],
+                 best_val_acc=best["val_acc"], best_val_auc=best["val_auc"], done_training=True)
+    if not keep_weights:
+        tune.report(final)
+        return
+    with tempfile.TemporaryDirectory() as d:
+        torch.save({k: v.detach().cpu() for k, v in result.state_dict.items()}, os.path.join(d, "model.pt"))
+        with open(os.path.join(d, "build.json"), "w") as f:
+            json.dump({"builder": BUILDER, "kwargs": build_kwargs(config, info)}, f)
+        tune.report(final, checkpoint=tune.Checkpoint.from_directory(d))

@@ -10,21 +10,27 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from medcore.errors import MedtuneError
 from orchestrator.cli import main
-from orchestrator.config import ODESearchConfig
+from orchestrator.config import FitOptions, ODESearchConfig
 from orchestrator.data import SAMPLE_ROOT, make_synthetic
-from orchestrator.errors import MedtuneError
+from orchestrator.driver import run_search
 
 SAMPLE = ["--dataset", "adrenalmnist3d", "--data-root", str(SAMPLE_ROOT)]
 
 
 @pytest.mark.parametrize("args,message", [
     (["search", "ode", "--dataset", "nosuchmnist"], "unknown MedMNIST flag 'nosuchmnist'"),
-    (["search", "ode", *SAMPLE, "--budget", "5", "--pop-size", "10"], "--budget (5) must be at least --pop-size (10)"),
-    (["search", "ode", *SAMPLE, "--fraction", "1.5"], "--fraction must be in (0, 1]"),
-    (["search", "ode", *SAMPLE, "--fraction", "0"], "--fraction must be in (0, 1]"),
-    (["search", "ode", *SAMPLE, "--val-fraction", "0"], "--val-fraction must be in (0, 1]"),
-    (["search", "ode", *SAMPLE, "--size", "30"], "--size must be 28, 64, 128 or 224"),
+    (["search", "ode", *SAMPLE, "--budget", "5", "--pop-size", "10"],
+     "--budget: must be at least --pop-size (10), got 5"),
+    (["search", "ode", *SAMPLE, "--fraction", "1.5"], "--fraction: must be in (0, 1]"),
+    (["search", "ode", *SAMPLE, "--fraction", "0"], "--fraction: must be in (0, 1]"),
+    (["search", "ode", *SAMPLE, "--val-fraction", "0"], "--val-fraction: must be in (0, 1]"),
+    (["search", "ode", *SAMPLE, "--size", "30"], "--size: must be 28, 64, 128 or 224"),
+    (["search", "ode", *SAMPLE, "--max-epochs", "0"], "--max-epochs: must be >= 1"),
+    (["search", "ode", *SAMPLE, "--cpus-per-trial", "0"], "--cpus-per-trial: must be > 0"),
+    (["search", "ode", "--config-json", '{"budget": "many"}'], "budget: expected int, got 'many'"),
+    (["search", "ode", "--config-json", '{"fit": {"epochs": 3}}'], "fit.epochs: unknown field"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message, capsys, tmp_path):
     assert main(args + ["--out", str(tmp_path)]) == 2
@@ -58,16 +64,14 @@ def test_data_synth_and_check(capsys, tmp_path):
 
 
 def test_tiny_search_on_the_shipped_sample(ray_local, tmp_path):
-    from orchestrator.ode_search import run_ode_search
-
     cfg = ODESearchConfig(dataset="adrenalmnist3d", data_root=str(SAMPLE_ROOT), out=str(tmp_path), budget=6,
-                          pop_size=4, max_epochs=2, fraction=0.1, max_gflops=0.05, top_k=2, retrain_epochs=1,
-                          seed=0)
-    summary = run_ode_search(cfg)
+                          pop_size=4, fraction=0.1, max_gflops=0.05, top_k=2, retrain_epochs=1, seed=0,
+                          fit=FitOptions(max_epochs=2))
+    summary = run_search("ode", cfg)
     assert summary["search"] == "ode" and summary["dataset"] == "adrenalmnist3d" and summary["synthetic"] is False
     table = pd.read_csv(tmp_path / "candidates.csv")
-    trained = table[table.status == "trained"]
-    assert summary["n_evaluated"] == len(table[table.status.isin(["trained", "failed"])]) > 0
+    trained = table[table.status == "ok"]
+    assert summary["n_evaluated"] == len(table[table.status.isin(["ok", "failed"])]) > 0
     assert trained.architecture.is_unique and (trained.flops <= 0.05e9).all()
     assert trained.val_auc.between(0, 1).all() and trained.test_auc.between(0, 1).all()
     best = summary["best"]
@@ -78,9 +82,21 @@ def test_tiny_search_on_the_shipped_sample(ray_local, tmp_path):
         assert (tmp_path / png).stat().st_size > 1000
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved["best"]["architecture"] == best["architecture"]
-    # the same --out without --resume never overwrites a finished experiment
-    with pytest.raises(Exception, match="already exists"):
-        run_ode_search(cfg)
+    # every trained candidate and the retrained top models (with weights) are in the zoo
+    from orchestrator.zoo import read_zoo
+
+    zoo = read_zoo(tmp_path / "zoo", dataset="adrenalmnist3d")
+    assert saved["zoo"]["rows"] == len(zoo) == summary["n_evaluated"] + len(top)
+    retrained = zoo[zoo.stage == "retrain"]
+    assert len(retrained) == len(top) and retrained.weights.notna().all()
+    assert (zoo[zoo.stage == "search"].encoding.map(len) == 99).all()
+    # trials log to TensorBoard in their storage folders
+    assert list((tmp_path / "tune" / "ode_search").glob("*/events.out.tfevents.*"))
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["state"] == "done" and status["experiments"]["ode_search"]["done"] == summary["n_evaluated"]
+    # the same --out without --resume never overwrites a finished run
+    with pytest.raises(MedtuneError, match="already holds a ode run; pass --resume"):
+        run_search("ode", cfg)
 
 
 def _trial_dirs(out: Path):
@@ -110,9 +126,10 @@ def _wait_for_trials(proc, out: Path, n: int) -> None:
     time.sleep(3)  # Tune saves experiment + searcher state every 2 s (TUNE_GLOBAL_CHECKPOINT_S)
 
 
+@pytest.mark.ray
 def test_interrupted_and_killed_driver_resume_without_losing_or_repeating_candidates(tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "orchestrator.cli", "search", "ode", *SAMPLE, "--budget", "10", "--pop-size", "6",
+    cmd = [sys.executable, "-m", "orchestrator.cli", "search", "ode", *SAMPLE, "--budget", "12", "--pop-size", "6",
            "--max-epochs", "1", "--fraction", "0.1", "--max-gflops", "0.1", "--top-k", "0", "--seed", "1",
            "--max-concurrent", "1", "--out", str(out)]
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS")}
@@ -123,10 +140,21 @@ def test_interrupted_and_killed_driver_resume_without_losing_or_repeating_candid
     _wait_for_trials(proc, out, 3)  # one trial at a time: a 3rd folder means 2 were evaluated
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and "interrupted; rerun with --resume" in err, err[-2000:]
+    assert proc.returncode == 130 and "interrupted;" in err and "rerun with --resume" in err, err[-2000:]
     assert not (out / "summary.json").exists()
     interrupted = {d.name for d in _trial_dirs(out) if _finished_dir(d)}
     assert len(interrupted) >= 1
+
+    # resumed, then SIGTERM (what `ray job stop` and schedulers send): the same clean path, exit 143
+    proc = _start(cmd + ["--resume"], env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_for_trials(proc, out, len(_trial_dirs(out)) + 1)
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and "terminated;" in err and "rerun with --resume" in err, err[-2000:]
+    assert "Traceback" not in err and not (out / "summary.json").exists()
+    assert json.loads((out / "status.json").read_text())["state"] == "interrupted"
+    terminated = {d.name for d in _trial_dirs(out) if _finished_dir(d)}
+    assert interrupted <= terminated
 
     # resumed, then SIGKILL: nothing can be saved at the kill itself
     proc = _start(cmd + ["--resume"], env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -134,7 +162,7 @@ def test_interrupted_and_killed_driver_resume_without_losing_or_repeating_candid
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     before = {d.name for d in _trial_dirs(out) if _finished_dir(d)}
-    assert interrupted < before, [(d.name, sorted(p.name for p in d.iterdir())) for d in _trial_dirs(out)]
+    assert terminated < before, [(d.name, sorted(p.name for p in d.iterdir())) for d in _trial_dirs(out)]
 
     done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=env, timeout=400)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -143,17 +171,19 @@ def test_interrupted_and_killed_driver_resume_without_losing_or_repeating_candid
     archs = [json.dumps(json.loads((d / "params.json").read_text())["architecture"], sort_keys=True) for d in dirs]
     assert len(archs) == len(set(archs))  # and no architecture was trained twice
     table = pd.read_csv(out / "candidates.csv")
-    assert len(table[table.status == "trained"]) == len(dirs)
+    assert len(table[table.status == "ok"]) == len(dirs)
     assert json.loads((out / "summary.json").read_text())["n_evaluated"] == len(dirs)
 
 
 def test_a_search_that_stopped_early_is_refused_not_summarised(tmp_path):
-    from orchestrator.experiments import require_finished
+    from orchestrator.registry import get
+    from orchestrator.search import RunContext
     from searchers.ode import ODESearcher
 
-    cfg = ODESearchConfig(dataset="adrenalmnist3d", out=str(tmp_path))
+    ctx = RunContext(search=get("ode"), cfg=ODESearchConfig(dataset="adrenalmnist3d", out=str(tmp_path)), data=None,
+                     run_id="r")
     searcher = ODESearcher(pop_size=4, budget=8, seed=0)
     with pytest.raises(MedtuneError, match=r"ode_search experiment stopped before its searcher finished.*--resume"):
-        require_finished(searcher, "ode_search", cfg)
+        ctx.require_finished(searcher, "ode_search")
     searcher.finished = True
-    require_finished(searcher, "ode_search", cfg)
+    ctx.require_finished(searcher, "ode_search")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from orchestrator import data as D
-from orchestrator.errors import DataError
+from medcore.errors import DataError
 
 
 def test_shipped_sample_is_the_official_file():

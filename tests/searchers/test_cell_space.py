@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from medcore.cell_genotype import OPERATIONS, CellArchitecture
 from searchers import cell_space as cs
 
 
@@ -49,13 +50,13 @@ def test_n_f_init_interval_mapping(value, expected):
 @pytest.mark.parametrize("value,index", [(0.0, 0), (0.0666, 0), (0.0667, 1), (0.5, 7), (0.9333, 13), (0.9334, 14), (1.0, 14)])
 def test_operation_interval_mapping(value, index):
     d = cs.decode(genome(edges=[(0, 1), (1, 6)], ops=(value, 0, 0, 0, 0)))
-    assert d.architecture.nodes == ((1, cs.OPERATIONS[index]),)
+    assert d.architecture.nodes == ((1, OPERATIONS[index]),)
 
 
 def test_table1_has_15_operations_in_paper_order():
-    assert len(cs.OPERATIONS) == 15
-    assert cs.OPERATIONS[0] == "conv3_in_relu" and cs.OPERATIONS[6] == "in_mish_conv3"
-    assert cs.OPERATIONS[9] == "relu_conv3" and cs.OPERATIONS[14] == "mish_conv7"
+    assert len(OPERATIONS) == 15
+    assert OPERATIONS[0] == "conv3_in_relu" and OPERATIONS[6] == "in_mish_conv3"
+    assert OPERATIONS[9] == "relu_conv3" and OPERATIONS[14] == "mish_conv7"
 
 
 def test_nodes_off_the_input_output_path_are_pruned():
@@ -79,7 +80,7 @@ def test_identical_architectures_share_a_key_and_round_trip():
     a = cs.decode(genome(edges=[(0, 1), (1, 6)], ops=(0.01, 0.3, 0.3, 0.3, 0.3)))
     b = cs.decode(genome(edges=[(0, 1), (1, 6)], ops=(0.02, 0.9, 0.9, 0.9, 0.9)))  # dead nodes' ops differ
     assert a.key == b.key
-    assert cs.CellArchitecture.from_config(a.architecture.to_config()) == a.architecture
+    assert CellArchitecture.from_config(a.architecture.to_config()) == a.architecture
 
 
 def test_bad_genomes_are_refused():

@@ -4,13 +4,13 @@ import itertools
 import numpy as np
 import pytest
 
-from orchestrator.errors import ConfigError
+from medcore import compression_genome as genome
+from medcore.errors import ConfigError
 from searchers import compression_space as space
-from searchers.compression_space import CompressionConfigError
 
 
 def _all_category_combinations():
-    cats = [v for v in space.DESIGN_VARIABLES if v.is_categorical]
+    cats = [v for v in genome.DESIGN_VARIABLES if v.is_categorical]
     for values in itertools.product(*[range(v.n_categories) for v in cats]):
         yield dict(zip([v.name for v in cats], values))
 
@@ -56,7 +56,7 @@ def test_every_category_gets_the_same_share_of_the_solver_space():
     ({"x3": 0.5}, "x3"), ({"x4": 99.5}, "x4")])
 def test_encode_rejects_out_of_range_values(bad, message):
     config = {"x1": 1, "x2": 1, "x3": 50.0, "x4": 50.0, "x5": 0, "x6": 0, "x7": 1, **bad}
-    with pytest.raises(CompressionConfigError, match=message):
+    with pytest.raises(ConfigError, match=message):
         space.encode(config)
 
 
@@ -67,19 +67,48 @@ def test_config_error_is_both_a_medtune_config_error_and_a_value_error():
         space.encode({"x1": 0})
 
 
+def test_one_rule_set_accepts_every_emitted_and_every_canonical_config():
+    configs = space.decode_many(np.random.default_rng(0).random((300, 7)), subset_seed=4)
+    configs += space.latin_hypercube_configs(30, seed=1, subset_seed=4)
+    for config in configs:
+        g = genome.CompressionGenome.from_config(config)
+        assert g.to_config() == config
+        canon = g.canonical()
+        assert genome.CompressionGenome.from_config(canon.to_config()) == canon
+        assert canon.canonical_key() == g.canonical_key() == genome.canonical_key(config)
+
+
+def test_genome_rules_floats_for_ints_unused_intensity_and_seed():
+    base = {"x1": 1, "x2": 2, "x3": 1.0, "x4": 99.0, "x5": 0, "x6": 2, "x7": 1}
+    g = genome.CompressionGenome.from_config({**base, "x2": 2.0, "x7": 1.0, "subset_seed": 3.0})
+    assert (g.x2, g.x7, g.subset_seed) == (2, 1, 3) and {type(g.x2), type(g.x7), type(g.subset_seed)} == {int}
+    assert genome.CompressionGenome.from_config(base).subset_seed == 0
+    # an intensity whose scope is 0 only has to be a number; encoding clips it to the bound
+    off = {**base, "x1": 0, "x3": 0.0}
+    assert genome.CompressionGenome.from_config(off).x3 == 0.0
+    assert genome.canonical_config(off)["x3"] == genome.CANONICAL_INTENSITY
+    assert space.encode(off)[2] == 0.0 and space.decode(space.encode(off))["x3"] == 1.0
+    for bad, name in [({"x3": 0.99}, "x3"), ({"x4": 99.01}, "x4"), ({"x1": 0, "x3": float("nan")}, "x3"),
+                      ({"x4": "50"}, "x4"), ({"x2": 1.5}, "x2"), ({"x7": "1"}, "x7"), ({"x5": float("inf")}, "x5"),
+                      ({"subset_seed": 1.5}, "subset_seed"), ({"subset_seed": None}, "subset_seed"),
+                      ({"subset_seed": -2}, "subset_seed")]:
+        with pytest.raises(ConfigError, match=name):
+            genome.CompressionGenome.from_config({**base, **bad})
+
+
 def test_canonical_key_ignores_intensity_and_type_of_an_unpruned_layer_kind():
     a = {"x1": 0, "x2": 1, "x3": 10.0, "x4": 40.0, "x5": 2, "x6": 0, "x7": 1, "subset_seed": 1}
     b = {**a, "x3": 80.0, "x5": 1, "subset_seed": 2}      # linear scope 0: x3, x5 irrelevant
     c = {**a, "x4": 41.0}                                 # conv scope 1: x4 matters
-    assert space.canonical_key(a) == space.canonical_key(b)
-    assert space.canonical_key(a) != space.canonical_key(c)
-    assert space.canonical_key(a) == (0, 1, None, 40.0, None, 0, 1)
+    assert genome.canonical_key(a) == genome.canonical_key(b)
+    assert genome.canonical_key(a) != genome.canonical_key(c)
+    assert genome.canonical_key(a) == (0, 1, None, 40.0, None, 0, 1)
     both_off = {"x1": 0, "x2": 0, "x3": 5.0, "x4": 6.0, "x5": 1, "x6": 2, "x7": 0}
-    assert space.canonical_key(both_off) == (0, 0, None, None, None, None, 0)
-    assert space.canonical_config(both_off) == {"x1": 0, "x2": 0, "x3": 1.0, "x4": 1.0,
+    assert genome.canonical_key(both_off) == (0, 0, None, None, None, None, 0)
+    assert genome.canonical_config(both_off) == {"x1": 0, "x2": 0, "x3": 1.0, "x4": 1.0,
                                                 "x5": 0, "x6": 0, "x7": 0}
     # Scope 1 vs 2 differ even at equal intensity/type.
-    assert space.canonical_key({**a, "x2": 2}) != space.canonical_key(a)
+    assert genome.canonical_key({**a, "x2": 2}) != genome.canonical_key(a)
 
 
 def test_canonical_vectors_match_the_scalar_definition():
@@ -87,7 +116,7 @@ def test_canonical_vectors_match_the_scalar_definition():
     U = rng.random((400, 7))
     U[::5, 0] = 0.1   # force many scope-0 rows
     U[::7, 1] = 0.2
-    expected = np.array([space.encode(space.canonical_config(space.decode(u))) for u in U])
+    expected = np.array([space.encode(genome.canonical_config(space.decode(u))) for u in U])
     np.testing.assert_allclose(space.canonical_vectors(U), expected, atol=1e-12)
     # Snapping is idempotent and equal keys give equal vectors.
     np.testing.assert_allclose(space.canonical_vectors(space.canonical_vectors(U)), expected, atol=1e-12)
@@ -103,14 +132,14 @@ def test_canonical_vectors_match_the_scalar_definition():
 def test_latin_hypercube_covers_every_category(n):
     configs = space.latin_hypercube_configs(n, seed=11, subset_seed=11)
     assert len(configs) == n
-    for var in space.DESIGN_VARIABLES:
+    for var in genome.DESIGN_VARIABLES:
         values = [c[var.name] for c in configs]
         if var.is_categorical:
             assert set(values) == set(range(var.n_categories)), var.name
         else:
             assert all(1.0 <= v <= 99.0 and round(v, 2) == v for v in values)
     assert all(c["subset_seed"] == 11 for c in configs)
-    assert len({space.canonical_key(c) for c in configs}) == n  # distinct compressed models
+    assert len({genome.canonical_key(c) for c in configs}) == n  # distinct compressed models
 
 
 def test_latin_hypercube_is_stratified_deterministic_and_seeded():
@@ -129,20 +158,20 @@ def test_latin_hypercube_is_stratified_deterministic_and_seeded():
 def test_latin_hypercube_replaces_canonical_duplicates_and_honours_exclusions():
     # 30 points: ~1/9 have both scopes 0, where only x7 matters -> duplicates must be replaced.
     configs = space.latin_hypercube_configs(30, seed=2)
-    keys = [space.canonical_key(c) for c in configs]
+    keys = [genome.canonical_key(c) for c in configs]
     assert len(set(keys)) == 30
     excluded = set(keys[:10])
     fresh = space.latin_hypercube_configs(30, seed=2, excluded_keys=excluded)
-    assert not excluded & {space.canonical_key(c) for c in fresh}
+    assert not excluded & {genome.canonical_key(c) for c in fresh}
 
 
 def test_random_unique_configs_are_new_and_distinct():
     rng = np.random.default_rng(0)
-    excluded = {space.canonical_key(c) for c in space.latin_hypercube_configs(40, seed=0)}
+    excluded = {genome.canonical_key(c) for c in space.latin_hypercube_configs(40, seed=0)}
     configs = space.random_unique_configs(60, rng, excluded, subset_seed=3)
-    keys = [space.canonical_key(c) for c in configs]
+    keys = [genome.canonical_key(c) for c in configs]
     assert len(set(keys)) == 60 and not excluded & set(keys)
-    with pytest.raises(CompressionConfigError, match="could not draw"):
+    with pytest.raises(ConfigError, match="could not draw"):
         # Only two canonical configs exist with both scopes 0 ... but random draws rarely
         # hit exclusively those, so exhaust the tries with a tiny limit instead.
         space.random_unique_configs(5, rng, excluded, max_tries=3)

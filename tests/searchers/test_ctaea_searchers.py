@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from ray.tune.search import Searcher
 
-from orchestrator.errors import ConfigError
+from medcore.compression_genome import canonical_key
+from medcore.errors import ConfigError
 from searchers import compression_space as space
 from searchers.ctaea import (FAILED_CONSTRAINT_VIOLATION, CTAEASearcher, drive_without_ray,
                              parse_trial_result, reference_directions)
@@ -29,7 +30,7 @@ FAST = dict(n_initial=10, budget=16, n_infill=2, pop_size=10, n_gen=15, folds=3,
 
 
 def _keys(records):
-    return [space.canonical_key(r["config"]) for r in records]
+    return [canonical_key(r["config"]) for r in records]
 
 
 def _comparable(history):
@@ -109,16 +110,16 @@ def test_select_infill_samples_nondominated_then_population_then_random():
     sol = _solution()
     keys = space.canonical_keys(sol.X)
     configs, sources = select_infill(sol, 2, np.random.default_rng(0))
-    assert sources == ["nondominated"] * 2 and {space.canonical_key(c) for c in configs} <= set(keys[:4])
+    assert sources == ["nondominated"] * 2 and {canonical_key(c) for c in configs} <= set(keys[:4])
     # Three of the four non-dominated points already evaluated: the fourth, then by rank.
     excluded = set(keys[:3])
     configs, sources = select_infill(sol, 4, np.random.default_rng(0), excluded)
     assert sources == ["nondominated", "population", "population", "population"]
-    assert [space.canonical_key(c) for c in configs] == [keys[3], keys[4], keys[5], keys[7]]
+    assert [canonical_key(c) for c in configs] == [keys[3], keys[4], keys[5], keys[7]]
     # Everything evaluated: random new configs.
     configs, sources = select_infill(sol, 3, np.random.default_rng(0), set(keys), subset_seed=4)
     assert sources == ["random"] * 3
-    assert not set(keys) & {space.canonical_key(c) for c in configs}
+    assert not set(keys) & {canonical_key(c) for c in configs}
     assert all(c["subset_seed"] == 4 for c in configs)
 
 
@@ -128,12 +129,12 @@ def test_propose_infill_excludes_evaluated_and_is_deterministic():
     X = space.encode_many(configs)
     F = np.array([[r["f1_compute"], r["f2_error"]] for r in results])
     G = np.array([r["g_accuracy"] for r in results])
-    excluded = {space.canonical_key(c) for c in configs}
+    excluded = {canonical_key(c) for c in configs}
     kwargs = dict(pop_size=10, n_gen=10, folds=3, subset_seed=3, pool=LIGHT_POOL)
     a = propose_infill(X, F, G, 4, seed=9, excluded_keys=excluded, **kwargs)
     b = propose_infill(X, F, G, 4, seed=9, excluded_keys=excluded, **kwargs)
     assert a.configs == b.configs and a.sources == b.sources
-    new_keys = [space.canonical_key(c) for c in a.configs]
+    new_keys = [canonical_key(c) for c in a.configs]
     assert len(set(new_keys)) == 4 and not excluded & set(new_keys)
     assert set(a.surrogates) == {"f1_compute", "f2_error", "g_accuracy"}
     for selection in a.surrogates.values():
@@ -204,13 +205,13 @@ def test_pure_ctaea_suggests_a_whole_generation_then_waits():
     searcher = CTAEASearcher(pop_size=10, n_gen=4, seed=0)
     first = [searcher.suggest(f"g0_{i}") for i in range(10)]
     assert all(isinstance(c, dict) and c["subset_seed"] == 0 for c in first)
-    assert len({space.canonical_key(c) for c in first}) == 10   # canonical duplicate elimination
+    assert len({canonical_key(c) for c in first}) == 10   # canonical duplicate elimination
     assert searcher.suggest("g0_10") is None                     # generation 0 still running
     for i, config in enumerate(first):
         searcher.on_trial_complete(f"g0_{i}", evaluate(config))
     second = searcher.suggest("g1_0")
     assert isinstance(second, dict)
-    assert space.canonical_key(second) not in {space.canonical_key(c) for c in first}
+    assert canonical_key(second) not in {canonical_key(c) for c in first}
 
 
 def test_pure_ctaea_history_generations_and_budget():
@@ -226,7 +227,7 @@ def test_pure_ctaea_history_generations_and_budget():
     assert len(searcher._told) == 4
     # Every individual told to CTAEA got its own evaluated values -- including twins of
     # configs evaluated in earlier generations, answered from the history.
-    by_key = {space.canonical_key(r["config"]): r for r in history}
+    by_key = {canonical_key(r["config"]): r for r in history}
     for generation in searcher._told:
         for key, f, g in zip(space.canonical_keys(generation["X"]), generation["F"], generation["G"]):
             record = by_key[key]
@@ -289,22 +290,14 @@ def test_searcher_object_pickles_mid_search_and_continues_identically():
 # Surrogate loop vs pure CTAEA at equal budget (section 5.2, scaled down)
 # ---------------------------------------------------------------------------------------
 
-def test_surrogate_loop_beats_pure_ctaea_in_mean_hypervolume():
-    # Paper budget (100 evaluations, 50 initial) against pure CTAEA 10 x 10, scaled down for
-    # speed: 10 infill points per iteration (paper: 2), CTAEA 20 x 30 on the surrogates
-    # (paper: 50 x 1000) and 3 CV folds (paper-like 5 in the benchmark).
-    surrogate_hv, ctaea_hv = [], []
-    for seed in (0, 1, 2):
-        surrogate = SurrogateCTAEASearcher(n_initial=50, budget=100, n_infill=10, pop_size=20, n_gen=30,
-                                           folds=3, seed=seed)
-        drive_without_ray(surrogate, evaluate)
-        assert surrogate.n_evaluated == 100
-        surrogate_hv.append(surrogate.hypervolume())
-        pure = CTAEASearcher(pop_size=10, n_gen=10, seed=seed)
-        drive_without_ray(pure, evaluate)
-        assert pure.n_evaluated <= 100
-        ctaea_hv.append(pure.hypervolume())
-    assert np.mean(surrogate_hv) > np.mean(ctaea_hv), (surrogate_hv, ctaea_hv)
+def test_surrogate_loop_spends_its_budget_and_finds_feasible_trade_offs():
+    """Sanity only: the comparison with pure CTAEA over seeds is benchmarks/ctaea_hypervolume.py."""
+    surrogate = SurrogateCTAEASearcher(n_initial=20, budget=30, n_infill=5, pop_size=12, n_gen=10, folds=3, seed=0)
+    drive_without_ray(surrogate, evaluate)
+    assert surrogate.n_evaluated == 30 and surrogate.hypervolume() > 0
+    initial = SurrogateCTAEASearcher(n_initial=20, budget=20, n_infill=5, pop_size=12, n_gen=10, folds=3, seed=0)
+    drive_without_ray(initial, evaluate)
+    assert surrogate.hypervolume() >= initial.hypervolume()  # infill never loses what the sample found
 
 
 # ---------------------------------------------------------------------------------------

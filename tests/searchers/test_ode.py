@@ -6,7 +6,6 @@ import random
 import numpy as np
 import pytest
 
-from orchestrator.errors import ConfigError
 from searchers.cell_space import Decoded
 from searchers.ode import ODESearcher
 
@@ -114,7 +113,7 @@ def test_converged_population_restarts_and_spends_the_budget():
     s = drive(ODESearcher(space=BasinSpace(), pop_size=6, budget=30, seed=0), basin_fitness)
     assert len(s.evaluated()) == 30 and s.restarts >= 1
     restarts = [r for r in s.history if r["phase"] == "restart"]
-    assert restarts and any(r["status"] == "trained" for r in restarts)
+    assert restarts and any(r["status"] == "ok" for r in restarts)
     assert [r["key"] for r in s.evaluated()].count("basin") == 1  # still trained once
     assert s.population_fitness.max() == 1.0  # the elite survives every restart
 
@@ -128,12 +127,12 @@ def test_exhausted_space_stops_without_spending_the_budget():
     assert s.finished and len(s.evaluated()) == 3 and s.restarts >= 1
 
 
-def test_cost_cap_makes_candidates_infeasible_without_training():
-    s = ODESearcher(pop_size=6, budget=12, seed=0, cost_fn=lambda cfg: cfg["architecture"]["n_f_init"],
-                    max_cost=8)
+def test_infeasibility_rule_makes_candidates_infeasible_without_training():
+    rule = lambda cfg: None if cfg["architecture"]["n_f_init"] <= 8 else "needs too much memory"
+    s = ODESearcher(pop_size=6, budget=12, seed=0, feasibility_fn=rule)
     drive(s, lambda g: float(np.mean(g)))
     assert all(r["config"]["architecture"]["n_f_init"] == 8 for r in s.evaluated())
-    assert any("exceeds the cap" in r["reason"] for r in s.history)
+    assert any(r["status"] == "infeasible" and r["reason"] == "needs too much memory" for r in s.history)
 
 
 def test_failed_trial_gets_worst_fitness_and_search_goes_on():
@@ -159,11 +158,10 @@ def test_save_restore_mid_search_matches_uninterrupted(tmp_path):
     assert len(resumed.evaluated()) == 35
 
 
-@pytest.mark.parametrize("kwargs,match", [({"budget": 3, "pop_size": 4}, "budget"),
-                                          ({"pop_size": 3, "budget": 10}, "pop-size"),
-                                          ({"jump_rate": 1.5}, "JR")])
-def test_bad_parameters(kwargs, match):
-    with pytest.raises(ConfigError, match=match):
+@pytest.mark.parametrize("kwargs", [{"budget": 3, "pop_size": 4}, {"pop_size": 3, "budget": 10},
+                                    {"mode": "min"}])
+def test_what_the_searcher_cannot_run_is_a_plain_error(kwargs):
+    with pytest.raises(ValueError):
         ODESearcher(**kwargs)
 
 
@@ -173,22 +171,19 @@ def _analytic_trainable(config):
     tune.report({"best_val_acc": sphere(config["genome"]), "status": "ok"})
 
 
-def test_ode_under_tuner_beats_random_search(ray_local, tmp_path):
-    """Equal budget, three seeds: ODE through a real Tuner vs uniform random genomes."""
+def test_ode_under_a_real_tuner_completes_its_budget(ray_local, tmp_path):
+    """Sanity under Tune (the comparison with random search is benchmarks/ode_vs_random.py)."""
     from ray import tune
 
-    budget, wins, gaps = 60, 0, []
-    for seed in range(3):
-        searcher = ODESearcher(space=GenomeSpace(), pop_size=10, budget=budget, seed=seed)
-        tuner = tune.Tuner(
-            tune.with_resources(_analytic_trainable, {"cpu": 0.25}),
-            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=budget, reuse_actors=True),
-            run_config=tune.RunConfig(name=f"ode{seed}", storage_path=str(tmp_path), verbose=0))
-        grid = tuner.fit()
-        assert len(grid) == budget and not grid.errors
-        ode_best = max(r.metrics["best_val_acc"] for r in grid)
-        rng = np.random.default_rng(100 + seed)
-        random_best = max(sphere(rng.random(29)) for _ in range(budget))
-        wins += ode_best > random_best
-        gaps.append(ode_best - random_best)
-    assert wins == 3, gaps
+    searcher = ODESearcher(space=GenomeSpace(), pop_size=4, budget=16, seed=0)
+    tuner = tune.Tuner(
+        tune.with_resources(_analytic_trainable, {"cpu": 1}),
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=16),
+        run_config=tune.RunConfig(name="ode", storage_path=str(tmp_path), verbose=0))
+    grid = tuner.fit()
+    assert len(grid) == 16 and not grid.errors
+    values = [r.metrics["best_val_acc"] for r in grid]
+    restored = ODESearcher(space=GenomeSpace(), pop_size=4, budget=16, seed=0)
+    restored.restore_from_dir(str(tmp_path / "ode"))
+    assert restored.is_finished and len(restored.evaluated()) == 16
+    assert max(r["fitness"] for r in restored.evaluated()) == max(values)

@@ -3,18 +3,20 @@ import numpy as np
 import pytest
 import torch
 
+from medcore.cell_genotype import OPERATIONS, CellArchitecture
+from medcore.records import DatasetInfo
 from searchers import cell_space as cs
 from trainables.complexity import count_flops, count_params
 from trainables.nets.cell_net import OPS, CellNet
-from trainables.ode_trial import CandidateFlops
+from trainables.ode_trial import CandidateCost
 
 
 def arch(nodes, edges, s=1, m=1, f=8):
-    return cs.CellArchitecture(nodes=tuple(nodes), edges=tuple(edges), n_stacks=s, n_modules=m, n_f_init=f)
+    return CellArchitecture(nodes=tuple(nodes), edges=tuple(edges), n_stacks=s, n_modules=m, n_f_init=f)
 
 
 def test_ops_table_matches_table_1_layer_order():
-    assert set(OPS) == set(cs.OPERATIONS)
+    assert set(OPS) == set(OPERATIONS)
     layers = [type(m).__name__ for m in OPS["conv5_in_mish"](3, 4)]
     assert layers == ["Conv3d", "InstanceNorm3d", "Mish"] and OPS["conv5_in_mish"](3, 4)[0].kernel_size == (5, 5, 5)
     assert [type(m).__name__ for m in OPS["in_mish_conv7"](3, 4)] == ["InstanceNorm3d", "Mish", "Conv3d"]
@@ -43,11 +45,12 @@ def test_flops_counted_by_hand_for_a_tiny_net():
 
 
 def test_meta_device_flops_equal_real_count():
-    info = type("Info", (), {"n_channels": 1, "n_outputs": 1, "spatial_dims": 3, "size": 12})()
+    info = DatasetInfo("t", "binary-class", n_channels=1, n_classes=2, spatial_dims=3, size=12, synthetic=True,
+                       path="")
     rng = np.random.default_rng(0)
     for _ in range(5):
         d = cs.decode(rng.random(29))
         if d.feasible:
             cfg = {"architecture": d.architecture.to_config()}
             real = count_flops(CellNet(d.architecture, 1, 1, 3), (1, 12, 12, 12))
-            assert CandidateFlops(info)(cfg) == real
+            assert CandidateCost(info, batch_size=2, n_train=8).flops(cfg) == real

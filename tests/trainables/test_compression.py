@@ -12,8 +12,10 @@ import pytest
 import torch
 from monai.networks.nets import ResNet
 
+from medcore.compression_genome import CompressionGenome
+from medcore.errors import ConfigError, MedtuneError
+from medcore.networks import RESNET_NAMES
 from orchestrator.data import load_medmnist, make_synthetic
-from orchestrator.errors import ConfigError, MedtuneError
 from trainables import compress_trial as ct
 from trainables import compression as C
 from trainables.nets.resnet import RESNETS, build_resnet
@@ -39,8 +41,8 @@ def tiny_resnet(spatial_dims: int = 2, in_channels: int = 3, n_outputs: int = 8,
     return model.eval()
 
 
-def cfg(**kw) -> C.CompressionConfig:
-    return C.CompressionConfig.from_config({**NO_COMPRESSION, **kw})
+def cfg(**kw) -> CompressionGenome:
+    return CompressionGenome.from_config({**NO_COMPRESSION, **kw})
 
 
 def params(model) -> dict:
@@ -58,6 +60,7 @@ def blood(tmp_path_factory):
 
 def test_build_resnet_2d_3d_and_unknown_name():
     assert set(RESNETS) == {"resnet10", "resnet18", "resnet34", "resnet50"}
+    assert tuple(RESNETS) == RESNET_NAMES  # the names the config checks without importing MONAI
     r10 = build_resnet("resnet10", 3, 1, 2)
     assert sum(len(getattr(r10, f"layer{i}")) for i in range(1, 5)) == 4  # one basic block per stage
     m2 = build_resnet("resnet18", 2, 3, 8)
@@ -149,15 +152,15 @@ def test_random_subset_is_seeded():
 
 def test_config_validation():
     with pytest.raises(ConfigError, match="x1"):
-        C.CompressionConfig.from_config({**NO_COMPRESSION, "x1": 3})
+        CompressionGenome.from_config({**NO_COMPRESSION, "x1": 3})
     with pytest.raises(ConfigError, match="x4"):
-        C.CompressionConfig.from_config({**NO_COMPRESSION, "x2": 1, "x4": 100.0})
+        CompressionGenome.from_config({**NO_COMPRESSION, "x2": 1, "x4": 100.0})
     with pytest.raises(ConfigError, match="x7"):
-        C.CompressionConfig.from_config({k: v for k, v in NO_COMPRESSION.items() if k != "x7"})
+        CompressionGenome.from_config({k: v for k, v in NO_COMPRESSION.items() if k != "x7"})
     with pytest.raises(ConfigError, match="subset_seed"):
-        C.CompressionConfig.from_config({**NO_COMPRESSION, "subset_seed": -1})
+        CompressionGenome.from_config({**NO_COMPRESSION, "subset_seed": -1})
     # floats from a real-coded solver are accepted; unused intensities are not checked
-    c = C.CompressionConfig.from_config({**NO_COMPRESSION, "x5": 2.0, "x3": 0.0})
+    c = CompressionGenome.from_config({**NO_COMPRESSION, "x5": 2.0, "x3": 0.0})
     assert c.x5 == 2 and isinstance(c.x5, int)
 
 
@@ -318,8 +321,7 @@ def test_train_base_and_compress_trial_under_tuner(ray_local, blood, tmp_path):
     space = {"x1": 1, "x2": 1, "x3": 30.0, "x4": 40.0, "x5": 2, "x6": 0, "x7": 1, "subset_seed": 1,
              "inference_batch": 16, "inference_repeats": 1, "calibration_samples": 32}
     results = tune.Tuner(
-        tune.with_resources(tune.with_parameters(ct.compress_trial, data=blood,
-                                                 base_dir=base_result.checkpoint.path,
+        tune.with_resources(tune.with_parameters(ct.compress_trial, data=blood, base=base,
                                                  base_accuracy=final["test_acc"]), {"cpu": 2}),
         param_space=space,
         run_config=tune.RunConfig(storage_path=str(tmp_path), name="compress", verbose=0),

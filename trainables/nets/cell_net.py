@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from searchers.cell_space import INPUT, OUTPUT, OPERATIONS, CellArchitecture
+from medcore.cell_genotype import INPUT, OPERATIONS, OUTPUT, CellArchitecture
 
 
 def _conv(dims: int, c: int, k: int) -> nn.Module:

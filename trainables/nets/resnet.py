@@ -28,7 +28,7 @@ from __future__ import annotations
 from monai.networks.nets import resnet10, resnet18, resnet34, resnet50
 from torch import nn
 
-from orchestrator.errors import ConfigError
+from medcore.errors import ConfigError
 
 # name -> MONAI constructor (all take spatial_dims / n_input_channels / num_classes).
 # resnet10 (one basic block per stage, MedicalNet's smallest) is the CPU-sized choice.

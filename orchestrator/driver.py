@@ -1,0 +1,153 @@
+"""The generic driver: runs any registered search end to end.
+
+Order matters and is the same for every search: validate the config; check the run folder
+(``--out`` usable, ``--data-root`` not a file); take the run folder's lock (one driver per
+folder, whatever the timing); check the folder holds this search's run (or none, or a run
+to ``--resume``); load the data once; start or join Ray; refuse per-trial requests the
+cluster cannot satisfy; run the stages; summarise; write the zoo; and refuse a run where
+every candidate failed. Every refusal is one line (a MedtuneError) before work starts.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from medcore.errors import ConfigError, RunError, SearchFailed
+from orchestrator import atomic, registry, status
+from orchestrator.runlock import RunLock
+from orchestrator.runtime import check_trial_fits, ray_session, sigterm_as_interrupt
+from orchestrator.search import RunContext, Search
+
+MANIFEST = "run.json"
+
+
+def run_search(search: str | Search, cfg, data=None) -> dict:
+    """Run (or ``cfg.resume``) one search; returns the summary written to ``summary.json``."""
+    if isinstance(search, str):
+        search = registry.get(search)
+    if not isinstance(cfg, search.config_cls):
+        raise ConfigError(f"the {search.name} search takes a {search.config_cls.__name__}, "
+                          f"got {type(cfg).__name__}")
+    cfg.validate()
+    out = prepare_folder(cfg)
+    with RunLock(out, what=f"{search.name} driver"):
+        manifest = check_manifest(search, cfg, out)
+        run_id = manifest["run"]
+        started = time.time()
+        status.update_status(out, search=search.name, state=status.RUNNING, stage=None, error=None,
+                             pid=os.getpid(), started=started, stages={s: {"state": "pending"}
+                                                                         for s in search.stage_names})
+        try:
+            summary = _run(search, cfg, data, out, manifest, started)
+        except KeyboardInterrupt:
+            status.update_status(out, state=status.INTERRUPTED)
+            raise
+        except BaseException as exc:
+            status.update_status(out, state=status.FAILED, error=f"{type(exc).__name__}: {exc}"[:500])
+            raise
+        status.update_status(out, state=status.DONE, stage=None)
+    evaluated, ok, reasons = search.failure_counts(summary)
+    if evaluated and not ok:
+        counted = ", ".join(f"{n} x {reason}" for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1]))
+        raise SearchFailed(f"every candidate failed ({evaluated} of {evaluated}: {counted}); results in {out}")
+    return summary
+
+
+def _run(search: Search, cfg, data, out: Path, manifest: dict, started: float) -> dict:
+    if data is None:
+        data = search.load_data(cfg)
+    ctx = RunContext(search=search, cfg=cfg, data=data, run_id=manifest["run"])
+    with sigterm_as_interrupt(), ray_session(cfg.resources.address, cfg.resources.jemalloc):
+        r = cfg.resources
+        check_trial_fits(r.cpus_per_trial, r.gpus_per_trial, r.memory_per_trial_gb * 2**30, r.autoscale)
+        # the run exists from here on: everything before was a check that leaves nothing behind
+        atomic.write_json(out / MANIFEST, manifest)
+        for stage in search.stages(ctx):
+            ctx.stage = stage.name
+            status.update_status(out, stage=stage.name, stages={stage.name: {"state": status.RUNNING}})
+            stage.run(ctx)
+            status.update_status(out, stages={stage.name: {"state": status.DONE}})
+    summary = search.summarize(ctx)
+    summary.update(out=str(out), run=ctx.run_id, wall_time_s=round(time.time() - started, 1))
+    records = search.zoo_records(ctx)
+    if records:
+        summary["zoo"] = write_zoo(ctx, records)
+    atomic.write_json(out / "summary.json", summary)
+    return summary
+
+
+def write_zoo(ctx: RunContext, records) -> dict:
+    """Every evaluated model of the run into the zoo, one file per stage (rewritten on resume)."""
+    from orchestrator import zoo
+
+    info = ctx.data.info
+    rows = zoo.rows_from_records(records, dataset=info.flag, size=info.size, spatial_dims=info.spatial_dims,
+                                 task=info.task, input_shape=list(info.input_shape), run=ctx.run_id,
+                                 synthetic=bool(info.synthetic))
+    by_stage: dict[str, list] = {}
+    for row in rows:
+        by_stage.setdefault(row["stage"], []).append(row)
+    for stage, stage_rows in by_stage.items():
+        zoo.write_rows(ctx.cfg.zoo_path, stage_rows, writer_id=f"{ctx.run_id}-{ctx.search.name}-{stage}")
+    return {"path": ctx.cfg.zoo_path, "rows": len(rows)}
+
+
+def prepare_folder(cfg) -> Path:
+    """Make ``--out``; refuse in one line an --out that is a file, lies under a file or cannot
+    be written, and a --data-root that is a file."""
+    out = cfg.out_dir
+    for path, name in ((out, "out"), (Path(cfg.storage_path), "storage"), (Path(cfg.zoo_path), "zoo")):
+        _check_dir(path, name)
+    if cfg.data_root is not None:
+        root = Path(cfg.data_root).expanduser()
+        if root.exists() and not root.is_dir():
+            raise ConfigError(f"{root} is a file; it must be the folder that holds the dataset files", "data_root")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create {out}: {exc.strerror}", "out") from None
+    return out
+
+
+def _check_dir(path: Path, name: str) -> None:
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{path} is a file, not a folder", name)
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{path} lies under {parent}, which is a file", name)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{parent} is not writable", name)
+
+
+def check_manifest(search: Search, cfg, out: Path) -> dict:
+    """The run folder holds this search's run, or nothing: returns its manifest (a new one
+    is written once the run's checks have passed).
+
+    Refused: a folder holding another search's run; ``--resume`` where there is nothing to
+    resume; a fresh start over an existing run (it would be overwritten).
+    """
+    path = out / MANIFEST
+    manifest = atomic.read_json(path)
+    if manifest is None and _has_experiments(cfg):
+        raise RunError(f"{out} holds a run medtune cannot identify (Tune state without {MANIFEST}); "
+                       f"choose another --out")
+    if manifest is not None and manifest.get("search") != search.name:
+        raise RunError(f"{out} holds a '{manifest.get('search')}' run, not a '{search.name}' run; "
+                       f"choose another --out")
+    if cfg.resume and manifest is None:
+        raise RunError(f"nothing to resume in {out} (no run there); drop --resume to start a new run")
+    if not cfg.resume and manifest is not None:
+        raise RunError(f"{out} already holds a {search.name} run; pass --resume to continue it or choose "
+                       f"another --out")
+    if manifest is None:
+        manifest = {"search": search.name, "run": f"{search.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
+                    "created": time.time(), "config": cfg.to_dict()}
+    return manifest
+
+
+def _has_experiments(cfg) -> bool:
+    storage = Path(cfg.storage_path)
+    return storage.is_dir() and any(p.is_dir() for p in storage.iterdir())

@@ -1,0 +1,145 @@
+"""Export a zoo model for use outside medtune: ``model.pt2`` (torch.export), ``model.onnx``, ``card.json``.
+
+The network is rebuilt from the row's ``build`` recipe (``{"builder": "module:function",
+"kwargs": {...}}``) and its trained weights (a folder holding ``model.pt``, a state_dict),
+then exported with :func:`torch.export.export` (TorchScript is deprecated in torch 2.13) with
+a dynamic batch dimension. The exported program needs only torch to run:
+``torch.export.load('model.pt2').module()(x)``. ONNX goes through ``torch.onnx.export``
+(``dynamo=True``, which needs ``onnx`` and ``onnxscript``); if that fails the card names why.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import json
+import os
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+
+from medcore.errors import MedtuneError
+from orchestrator.atomic import write_json
+from orchestrator.zoo import get_model, metrics_of, row_json
+
+PREPROCESSING = "uint8 images scaled to [0,1] float32, layout N,C,(D),H,W"
+WEIGHTS_FILE = "model.pt"
+ATOL = 1e-5
+
+
+def build_model(build: dict):
+    """Call the recipe's ``module:function`` with its kwargs."""
+    try:
+        module_name, function_name = build["builder"].split(":")
+        builder = getattr(importlib.import_module(module_name), function_name)
+    except (KeyError, ValueError, AttributeError, ImportError) as exc:
+        raise MedtuneError(f"cannot rebuild the model from {json.dumps(build)}: {exc}") from None
+    return builder(**build.get("kwargs", {}))
+
+
+def read_state_dict(weights: str) -> dict:
+    """The state_dict under a weights reference: a local folder / ``model.pt`` path or a pyarrow.fs URI."""
+    import pyarrow.fs as pafs
+    import torch
+
+    if "://" in weights:
+        try:
+            fs, path = pafs.FileSystem.from_uri(weights)
+        except Exception as exc:  # noqa: BLE001 -- pyarrow raises several types for bad URIs
+            raise MedtuneError(f"weights {weights}: {str(exc).strip().splitlines()[0]}") from None
+    else:
+        fs, path = pafs.LocalFileSystem(), str(Path(weights).expanduser().resolve())
+    if fs.get_file_info(path).type == pafs.FileType.Directory:
+        path = f"{path.rstrip('/')}/{WEIGHTS_FILE}"
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        raise MedtuneError(f"weights {weights} not found (expected a folder holding {WEIGHTS_FILE})")
+    with fs.open_input_stream(path) as f:
+        data = f.read()
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+
+def _export_onnx(model, x, path: Path) -> dict:
+    import torch
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch's own pytree deprecation notices
+            torch.onnx.export(model, (x,), str(tmp), dynamo=True, external_data=False,
+                              dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), verbose=False)
+        os.replace(tmp, path)
+        return {"file": path.name, "exporter": "torch.onnx.export(dynamo=True)", "opset": _opset(path)}
+    except Exception as exc:  # noqa: BLE001 -- any exporter failure is recorded, not fatal
+        Path(tmp).unlink(missing_ok=True)
+        text = str(exc).strip().splitlines()
+        return {"file": None, "skipped": f"{type(exc).__name__}: {text[0] if text else ''}"[:300]}
+
+
+def _opset(path: Path):
+    try:
+        import onnx
+
+        return max(o.version for o in onnx.load(str(path), load_external_data=False).opset_import if o.domain == "")
+    except Exception:  # noqa: BLE001 -- the opset is informative only
+        return None
+
+
+def export_model(zoo_path, model_id: str, out_dir) -> dict:
+    """Write ``model.pt2``, ``model.onnx`` (when the exporter works) and ``card.json``; return the card."""
+    import torch
+
+    row = get_model(zoo_path, model_id)
+    if not row.get("weights"):
+        raise MedtuneError(f"model {model_id} has no stored weights; only models with weights "
+                           f"(e.g. retrained top models) can be exported")
+    if not row.get("build"):
+        raise MedtuneError(f"model {model_id} has no build recipe; cannot rebuild it for export")
+    if not row.get("input_shape"):
+        raise MedtuneError(f"model {model_id} has no input shape; cannot export it")
+    build = json.loads(row["build"])
+    model = build_model(build)
+    try:
+        model.load_state_dict(read_state_dict(row["weights"]))
+    except RuntimeError as exc:
+        raise MedtuneError(f"weights {row['weights']} do not fit the rebuilt model {model_id}: "
+                           f"{str(exc).splitlines()[0]}") from None
+    model.eval()
+
+    out = Path(out_dir).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    x = torch.rand(2, *row["input_shape"], generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(x)
+        try:
+            program = torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+            dynamic_batch = True
+        except Exception:  # noqa: BLE001 -- a model that specialises on batch size exports static
+            program = torch.export.export(model, (x,))
+            dynamic_batch = False
+        diff = float((program.module()(x) - expected).abs().max())
+    if diff > ATOL:
+        raise MedtuneError(f"exported model {model_id} differs from the rebuilt one by {diff:.2e} (> {ATOL})")
+    pt2 = out / "model.pt2"
+    tmp = out / ".model.tmp.pt2"  # torch.export.save wants the .pt2 suffix
+    torch.export.save(program, str(tmp))
+    os.replace(tmp, pt2)
+    onnx = _export_onnx(model, x, out / "model.onnx")
+
+    parsed = row_json(row)
+    card = {
+        "model_id": model_id, "dataset": row["dataset"], "size": row["size"], "spatial_dims": row["spatial_dims"],
+        "task": row["task"], "search": row["search"], "run": row["run"], "stage": row["stage"],
+        "family": row["family"], "status": row["status"], "synthetic": bool(row["synthetic"]),
+        "metrics": metrics_of(row), "architecture": parsed["architecture"],
+        "input_shape": list(row["input_shape"]), "preprocessing": PREPROCESSING,
+        "build": build, "weights": row["weights"],
+        "files": {"pt2": pt2.name, "onnx": onnx.get("file")},
+        "load": "torch.export.load('model.pt2').module()",
+        "dynamic_batch": dynamic_batch, "max_abs_diff": diff, "onnx": onnx,
+        "torch_version": torch.__version__, "medtune_version": row["medtune_version"],
+        "exported": datetime.now(timezone.utc).isoformat(),
+    }
+    if card["synthetic"]:
+        card["note"] = "SYNTHETIC: trained and evaluated on synthetic data"
+    write_json(out / "card.json", card)
+    return card

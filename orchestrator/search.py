@@ -1,0 +1,184 @@
+"""The interface every search implements, and the context its stages run in.
+
+A :class:`Search` has a name (``medtune search NAME``), a typed config class, named stages
+(ODE: search -> retrain; compression: base -> search), a ``summarize`` step that writes its
+tables and plots, and the :class:`~medcore.records.ModelRecord` s it adds to the zoo. The
+generic driver (:mod:`orchestrator.driver`) runs the stages; each stage runs its Tune
+experiments through :meth:`RunContext.run_tuner`, where fresh-versus-resume, failure
+handling, TensorBoard logging, progress and per-trial resources are handled once.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from medcore.errors import RunError
+from medcore.records import ModelRecord
+
+# Save experiment + searcher state at least every few seconds, so a killed driver loses at
+# most the trials that were still running (those re-run on resume).
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+# Ctrl+C / SIGTERM stop the driver at once (the CLI says how to resume). Tune's own handler
+# would end the experiment as if it had finished and the driver would go on to summarise a
+# half-done search. The state saved every 2 s is what resume uses.
+os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+
+# Retries of a trial whose worker died (node lost, process killed) before it counts as failed.
+TRIAL_RETRIES = 2
+
+
+@dataclass
+class Stage:
+    name: str
+    run: Callable[["RunContext"], None]
+
+
+class Search:
+    """Base class of every search. Subclasses set ``name``, ``config_cls``, ``stage_names``,
+    ``description`` and implement :meth:`stages`, :meth:`summarize` and :meth:`zoo_records`."""
+
+    name: str = ""
+    description: str = ""
+    config_cls: type = object
+    stage_names: tuple[str, ...] = ()
+    # experiment names under the storage path (for run-folder checks); default: the stage names
+    experiment_names: tuple[str, ...] = ()
+
+    def load_data(self, cfg):
+        """The dataset, loaded once by the driver and shared with every trial via Ray."""
+        from orchestrator.data import load_medmnist
+
+        return load_medmnist(cfg.dataset, cfg.size, cfg.data_root)
+
+    def stages(self, ctx: "RunContext") -> list[Stage]:
+        raise NotImplementedError
+
+    def summarize(self, ctx: "RunContext") -> dict:
+        """Write tables/plots to ``ctx.out``; return the summary (search, dataset, synthetic, ...)."""
+        raise NotImplementedError
+
+    def zoo_records(self, ctx: "RunContext") -> list[ModelRecord]:
+        return []
+
+    def failure_counts(self, summary: dict) -> tuple[int, int, dict]:
+        """(evaluated, succeeded, reasons -> count) of a summary, to refuse an all-failed run."""
+        return summary.get("n_evaluated", 0), summary.get("n_ok", 0), summary.get("failure_reasons", {})
+
+    def print_summary(self, summary: dict) -> None:
+        import json
+
+        if summary.get("synthetic"):
+            print("NOTE: results come from SYNTHETIC data")
+        print(json.dumps({k: summary[k] for k in ("search", "dataset", "synthetic", "n_evaluated") if k in summary}))
+        print(f"results in {summary['out']}")
+
+
+@dataclass
+class RunContext:
+    """What a stage sees: the validated config, the data, the run folders and shared state."""
+
+    search: Search
+    cfg: object
+    data: object
+    run_id: str
+    state: dict = field(default_factory=dict)  # stage outputs for later stages and summarize
+    stage: str | None = None  # the stage running now (set by the driver)
+
+    @property
+    def out(self) -> Path:
+        return self.cfg.out_dir
+
+    def experiment_path(self, name: str) -> str:
+        return str(Path(self.cfg.storage_path) / name)
+
+    def trial_resources(self, memory_bytes: Callable[[dict], int] | int | None = None):
+        """Ray resources of one trial: CPUs, GPUs and memory (a callable: per trial config)."""
+        from ray import tune
+
+        r = self.cfg.resources
+        fixed = int(r.memory_per_trial_gb * 2**30)
+
+        def bundle(config: dict | None = None) -> dict:
+            b = {"CPU": r.cpus_per_trial}
+            if r.gpus_per_trial:
+                b["GPU"] = r.gpus_per_trial
+            mem = fixed or (memory_bytes(config) if callable(memory_bytes) and config is not None else memory_bytes)
+            if mem:
+                b["memory"] = int(mem)
+            return b
+
+        if callable(memory_bytes) and not fixed:
+            return lambda config: tune.PlacementGroupFactory([bundle(config)])
+        return tune.PlacementGroupFactory([bundle()])
+
+    def run_tuner(self, name: str, trainable, *, param_space=None, tune_config=None, resources=None,
+                  metric: str | None = None, mode: str = "max"):
+        """Fit experiment ``name`` fresh, or restore and finish it when the run is resumed.
+
+        Errored trials of a restored experiment stay errored (their failure is a result and
+        is never trained again); trials whose worker died are retried ``TRIAL_RETRIES`` times.
+        """
+        from ray import tune
+        from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
+
+        from orchestrator.status import StatusCallback
+
+        path = self.experiment_path(name)
+        tune_config = dataclasses.replace(tune_config or tune.TuneConfig(),
+                                          trial_name_creator=tune_config and tune_config.trial_name_creator
+                                          or trial_name, trial_dirname_creator=trial_name)
+        trainable = tune.with_resources(trainable, resources if resources is not None else self.trial_resources())
+        if tune.Tuner.can_restore(path):
+            if not self.cfg.resume:
+                raise RunError(f"an experiment already exists at {path}; pass --resume to continue it "
+                               f"or choose another --out")
+            tuner = tune.Tuner.restore(path, trainable=trainable, param_space=param_space, resume_unfinished=True,
+                                       resume_errored=False, restart_errored=False)
+        else:
+            tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=tune.RunConfig(
+                name=name, storage_path=self.cfg.storage_path, verbose=1,
+                failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES),
+                callbacks=[JsonLoggerCallback(), CSVLoggerCallback(), TBXLoggerCallback(), StatusCallback(str(self.out), name, self.stage, metric, mode)]))
+        return tuner.fit()
+
+    def require_finished(self, searcher, name: str) -> None:
+        """Refuse to report on a search that stopped early (Tune also ends a run on SIGUSR1)."""
+        if not searcher.is_finished:
+            raise RunError(f"the {name} experiment stopped before its searcher finished; everything "
+                           f"evaluated is saved in {self.experiment_path(name)}; rerun with --resume")
+
+
+def trial_name(trial) -> str:
+    """Trial folders end in the trial id (so errors can be matched to trials); a candidate
+    number, when the config has one, says which candidate it is."""
+    cfg = trial.config
+    tag = f"cand{cfg['candidate']:04d}" if "candidate" in cfg else trial.trainable_name.split("_")[0]
+    return f"{tag}_{trial.trial_id}"
+
+
+def trial_errors(grid) -> dict[str, str]:
+    """trial_id -> one-line reason of every errored trial of a ResultGrid (Tune saw these, the
+    searcher only saw ``error=True``). A worker killed by Ray's memory monitor is 'out of memory'."""
+    return {result_trial_id(r): describe_error(r.error) for r in grid if r.error is not None}
+
+
+def result_trial_id(result) -> str:
+    """The trial id of a Result, also for a trial that errored before reporting anything
+    (its folder, named by :func:`trial_name`, ends in the id: ``<experiment>_<counter>``)."""
+    return (result.metrics or {}).get("trial_id") or "_".join(Path(result.path).name.split("_")[-2:])
+
+
+def describe_error(error: BaseException) -> str:
+    from medcore.records import OUT_OF_MEMORY
+
+    text = f"{type(error).__name__}: {error}"
+    if "OutOfMemoryError" in text or "memory monitor" in text.lower() or "out of memory" in text.lower():
+        return OUT_OF_MEMORY
+    cause = getattr(error, "cause", None)
+    if cause is not None and cause is not error:
+        text = f"{type(cause).__name__}: {cause}"
+    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
+    return (lines[-1] if lines else type(error).__name__)[:300]

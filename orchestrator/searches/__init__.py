@@ -1,0 +1,1 @@
+"""One module per search, each a :class:`orchestrator.search.Search` registered in :mod:`orchestrator.registry`."""

@@ -1,0 +1,244 @@
+"""The ODE search (paper Fig. 3): search on low-fidelity data, retrain the top architectures
+on the full train split, evaluate on test. Stages: ``search`` -> ``retrain``.
+
+Outputs: ``candidates.csv``, ``top_models.csv``, two PNG plots and ``summary.json``; every
+trained candidate goes to the zoo (stage ``search``), the retrained ones with their weights
+(stage ``retrain``).
+"""
+from __future__ import annotations
+
+import json
+import math
+
+from medcore.records import FAILED, INFEASIBLE, DUPLICATE, OK, ModelRecord
+from orchestrator import reports
+from orchestrator.config import ODESearchConfig
+from orchestrator.search import RunContext, Search, Stage, result_trial_id, trial_errors
+
+SEARCH_NAME, RETRAIN_NAME = "ode_search", "ode_retrain"
+FAMILY = "cell3d"
+
+
+def top_architectures(records: list[dict], k: int) -> list[dict]:
+    """The k best distinct trained architectures by fitness (ties: fewer parameters)."""
+    trained = [r for r in records if r["status"] == OK and math.isfinite(r["fitness"])]
+    trained.sort(key=lambda r: (-r["fitness"], r["metrics"].get("params", 0), r["candidate"]))
+    return trained[:k]
+
+
+def cell_encoding(architecture: dict) -> list[float]:
+    """Fixed-length numeric encoding of a cell (zoo ``cell3d`` family): the 21 upper-triangle
+    adjacency bits, a one-hot operation per intermediate node (5 x 15), then n_stacks,
+    n_modules and n_f_init."""
+    from medcore.cell_genotype import N_NODES, OPERATIONS
+
+    pairs = [(i, j) for i in range(N_NODES) for j in range(i + 1, N_NODES)]
+    edges = {tuple(e) for e in architecture["edges"]}
+    ops = dict((int(i), op) for i, op in architecture["nodes"])
+    vec = [float(p in edges) for p in pairs]
+    for node in range(1, N_NODES - 1):
+        vec += [float(ops.get(node) == op) for op in OPERATIONS]
+    return vec + [float(architecture["n_stacks"]), float(architecture["n_modules"]), float(architecture["n_f_init"])]
+
+
+class ODESearch(Search):
+    name = "ode"
+    description = "opposition-based DE over the 3D cell space"
+    config_cls = ODESearchConfig
+    stage_names = ("search", "retrain")
+
+    def stages(self, ctx: RunContext) -> list[Stage]:
+        return [Stage("search", self.search), Stage("retrain", self.retrain)]
+
+    # ---- stages ------------------------------------------------------------------------
+    def _cost(self, ctx: RunContext, data):
+        from trainables.ode_trial import CandidateCost
+
+        return CandidateCost(data.info, ctx.cfg.fit.batch_size, len(data.labels["train"]))
+
+    def _searcher(self, ctx: RunContext, cost):
+        from searchers.ode import ODESearcher
+
+        cfg = ctx.cfg
+        return ODESearcher(metric=f"best_{cfg.fit.metric}", mode="max", pop_size=cfg.pop_size, F=cfg.F, CR=cfg.CR,
+                           jump_rate=cfg.jump_rate, budget=cfg.budget, seed=cfg.seed,
+                           feasibility_fn=FeasibilityRule(cfg, cost))
+
+    def _memory(self, ctx: RunContext, cost):
+        """Per-trial Ray memory request: the estimate, unless the user fixed one."""
+        return None if ctx.cfg.resources.memory_per_trial_gb else cost.memory
+
+    def search(self, ctx: RunContext) -> None:
+        from ray import tune
+
+        from trainables.ode_trial import train_candidate
+
+        cfg = ctx.cfg
+        data = ctx.data.low_fidelity(cfg.fraction, cfg.seed, cfg.val_fraction)
+        cost = self._cost(ctx, data)
+        searcher = self._searcher(ctx, cost)
+        trainable = tune.with_parameters(train_candidate, data=data, fit_config=cfg.fit.fit_config(cfg.seed))
+        grid = ctx.run_tuner(SEARCH_NAME, trainable, resources=ctx.trial_resources(self._memory(ctx, cost)),
+                             metric=searcher.metric, tune_config=tune.TuneConfig(
+                                 search_alg=searcher, num_samples=cfg.budget, reuse_actors=True,
+                                 max_concurrent_trials=cfg.resources.max_concurrent or None))
+        # The searcher Tune ran (fresh or restored) saved its state beside the experiment.
+        searcher = self._searcher(ctx, cost)
+        searcher.restore_from_dir(ctx.experiment_path(SEARCH_NAME))
+        ctx.require_finished(searcher, SEARCH_NAME)
+        errors = trial_errors(grid)
+        for rec in searcher.history:  # what only Tune saw: why an errored trial failed
+            if rec["status"] == FAILED and rec.get("trial_id") in errors:
+                rec["reason"] = errors[rec["trial_id"]]
+        ctx.state["searcher"] = searcher
+
+    def retrain(self, ctx: RunContext) -> None:
+        from ray import tune
+
+        from trainables.ode_trial import train_candidate
+
+        cfg = ctx.cfg
+        top = top_architectures(ctx.state["searcher"].history, cfg.top_k)
+        ctx.state["top"], ctx.state["retrained"] = top, {}
+        if not top:
+            return
+        cost = self._cost(ctx, ctx.data)
+        trainable = tune.with_parameters(train_candidate, data=ctx.data, keep_weights=True,
+                                         fit_config=cfg.fit.fit_config(cfg.seed, cfg.retrain_epochs))
+        grid = ctx.run_tuner(
+            RETRAIN_NAME, trainable, resources=ctx.trial_resources(self._memory(ctx, cost)),
+            param_space={"architecture": tune.grid_search([r["config"]["architecture"] for r in top]), "rank": 0},
+            tune_config=tune.TuneConfig(max_concurrent_trials=cfg.resources.max_concurrent or None, reuse_actors=True),
+            metric=f"best_{cfg.fit.metric}")
+        errors = trial_errors(grid)
+        for result in grid:
+            key = json.dumps(result.config["architecture"], sort_keys=True)
+            metrics = dict(result.metrics or {})
+            if result.error is not None:
+                metrics.update(status=FAILED, reason=errors.get(result_trial_id(result), "trial errored"))
+            ctx.state["retrained"][key] = (metrics, result.checkpoint)
+
+    # ---- outputs -----------------------------------------------------------------------
+    def _final_rows(self, ctx: RunContext) -> list[dict]:
+        rows = []
+        for rank, rec in enumerate(ctx.state.get("top", []), 1):
+            key = json.dumps(rec["config"]["architecture"], sort_keys=True)
+            m, _ = ctx.state["retrained"].get(key, ({}, None))
+            rows.append({"rank": rank, "candidate": rec["candidate"], "architecture": rec["config"]["architecture"],
+                         "search_val_metric": rec["fitness"], "status": m.get("status", "missing"),
+                         "reason": m.get("reason", ""), **{k: m.get(k) for k in (
+                             "val_acc", "val_auc", "test_acc", "test_auc", "params", "flops")},
+                         "epochs": m.get("epoch")})
+        return rows
+
+    def summarize(self, ctx: RunContext) -> dict:
+        from medcore.cell_genotype import CellArchitecture
+
+        cfg, data, searcher = ctx.cfg, ctx.data, ctx.state["searcher"]
+        out, synthetic = ctx.out, bool(data.info.synthetic)
+        rows = candidate_rows(searcher.history)
+        final = self._final_rows(ctx)
+        reports.write_table(rows, out / "candidates.csv", synthetic)
+        reports.write_table(final, out / "top_models.csv", synthetic)
+        reports.plot_best_per_generation(searcher.best_per_generation(), out / "best_fitness_per_generation.png",
+                                         cfg.fit.metric, synthetic)
+        reports.plot_metric_vs_params(rows, final, out / "test_auc_vs_params.png", synthetic)
+        evaluated = [r for r in rows if r["status"] in (OK, FAILED)]
+        failures: dict[str, int] = {}
+        for r in evaluated:
+            if r["status"] == FAILED:
+                failures[r["reason"] or "unknown"] = failures.get(r["reason"] or "unknown", 0) + 1
+        # Val-selected: of the retrained models, the best on the validation split (ties: search rank).
+        metric = cfg.fit.metric
+        done = [f for f in final if f.get("status") == OK and f.get("test_acc") is not None]
+        best = max(done, key=lambda f: (f[metric] if f[metric] is not None else -1.0, -f["rank"]), default=None)
+        return {
+            "search": "ode", "dataset": data.info.flag, "size": data.info.size, "synthetic": synthetic,
+            "data_file": data.info.path, "n_evaluated": len(evaluated),
+            "n_ok": sum(r["status"] == OK for r in rows), "n_failed": len(evaluated) - sum(r["status"] == OK for r in rows),
+            "failure_reasons": failures,
+            "n_infeasible": sum(r["status"] == INFEASIBLE for r in rows),
+            "n_duplicates": sum(r["status"] == DUPLICATE for r in rows),
+            "generations": searcher.generation, "restarts": searcher.restarts, "metric": metric,
+            "best": None if best is None else {
+                "architecture": best["architecture"],
+                "description": CellArchitecture.from_config(best["architecture"]).describe(),
+                "val_metric": best["search_val_metric"], "test_acc": best["test_acc"], "test_auc": best["test_auc"],
+                "params": best["params"], "flops": best["flops"]},
+            "top": final, "config": cfg.to_dict(),
+            "experiments": {"search": ctx.experiment_path(SEARCH_NAME), "retrain": ctx.experiment_path(RETRAIN_NAME)},
+        }
+
+    def zoo_records(self, ctx: RunContext) -> list[ModelRecord]:
+        from trainables.ode_trial import BUILDER, build_kwargs
+
+        info = ctx.data.info
+        records = []
+        for r in ctx.state["searcher"].history:
+            if r["status"] not in (OK, FAILED):
+                continue
+            arch = r["config"]["architecture"]
+            records.append(ModelRecord(
+                search="ode", stage="search", family=FAMILY, architecture=arch, encoding=cell_encoding(arch),
+                status=r["status"], reason=r.get("reason", ""), metrics=_vocabulary(r["metrics"]),
+                build={"builder": BUILDER, "kwargs": build_kwargs({"architecture": arch}, info)},
+                trial_id=r.get("trial_id")))
+        for key, (m, checkpoint) in ctx.state.get("retrained", {}).items():
+            arch = json.loads(key)
+            records.append(ModelRecord(
+                search="ode", stage="retrain", family=FAMILY, architecture=arch, encoding=cell_encoding(arch),
+                status=m.get("status", FAILED), reason=m.get("reason", ""), metrics=_vocabulary(m),
+                build={"builder": BUILDER, "kwargs": build_kwargs({"architecture": arch}, info)},
+                weights=None if checkpoint is None else checkpoint.path, trial_id=m.get("trial_id")))
+        return records
+
+    def print_summary(self, summary: dict) -> None:
+        super().print_summary(summary)
+        best = summary.get("best") or {}
+        if best:
+            print(f"best: {best.get('description', '')} test_acc={best.get('test_acc'):.3f} "
+                  f"test_auc={best.get('test_auc'):.3f} params={best.get('params')}")
+
+
+class FeasibilityRule:
+    """Why a candidate cannot be trained (FLOPs over --max-gflops, memory over the largest
+    node), or None. Memory is checked only when Ray sizes trials by the estimate. A class,
+    not a closure: the searcher pickles it with its state."""
+
+    def __init__(self, cfg: ODESearchConfig, cost):
+        from orchestrator.runtime import largest_node_memory
+
+        self.cost, self.batch_size, self.max_gflops = cost, cfg.fit.batch_size, cfg.max_gflops
+        fixed = cfg.resources.memory_per_trial_gb or cfg.resources.autoscale
+        self.max_memory = None if fixed else largest_node_memory()
+
+    def __call__(self, config: dict) -> str | None:
+        if self.max_gflops:
+            flops = self.cost.flops(config)
+            if flops > self.max_gflops * 1e9:
+                return f"{flops / 1e9:.3g} GFLOPs exceeds the cap of {self.max_gflops:g}"
+        if self.max_memory:
+            need = self.cost.memory(config)
+            if need > self.max_memory:
+                return (f"needs about {need / 2**30:.1f} GB to train at batch {self.batch_size}; the largest "
+                        f"node offers {self.max_memory / 2**30:.1f} GB")
+        return None
+
+
+def _vocabulary(m: dict) -> dict:
+    out = {k: m.get(k) for k in ("val_loss", "val_acc", "val_auc", "test_acc", "test_auc", "params", "flops")}
+    out["epochs"] = m.get("epoch")
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def candidate_rows(history: list[dict]) -> list[dict]:
+    rows = []
+    for r in history:
+        m = r.get("metrics", {})
+        rows.append({"candidate": r["candidate"], "generation": r["generation"], "phase": r["phase"],
+                     "status": r["status"], "reason": r.get("reason", ""), "fitness": r["fitness"],
+                     "duplicate_of": r.get("duplicate_of"), "genome": r["genome"],
+                     "architecture": (r["config"] or {}).get("architecture"),
+                     **{k: m.get(k) for k in ("val_acc", "val_auc", "test_acc", "test_auc", "params", "flops",
+                                              "epoch", "best_epoch")}})
+    return rows

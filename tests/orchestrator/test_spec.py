@@ -1,0 +1,158 @@
+"""The YAML spec (fast, no Ray): every refusal is one line naming the field path; expansion of
+``datasets:``, topological order, relative paths against the spec file's folder."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from medcore.errors import ConfigError
+from orchestrator.data import SAMPLE_ROOT
+from orchestrator.spec import load_spec, parse_spec
+
+SAMPLE = {"dataset": "adrenalmnist3d", "data_root": str(SAMPLE_ROOT)}
+
+
+def ode(name, **fields):
+    return {"name": name, "type": "ode", **SAMPLE, "budget": 4, "pop_size": 4, **fields}
+
+
+def refusal(data, base=".") -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_spec(data, base)
+    text = str(info.value)
+    assert "\n" not in text
+    return text
+
+
+@pytest.mark.parametrize("data,message", [
+    ({"searches": [ode("a"), ode("b", budget=5, pop_size=20)]},
+     "searches[1].budget: must be at least pop_size (20), got 5"),
+    ({"searches": [{"name": "a", "type": "x"}]}, "searches[0].type: unknown search 'x'; known searches: ode, compress"),
+    ({"searches": [{"name": "a"}]}, "searches[0].type: required; known searches: ode, compress"),
+    ({"searches": [{"type": "ode"}]}, "searches[0].name: required"),
+    ({"searches": [ode("A b")]}, "searches[0].name: must be lowercase letters, digits, '_' or '-', got 'A b'"),
+    ({"searches": [ode("zoo")]}, "searches[0].name: 'zoo' is reserved"),
+    ({"searches": [ode("a"), ode("b"), ode("c", after=["y"])]}, "searches[2].after: unknown search 'y'"),
+    ({"searches": [ode("a", after=["b"]), ode("b", after="a")]}, "searches: dependency cycle a -> b -> a"),
+    ({"searches": [ode("a", after=["a"])]}, "searches: dependency cycle a -> a"),
+    ({"searches": [ode("a"), ode("b", after=["c"]), ode("c", after=["d"]), ode("d", after=["b"])]},
+     "searches: dependency cycle b -> c -> d -> b"),
+    ({"searches": [ode("a"), ode("a")]}, "searches[1].name: duplicate search name 'a'"),
+    ({"searches": [ode("m-adrenalmnist3d"), {"name": "m", "type": "ode", "data_root": str(SAMPLE_ROOT),
+                                            "datasets": ["adrenalmnist3d"]}]},
+     "searches[1].name: duplicate search name 'm-adrenalmnist3d'"),
+    ({"searches": [ode("a")], "runs": 3}, "runs: unknown key; known keys: storage, zoo, searches"),
+    ({"searches": []}, "searches: must list at least one search"),
+    ({"storage": "x"}, "searches: must list at least one search"),
+    (["a"], "a spec is a mapping with `searches:`, got list"),
+    ({"searches": ["a"]}, "searches[0]: expected a mapping with name and type, got str"),
+    ({"searches": [ode("a", budget="many")]}, "searches[0].budget: expected int, got 'many'"),
+    ({"searches": [ode("a", fit={"max_epochs": 0})]}, "searches[0].fit.max_epochs: must be >= 1, got 0"),
+    ({"searches": [ode("a", fit={"epochs": 3})]}, "searches[0].fit.epochs: unknown field for FitOptions"),
+    ({"searches": [ode("a", fit=3)]}, "searches[0].fit: expected a mapping, got int"),
+    ({"searches": [ode("a", resources={"cpus_per_trial": 0})]}, "searches[0].resources.cpus_per_trial: must be > 0"),
+    ({"searches": [ode("a", after=[1])]}, "searches[0].after: expected a list of search names, got [1]"),
+    ({"searches": [ode("a", out="x")]}, "searches[0].out: set by the coordinator, not the spec"),
+    ({"searches": [ode("a", resume=True)]}, "searches[0].resume: set by the coordinator, not the spec"),
+    ({"searches": [ode("a", zoo="z")]}, "searches[0].zoo: set by the coordinator, not the spec"),
+    ({"searches": [ode("a", resources={"address": "auto"})]}, "searches[0].resources.address: set by the coordinator"),
+    ({"searches": [ode("a", dataset="nosuchmnist")]}, "searches[0].dataset: unknown MedMNIST flag 'nosuchmnist'"),
+    ({"searches": [ode("a", size=64)]}, "searches[0].data_root: dataset file "),
+    ({"searches": [{**ode("a"), "datasets": ["adrenalmnist3d"]}]}, "searches[0].datasets: give dataset or datasets, not both"),
+    ({"searches": [{"name": "m", "type": "ode", "data_root": str(SAMPLE_ROOT), "datasets": ["adrenalmnist3d", "x y"]}]},
+     "searches[0].datasets[1]: not a MedMNIST flag: 'x y'"),
+    ({"searches": [{"name": "m", "type": "ode", "data_root": str(SAMPLE_ROOT), "datasets": []}]},
+     "searches[0].datasets: expected a non-empty list of dataset flags"),
+    ({"searches": [{"name": "m", "type": "compress", "data_root": str(SAMPLE_ROOT),
+                    "datasets": ["adrenalmnist3d", "breastmnist"]}]}, "searches[0].data_root: dataset file "),
+    ({"searches": [{"name": "c", "type": "compress", **SAMPLE, "model": "vgg"}]},
+     "searches[0].model: unknown model 'vgg'"),
+])
+def test_refusals_are_one_line_naming_the_field(data, message):
+    assert message in refusal(data)
+
+
+def test_missing_dataset_file_names_the_path(tmp_path):
+    text = refusal({"searches": [ode("a", data_root=str(tmp_path))]})
+    assert text.startswith("searches[0].data_root: dataset file ") and str(tmp_path / "adrenalmnist3d.npz") in text
+
+
+def test_missing_file_without_data_root_names_the_default_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDTUNE_DATA", str(tmp_path))
+    text = refusal({"searches": [{"name": "a", "type": "ode", "dataset": "breastmnist"}]})
+    assert text.startswith("searches[0].dataset: dataset file ") and str(tmp_path / "breastmnist.npz") in text
+
+
+def test_topological_order_keeps_spec_order_among_ready_searches():
+    spec = parse_spec({"searches": [ode("d", after=["b", "c"]), ode("a"), ode("b", after=["a"]), ode("c"),
+                                    ode("e")]}, ".")
+    assert [e.name for e in spec.searches] == ["a", "c", "e", "b", "d"]
+    assert spec.entry("d").after == ("b", "c")
+
+
+def test_datasets_expand_into_one_search_each_and_after_a_group_waits_for_all(tmp_path):
+    from orchestrator.data import make_synthetic
+
+    make_synthetic("breastmnist", tmp_path, n_samples=(8, 4, 4))
+    make_synthetic("adrenalmnist3d", tmp_path, n_samples=(8, 4, 4))
+    spec = parse_spec({"searches": [
+        {"name": "many", "type": "compress", "data_root": str(tmp_path), "datasets": ["breastmnist", "adrenalmnist3d"],
+         "budget": 4, "initial": 3},
+        ode("after_all", data_root=str(tmp_path), after=["many"])]}, ".")
+    names = [e.name for e in spec.searches]
+    assert names == ["many-breastmnist", "many-adrenalmnist3d", "after_all"]
+    first, second = spec.searches[:2]
+    assert (first.config.dataset, second.config.dataset) == ("breastmnist", "adrenalmnist3d")
+    assert first.type == "compress" and first.config.budget == 4 and first.config.initial == 3
+    assert spec.entry("after_all").after == ("many-breastmnist", "many-adrenalmnist3d")
+
+
+def test_load_spec_resolves_relative_paths_against_the_spec_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "specs"
+    folder.mkdir()
+    data_root = Path("..") / "data"
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "adrenalmnist3d.npz").write_bytes((SAMPLE_ROOT / "adrenalmnist3d.npz").read_bytes())
+    text = yaml.safe_dump({"storage": "../runs/r1", "zoo": "shared_zoo", "searches": [
+        {"name": "a", "type": "ode", "dataset": "adrenalmnist3d", "data_root": str(data_root), "storage": "tune_a",
+         "budget": 4, "pop_size": 4}]})
+    (folder / "s.yaml").write_text(text)
+    monkeypatch.chdir(tmp_path)  # any other working directory
+    spec = load_spec(folder / "s.yaml")
+    entry = spec.searches[0]
+    assert entry.config.data_root == str((tmp_path / "data").resolve())
+    assert entry.config.storage == str((folder / "tune_a").resolve())
+    assert spec.storage == str((tmp_path / "runs" / "r1").resolve())
+    assert spec.zoo == str((folder / "shared_zoo").resolve()) and spec.zoo_path("/elsewhere") == spec.zoo
+    assert spec.text == text
+    # the coordinator's fields: each search in <run>/<name>, one zoo, resume on `medtune resume`
+    cfg = entry.run_config(tmp_path / "run" / "a", spec.zoo, resume=True)
+    assert (cfg.out, cfg.zoo, cfg.resume) == (str(tmp_path / "run" / "a"), spec.zoo, True)
+    assert entry.config.out != cfg.out  # the spec's entry is not changed
+    # base_dir: `medtune resume` reads the run's copy with the original folder
+    (tmp_path / "copy.yaml").write_text(text)
+    assert load_spec(tmp_path / "copy.yaml", base_dir=folder).searches[0].config.data_root == entry.config.data_root
+
+
+def test_default_zoo_is_in_the_run_folder(tmp_path):
+    spec = parse_spec({"searches": [ode("a")]}, ".")
+    assert spec.storage is None and spec.zoo_path(tmp_path) == str(tmp_path.resolve() / "zoo")
+
+
+def test_uris_stay_as_written():
+    spec = parse_spec({"zoo": "s3://bucket/zoo", "searches": [ode("a", storage="s3://bucket/tune")]}, "/x")
+    assert spec.zoo == "s3://bucket/zoo" and spec.searches[0].config.storage == "s3://bucket/tune"
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="spec file .* not found"):
+        load_spec(tmp_path / "nope.yaml")
+    (tmp_path / "bad.yaml").write_text("searches: [\n  - {name: a\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml is not valid YAML \(line \d+, column \d+\)"):
+        load_spec(tmp_path / "bad.yaml")
+
+
+def test_the_demo_spec_is_valid():
+    spec = load_spec(Path(__file__).resolve().parents[2] / "examples" / "demo.yaml")
+    assert {e.type for e in spec.searches} == {"ode", "compress"}
+    assert all(e.config.data_root == str(SAMPLE_ROOT.resolve()) for e in spec.searches)

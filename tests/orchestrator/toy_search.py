@@ -1,0 +1,62 @@
+"""A tiny search for testing the generic driver: ``n_trials`` trials of an instant trainable
+that appends its index to ``<out>/runs.log`` and fails where ``fail`` says so. Registered
+under the name ``toy`` by the tests that use it (never by the product)."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from medcore.records import FAILED, OK
+from orchestrator.config import SearchConfig, opt
+from orchestrator.search import Search, Stage, result_trial_id, trial_errors
+
+
+@dataclass
+class ToyConfig(SearchConfig):
+    out: str = opt("results/toy", "run folder")
+    n_trials: int = opt(3, "trials")
+    fail: str = opt("", "indices that raise (comma separated), or 'all'")
+    sleep: float = opt(0.0, "seconds each trial sleeps")
+
+
+def toy_trainable(config, log: str, fail: str, sleep: float):
+    from ray import tune
+
+    with open(log, "a") as f:
+        f.write(f"{config['i']}\n")
+    time.sleep(sleep)
+    if fail == "all" or str(config["i"]) in fail.split(","):
+        raise RuntimeError(f"toy failure {config['i']}")
+    tune.report({"score": float(config["i"]), "status": "ok"})
+
+
+class ToySearch(Search):
+    name = "toy"
+    description = "test-only search"
+    config_cls = ToyConfig
+    stage_names = ("search",)
+
+    def stages(self, ctx):
+        return [Stage("search", self.search)]
+
+    def search(self, ctx):
+        from ray import tune
+
+        cfg = ctx.cfg
+        trainable = tune.with_parameters(toy_trainable, log=str(Path(cfg.out_dir) / "runs.log"), fail=cfg.fail,
+                                         sleep=cfg.sleep)
+        grid = ctx.run_tuner("toy", trainable, param_space={"i": tune.grid_search(list(range(cfg.n_trials)))},
+                             metric="score")
+        errors = trial_errors(grid)
+        ctx.state["rows"] = [{"i": r.config["i"], "status": FAILED if r.error else OK,
+                              "reason": errors.get(result_trial_id(r), "")} for r in grid]
+
+    def summarize(self, ctx):
+        rows = ctx.state["rows"]
+        failed = [r for r in rows if r["status"] == FAILED]
+        reasons = {}
+        for r in failed:
+            reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
+        return {"search": "toy", "dataset": ctx.cfg.dataset, "synthetic": False, "n_evaluated": len(rows),
+                "n_ok": len(rows) - len(failed), "failure_reasons": reasons}

@@ -1,0 +1,183 @@
+"""How much memory training a network takes in a fresh trial worker, before training it.
+
+A 3D candidate at 28^3 and batch 128 can need ~10 GB on CPU, and a worker that grows past
+Ray's memory monitor is killed. :func:`estimate_training_bytes` predicts the worker's peak
+RSS so a search can reserve memory per trial (``tune.with_resources(memory=...)``) or skip
+a candidate that cannot fit:
+
+    baseline (Python + torch + Ray worker) + parameters x (weights, 2 Adam moments, the
+    best-epoch copy) + dataset (uint8 + its float32 copy) + SAFETY x max(train, eval) peak
+
+The train and eval peaks are *simulated*: one forward + backward pass (eval: forward under
+``no_grad``) runs on the ``meta`` device under a dispatch mode that tracks every tensor the
+ops allocate and when autograd frees it. The result is the high-water mark of live tensor
+bytes -- saved activations, gradients of activations and parameters, temporaries -- with no
+compute (~30 ms for a cell network). ``SAFETY`` covers what tensors do not show (oneDNN
+reorder buffers, allocator fragmentation); it and ``BASELINE_BYTES`` are measured with
+jemalloc (decay off), as trials run, by ``benchmarks/memory_estimate.py``.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import weakref
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from trainables.fit import FLOAT_PRELOAD_BYTES
+
+# Peak RSS of a trial worker before it trains: interpreter, torch, MONAI, Ray's worker.
+BASELINE_BYTES = 700 * 2**20
+# Measured peak RSS / simulated peak tensors, with margin (benchmarks/memory_estimate.py).
+SAFETY = 1.5
+# Parameter-sized buffers besides the gradients (which the simulation counts): the weights,
+# Adam's two moments and fit()'s copy of the best epoch's weights.
+PARAMETER_COPIES = 4
+EVAL_BATCH = 256  # trainables.fit.evaluate's batch size
+
+
+class _LiveTensors(TorchDispatchMode):
+    """Tracks the bytes of tensor storages created by dispatched ops, and their peak.
+
+    A storage counts once however many views share it and leaves the count when the last
+    tensor object referring to it is freed (a weakref callback; autograd keeps the tensors
+    it saves alive, so they count until backward releases them). Storages that exist before
+    the mode (parameters, buffers) are ``external`` and never counted.
+    """
+
+    def __init__(self, external=()):
+        super().__init__()
+        self.external = {_key(t) for t in external}
+        self.sizes, self.refs, self.watch = {}, {}, {}
+        self.current = self.peak = 0
+
+    def _track(self, t) -> None:
+        if not isinstance(t, torch.Tensor) or t.device.type != "meta":
+            return
+        key = _key(t)
+        if key in self.external:
+            return
+        if key in self.refs:
+            self.refs[key] += 1
+        else:
+            size = t.untyped_storage().nbytes()
+            self.sizes[key], self.refs[key] = size, 1
+            self.current += size
+            self.peak = max(self.peak, self.current)
+        ref = weakref.ref(t, lambda r, key=key: self._release(key, r))
+        self.watch[id(ref)] = ref
+
+    def _release(self, key, ref) -> None:
+        self.watch.pop(id(ref), None)
+        self.refs[key] -= 1
+        if self.refs[key] == 0:
+            self.current -= self.sizes.pop(key)
+            del self.refs[key]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            self._track(t)
+        return out
+
+
+def _key(t: torch.Tensor) -> int:
+    return t.untyped_storage()._cdata
+
+
+def _meta_model(model_or_builder) -> nn.Module:
+    """The network on the meta device: a builder is called under ``torch.device("meta")`` (no
+    weights are ever initialised); a module already on meta is used as is; any other module is
+    copied structurally with meta tensors (``to_empty``), leaving the original untouched."""
+    if not isinstance(model_or_builder, nn.Module):
+        with torch.device("meta"):
+            return model_or_builder()
+    tensors = list(model_or_builder.parameters()) + list(model_or_builder.buffers())
+    if all(t.device.type == "meta" for t in tensors):
+        return model_or_builder
+    memo = {id(t): torch.empty_like(t, device="meta") for t in model_or_builder.buffers()}
+    memo.update({id(p): nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
+                 for p in model_or_builder.parameters()})
+    return copy.deepcopy(model_or_builder, memo)  # the structure; every tensor replaced by its meta twin
+
+
+def simulate_peak_bytes(model_or_builder, input_shape: tuple, batch_size: int, train: bool = True) -> int:
+    """Peak bytes of live tensors during one training step's forward + backward (``train``),
+    or one evaluation forward under ``no_grad``, at ``batch_size`` samples of ``input_shape``
+    (``(C, *spatial)``), in float32. Parameters and buffers themselves are not counted."""
+    model = _meta_model(model_or_builder)
+    was_training = model.training
+    model.train(train)
+    external = list(model.parameters()) + list(model.buffers())
+    mode = _LiveTensors(external)
+    try:
+        with mode, torch.set_grad_enabled(train):
+            x = torch.empty((batch_size, *input_shape), device="meta")
+            out = model(x)
+            if train:
+                # The loss's own buffers are output-sized; squaring keeps one of them.
+                out.float().square().mean().backward()
+            del x, out
+    finally:
+        model.train(was_training)
+        for p in model.parameters():
+            p.grad = None
+    return int(mode.peak)
+
+
+def parameter_bytes(model_or_builder, dtype_bytes: int = 4) -> int:
+    model = _meta_model(model_or_builder)
+    return int(sum(p.numel() for p in model.parameters())) * dtype_bytes
+
+
+def dataset_bytes(n_samples: int, input_shape: tuple) -> int:
+    """A split as fit() holds it: the uint8 images plus their float32 copy when that fits
+    ``FLOAT_PRELOAD_BYTES`` (else batches are converted one at a time)."""
+    n = int(n_samples) * math.prod(input_shape)
+    return n + (4 * n if 4 * n <= FLOAT_PRELOAD_BYTES else 0)
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """The terms of :func:`estimate_training_bytes`, in bytes."""
+
+    baseline: int
+    parameters: int  # PARAMETER_COPIES x parameter bytes
+    data: int
+    train_peak: int  # simulated tensors of one training step
+    eval_peak: int  # simulated tensors of one evaluation batch
+    safety: float
+
+    @property
+    def total(self) -> int:
+        return int(self.baseline + self.parameters + self.data + self.safety * max(self.train_peak, self.eval_peak))
+
+
+def estimate_memory(model_or_builder: nn.Module | Callable[[], nn.Module], input_shape: tuple, batch_size: int,
+                    n_train: int = 0, n_eval: int = 0, dtype_bytes: int = 4,
+                    eval_batch_size: int = EVAL_BATCH) -> MemoryEstimate:
+    """The terms of the estimate; see :func:`estimate_training_bytes`."""
+    model = _meta_model(model_or_builder)
+    scale = dtype_bytes / 4
+    train = simulate_peak_bytes(model, input_shape, batch_size, train=True)
+    evaluation = simulate_peak_bytes(model, input_shape, min(eval_batch_size, n_eval), train=False) if n_eval else 0
+    return MemoryEstimate(baseline=BASELINE_BYTES, parameters=PARAMETER_COPIES * parameter_bytes(model, dtype_bytes),
+                          data=dataset_bytes(n_train, input_shape) + dataset_bytes(n_eval, input_shape),
+                          train_peak=int(scale * train), eval_peak=int(scale * evaluation), safety=SAFETY)
+
+
+def estimate_training_bytes(model_or_builder: nn.Module | Callable[[], nn.Module], input_shape: tuple,
+                            batch_size: int, n_train: int = 0, n_eval: int = 0, dtype_bytes: int = 4,
+                            eval_batch_size: int = EVAL_BATCH) -> int:
+    """Peak RSS (bytes) of training ``model_or_builder`` with :func:`trainables.fit.fit` in a
+    fresh worker: Adam, batch ``batch_size`` of ``input_shape`` ``(C, *spatial)``, ``n_train``
+    training and ``n_eval`` validation + test samples held in memory. ``dtype_bytes`` is the
+    size of a weight / activation element (4: float32). Conservative by design: meant to be
+    >= the measured peak and within about 2x of it (benchmarks/memory_estimate.py)."""
+    return estimate_memory(model_or_builder, input_shape, batch_size, n_train, n_eval, dtype_bytes,
+                           eval_batch_size).total
