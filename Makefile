@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.medtune-installed
 
-.PHONY: demo test install benchmarks clean
+.PHONY: demo test test-fast install benchmarks clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,11 +21,17 @@ install: $(STAMP)
 JEMALLOC = LD_PRELOAD=$$($(BIN)/python -c 'from orchestrator.runtime import jemalloc_path; print(jemalloc_path() or "")') \
 	MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1
 
+# Two searches on the shipped real sample under one coordinator, then the HTML report.
 demo: $(STAMP)
-	$(JEMALLOC) $(BIN)/medtune demo
+	rm -rf results/demo
+	$(JEMALLOC) $(BIN)/medtune run examples/demo.yaml --out results/demo
 
 test: $(STAMP)
 	$(JEMALLOC) $(BIN)/python -m pytest -q tests
+
+# The fast tier: no Ray cluster (configs, data, searchers, trainables, zoo, spec).
+test-fast: $(STAMP)
+	$(JEMALLOC) $(BIN)/python -m pytest -q -m "not ray and not cluster" tests
 
 clean:
 	rm -rf $(VENV) results runs

@@ -1,13 +1,15 @@
 """Two searches under one ``medtune run`` (concurrent drivers on one Ray node) against the same two
 searches one after the other (``medtune search`` twice, each with its own local Ray).
 
-    .venv/bin/python -m benchmarks.coordinator_concurrency [--order sequential-first|concurrent-first]
+    .venv/bin/python -m benchmarks.coordinator_concurrency
 
 A small ODE search and a small compression search on the shipped AdrenalMNIST3D sample, each
 limited to one 1-CPU trial at a time, so on 2 cores one search alone leaves a core idle.
 Figure: wall time of the concurrent run over the sequential total (target <= 0.65; 0.5 is two
 equal searches perfectly overlapped). Both include their fixed costs (Ray start, driver
-start-up, data loading; the coordinator also writes its report).
+start-up, data loading; the coordinator also writes its report). The sequential pair runs
+before and after the concurrent run (A-B-A) and the ratio uses their mean, so a machine whose
+load drifts does not land on one side only; the load average is printed with each phase.
 """
 from __future__ import annotations
 
@@ -26,10 +28,10 @@ from orchestrator.data import SAMPLE_FLAG, SAMPLE_ROOT
 ONE_CPU = {"cpus_per_trial": 1, "max_concurrent": 1}
 SEARCHES = [
     {"name": "ode", "type": "ode", "dataset": SAMPLE_FLAG, "data_root": str(SAMPLE_ROOT), "budget": 8,
-     "pop_size": 4, "fraction": 0.25, "val_fraction": 1.0, "max_gflops": 0.1, "top_k": 1, "retrain_epochs": 2,
-     "fit": {"max_epochs": 2, "metric": "val_auc"}, "resources": ONE_CPU},
+     "pop_size": 4, "fraction": 0.25, "val_fraction": 1.0, "max_gflops": 0.1, "top_k": 1, "retrain_epochs": 1,
+     "fit": {"max_epochs": 1, "metric": "val_auc"}, "resources": ONE_CPU},
     {"name": "compress", "type": "compress", "dataset": SAMPLE_FLAG, "data_root": str(SAMPLE_ROOT),
-     "model": "resnet10", "fit": {"max_epochs": 2}, "budget": 6, "initial": 4, "ctaea_gens": 30,
+     "model": "resnet10", "fit": {"max_epochs": 1}, "budget": 6, "initial": 4, "ctaea_gens": 20,
      "inference_batch": 32, "inference_repeats": 1, "resources": ONE_CPU},
 ]
 
@@ -44,17 +46,22 @@ def medtune(args: list[str], env: dict) -> float:
 
 
 def sequential(folder: Path, spec, env: dict) -> dict:
+    load = os.getloadavg()[0]
     walls = {}
     for entry in spec.searches:
-        cfg = entry.run_config(folder / "sequential" / entry.name, folder / "sequential" / "zoo").to_dict()
+        cfg = entry.run_config(folder / entry.name, folder / "zoo").to_dict()
         walls[entry.name] = medtune(["search", entry.type, "--config-json", json.dumps(cfg)], env)
-    return {"per_search_s": walls, "total_s": sum(walls.values())}
+    return {"per_search_s": walls, "total_s": sum(walls.values()), "loadavg_1min_at_start": load}
 
 
 def concurrent(folder: Path, spec_path: Path, env: dict) -> dict:
-    wall = medtune(["run", str(spec_path), "--out", str(folder / "concurrent")], env)
-    manifest = json.loads((folder / "concurrent" / "run.json").read_text())["searches"]
-    return {"total_s": wall, "per_search_s": {n: r["ended"] - r["started"] for n, r in manifest.items()}}
+    load = os.getloadavg()[0]
+    wall = medtune(["run", str(spec_path), "--out", str(folder)], env)
+    manifest = json.loads((folder / "run.json").read_text())["searches"]
+    spans = [(r["started"], r["ended"]) for r in manifest.values()]
+    both = max(0.0, min(e for _, e in spans) - max(s for s, _ in spans))
+    return {"total_s": wall, "per_search_s": {n: r["ended"] - r["started"] for n, r in manifest.items()},
+            "both_running_s": both, "loadavg_1min_at_start": load}
 
 
 def main():
@@ -62,23 +69,18 @@ def main():
 
     from orchestrator.spec import load_spec
 
-    p = argparse.ArgumentParser()
-    p.add_argument("--order", choices=("sequential-first", "concurrent-first"), default="sequential-first")
-    args = p.parse_args()
+    argparse.ArgumentParser(description=__doc__).parse_args()
     folder = Path(tempfile.mkdtemp(prefix="coordinator_concurrency_"))
     spec_path = folder / "spec.yaml"
     spec_path.write_text(yaml.safe_dump({"searches": SEARCHES}, sort_keys=False))
     spec = load_spec(spec_path)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    if args.order == "sequential-first":
-        seq = sequential(folder, spec, env)
-        conc = concurrent(folder, spec_path, env)
-    else:
-        conc = concurrent(folder, spec_path, env)
-        seq = sequential(folder, spec, env)
-    emit("coordinator_concurrency", {"order": args.order, "sequential": seq, "concurrent": conc,
-                                     "ratio": conc["total_s"] / seq["total_s"], "folder": str(folder),
-                                     "machine": machine()})
+    before = sequential(folder / "sequential_before", spec, env)
+    conc = concurrent(folder / "concurrent", spec_path, env)
+    after = sequential(folder / "sequential_after", spec, env)
+    mean = (before["total_s"] + after["total_s"]) / 2
+    emit("coordinator_concurrency", {"sequential_before": before, "concurrent": conc, "sequential_after": after,
+                                     "ratio": conc["total_s"] / mean, "folder": str(folder), "machine": machine()})
 
 
 if __name__ == "__main__":

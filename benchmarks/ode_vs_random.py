@@ -50,7 +50,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--budget", type=int, default=60)
     args = p.parse_args()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             searcher = ODESearcher(space=GenomeSpace(), pop_size=10, budget=args.budget, seed=seed)

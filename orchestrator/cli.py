@@ -29,11 +29,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medtune", description="Medical-imaging NAS and compression on Ray Tune.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="a small ODE search on the shipped AdrenalMNIST3D sample")
-    demo.add_argument("--out", default="results/demo")
-    demo.add_argument("--resume", action="store_true")
-    demo.set_defaults(handler=_demo)
-
     search = sub.add_parser("search", help="run one search").add_subparsers(dest="search", required=True)
     for name in registry.names():
         s = registry.get(name)
@@ -85,22 +80,6 @@ def _search(args) -> int:
         flags = flag_names(s.config_cls)
         raise MedtuneError(exc.render(lambda path: flags.get(path, path) if not args.config_json else path)) from None
     s.print_summary(summary)
-    return 0
-
-
-def _demo(args) -> int:
-    from orchestrator.config import FitOptions, ODESearchConfig, Resources
-    from orchestrator.data import SAMPLE_FLAG, SAMPLE_ROOT
-    from orchestrator.driver import run_search
-
-    # The real AdrenalMNIST3D sample, a search small enough for 2 CPU cores. AUC separates
-    # candidates after a few epochs, where accuracy still sits at the majority class.
-    cfg = ODESearchConfig(dataset=SAMPLE_FLAG, data_root=str(SAMPLE_ROOT), out=args.out, resume=args.resume,
-                          budget=12, pop_size=6, fraction=0.25, top_k=2, retrain_epochs=10, max_gflops=0.3,
-                          fit=FitOptions(max_epochs=6, patience=3, metric="val_auc"),
-                          resources=Resources(max_concurrent=2))
-    s = registry.get("ode")
-    s.print_summary(run_search(s, cfg))
     return 0
 
 

@@ -119,14 +119,23 @@ class SearchConfig:
 
     @property
     def storage_path(self) -> str:
-        return str(Path(self.storage).expanduser().resolve()) if self.storage else str(self.out_dir / "tune")
+        """Tune's storage: a local folder, or any URI Ray storage accepts (``s3://...``), kept as given."""
+        return _location(self.storage) if self.storage else str(self.out_dir / "tune")
 
     @property
     def zoo_path(self) -> str:
-        return str(Path(self.zoo).expanduser().resolve()) if self.zoo else str(self.out_dir / "zoo")
+        return _location(self.zoo) if self.zoo else str(self.out_dir / "zoo")
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def is_uri(location: str) -> bool:
+    return "://" in location and not location.startswith("file://")
+
+
+def _location(location: str) -> str:
+    return location if is_uri(location) else str(Path(location.removeprefix("file://")).expanduser().resolve())
 
 
 @dataclass

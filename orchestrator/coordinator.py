@@ -11,7 +11,9 @@ TYPE --config-json ...``, and the coordinator only starts, watches and records t
   one process drains and stops exactly this node, agents included (a killed ``ray.init`` driver
   leaves its dashboard and runtime-env agents behind), and ``ray stop`` would stop every Ray on
   the machine. The node and every search get ``PR_SET_PDEATHSIG``: a SIGKILLed coordinator takes
-  them down (a search's driver saves its state on SIGTERM and exits 143);
+  them down. A search is stopped with SIGINT, the signal its driver turns into "save and exit
+  130" (``ray.init`` replaces a driver's own SIGTERM handler with one that exits at once; Tune
+  saves the experiment and searcher every 2 s either way, which is what resume relies on);
 - with ``--address http://head:8265`` each search is a Ray job (Jobs SDK). Submission ids are
   ``medtune-<run>-<search>-<attempt>`` and recorded before submitting, so a resumed coordinator
   finds a job that is still running and waits for it instead of submitting it again. The run
@@ -40,7 +42,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from medcore.errors import ConfigError, MedtuneError, ResourceError, RunError
+from medcore.errors import ConfigError, ResourceError, RunError
 from orchestrator import atomic
 from orchestrator.runlock import RunLock
 
@@ -53,6 +55,7 @@ POLL_S = 0.5
 # waits for a driver of the killed coordinator to release its folder.
 STOP_WAIT_S = 120.0
 PR_SET_PDEATHSIG = 1
+STOP_SIGNAL = signal.SIGINT  # what stops a search's driver cleanly (see the module doc)
 
 
 def log(message: str) -> None:
@@ -95,13 +98,16 @@ class Manifest:
 
 # ---- processes ---------------------------------------------------------------------------
 
-def _die_with(parent: int):
-    """``preexec_fn``: SIGTERM this child when ``parent`` dies (Linux), even by SIGKILL."""
+def _die_with(parent: int, sig: int):
+    """``preexec_fn``: send ``sig`` to this child when ``parent`` dies (Linux), even by SIGKILL.
+    SIGINT is reset to its default first: a coordinator started in the background without job
+    control has it ignored, and Python then never raises KeyboardInterrupt."""
     def preexec():
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         if sys.platform.startswith("linux"):
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(sig))
         if os.getppid() != parent:  # the parent died before prctl took effect
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), sig)
     return preexec
 
 
@@ -144,7 +150,8 @@ class LocalCluster:
         log_path = self.run_dir / "ray.log"
         with open(log_path, "ab") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         env={**os.environ, **_auth_env()}, preexec_fn=_die_with(os.getpid()),
+                                         env={**os.environ, **_auth_env()},
+                                         preexec_fn=_die_with(os.getpid(), signal.SIGTERM),
                                          start_new_session=True)
         deadline = time.time() + self.start_timeout
         while "Ray runtime started" not in log_path.read_text(errors="replace"):
@@ -219,7 +226,7 @@ class LocalLauncher:
                       f"{shlex.join(cmd)}\n".encode())
             out.flush()
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                    preexec_fn=_die_with(os.getpid()), start_new_session=True)
+                                    preexec_fn=_die_with(os.getpid(), STOP_SIGNAL), start_new_session=True)
         return Launch(name, proc=proc)
 
     def poll(self, launch: Launch, log_path: Path) -> tuple[int, str] | None:
@@ -235,7 +242,7 @@ class LocalLauncher:
 
     def stop(self, launch: Launch) -> None:
         if launch.proc.poll() is None:
-            launch.proc.send_signal(signal.SIGTERM)  # the driver saves its state and exits 143
+            launch.proc.send_signal(STOP_SIGNAL)  # the driver saves its state and exits 130
         launch.stopping = True
 
     def kill(self, launch: Launch) -> None:
@@ -297,7 +304,7 @@ class JobLauncher:
 
     def stop(self, launch: Launch) -> None:
         try:
-            self.client.stop_job(launch.job_id)  # SIGTERM to the driver: it saves and exits 143
+            self.client.stop_job(launch.job_id)  # SIGTERM to the driver (its state is saved every 2 s)
         except RuntimeError:
             pass
         launch.stopping = True
@@ -310,7 +317,7 @@ class JobLauncher:
 
 def _wait_for_folder(out: Path, timeout: float) -> bool:
     """True once no driver holds ``out``'s lock (a driver of a killed coordinator may still be
-    saving its state after its SIGTERM)."""
+    saving its state after its stop signal)."""
     if not out.is_dir():
         return True
     deadline = time.time() + timeout
@@ -347,7 +354,8 @@ class Coordinator:
         out = Path(rec["out"])
         # a driver of a SIGKILLed coordinator may still be saving: never start a second one on its folder
         if not _wait_for_folder(out, STOP_WAIT_S):
-            self._set(name, FAILED, reason=f"{out} is still in use by another driver", exit_code=None)
+            reason = f"{out} is still in use by another driver"
+            self._set(name, FAILED, reason, reason=reason, exit_code=None)
             return
         out.mkdir(parents=True, exist_ok=True)
         resume = (out / MANIFEST).exists()  # the driver's own manifest: a run to continue
@@ -360,7 +368,8 @@ class Coordinator:
             launch = self.launcher.start(name, rec["type"], self._config(name, resume), out / LOG_NAME, attempt,
                                          job_id)
         except Exception as exc:  # a submission the cluster refused, a process that could not start
-            reason = f"could not start: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
+            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+            reason = f"could not start: {type(exc).__name__}: {first}"
             self._set(name, FAILED, reason, attempts=attempt, reason=reason, exit_code=None)
             return
         self.running[name] = launch
@@ -524,7 +533,7 @@ def run(spec_path: str, out: str | None = None, address: str | None = None, max_
             "python": jobs.python if jobs else sys.executable, "searches": {}})
         _plan(manifest, spec)
         manifest.save()
-        log(f"run {manifest.data['run']}: {len(spec.searches)} searches "
+        log(f"run {manifest.data['run']}: {len(spec.searches)} search{'es' if len(spec.searches) != 1 else ''} "
             f"({', '.join(e.name for e in spec.searches)}) in {run_dir}")
         return _drive(run_dir, spec, manifest, [e.name for e in spec.searches], jobs, max_parallel)
 
@@ -549,6 +558,8 @@ def resume(run_dir: str, address: str | None = None, max_parallel: int | None = 
         manifest = Manifest(run_dir, read_manifest(run_dir))
         if all(r["state"] == DONE for r in manifest.searches.values()):
             print(f"nothing to resume: all {len(manifest.searches)} searches in {run_dir} are done")
+            if not (run_dir / "report.html").exists():  # stopped after its last search, before the report
+                return _finish_run(run_dir, manifest)
             return 0
         # spec.yaml may be edited to fix a failed search; relative paths resolve as in the
         # folder of the spec the run started from

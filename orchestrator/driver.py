@@ -15,8 +15,9 @@ from pathlib import Path
 
 from medcore.errors import ConfigError, RunError, SearchFailed
 from orchestrator import atomic, registry, status
+from orchestrator.config import is_uri
 from orchestrator.runlock import RunLock
-from orchestrator.runtime import check_trial_fits, ray_session, sigterm_as_interrupt
+from orchestrator.runtime import check_reachable, check_trial_fits, ray_session, sigterm_as_interrupt
 from orchestrator.search import RunContext, Search
 
 MANIFEST = "run.json"
@@ -55,6 +56,9 @@ def run_search(search: str | Search, cfg, data=None) -> dict:
 
 
 def _run(search: Search, cfg, data, out: Path, manifest: dict, started: float) -> dict:
+    address = cfg.resources.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        check_reachable(address)  # an unreachable or token-refusing cluster, before the data loads
     if data is None:
         data = search.load_data(cfg)
     ctx = RunContext(search=search, cfg=cfg, data=data, run_id=manifest["run"])
@@ -97,8 +101,9 @@ def prepare_folder(cfg) -> Path:
     """Make ``--out``; refuse in one line an --out that is a file, lies under a file or cannot
     be written, and a --data-root that is a file."""
     out = cfg.out_dir
-    for path, name in ((out, "out"), (Path(cfg.storage_path), "storage"), (Path(cfg.zoo_path), "zoo")):
-        _check_dir(path, name)
+    for location, name in ((str(out), "out"), (cfg.storage_path, "storage"), (cfg.zoo_path, "zoo")):
+        if not is_uri(location):
+            _check_dir(Path(location), name)
     if cfg.data_root is not None:
         root = Path(cfg.data_root).expanduser()
         if root.exists() and not root.is_dir():

@@ -63,6 +63,8 @@ def _csv_html(path: Path) -> str:
         df = pd.read_csv(path)
     except Exception as exc:  # an empty or half-written table does not stop the report
         return f'<p class="note">{_e(path.name)}: unreadable ({_e(type(exc).__name__)})</p>'
+    if "status" in df.columns:  # evaluated rows first (an ODE table starts with infeasible genomes)
+        df = df.sort_values("status", key=lambda s: s != "ok", kind="stable")
     return f"<h3>{_e(path.name)} ({len(df)} rows)</h3>" + _frame_html(df)
 
 

@@ -39,8 +39,9 @@ def _token_hint(address: str) -> str:
 
 
 def check_reachable(address: str, timeout: float = 10.0) -> None:
-    """Refuse in one line a cluster that does not answer, or that wants a token we do not send,
-    before ``ray.init`` spends its 30 s of retries and warnings on it."""
+    """Refuse in one line a cluster that does not answer, that wants a token we do not send
+    (``RAY_AUTH_MODE`` is not ``token``), or that refuses the token we send, before ``ray.init``
+    spends its 30 s of retries and warnings on it."""
     if address in ("auto", "local") or "://" in address and not address.startswith("ray://"):
         return
     host_port = address.split("://")[-1]
@@ -53,14 +54,27 @@ def check_reachable(address: str, timeout: float = 10.0) -> None:
     except (OSError, ValueError):
         raise ResourceError(f"no Ray cluster answers at {address}; start one (`ray start --head`) or fix "
                             f"--address") from None
-    if os.environ.get("RAY_AUTH_MODE", "").lower() != "token" and _cluster_wants_token(host or "127.0.0.1",
-                                                                                       int(port), timeout):
+    token_mode = os.environ.get("RAY_AUTH_MODE", "").lower() == "token"
+    if not _gcs_refuses(host or "127.0.0.1", int(port), timeout, _auth_metadata() if token_mode else ()):
+        return
+    if not token_mode:
         raise ResourceError(f"the Ray cluster at {address} requires token auth; set RAY_AUTH_MODE=token "
                             f"(the token is read from ~/.ray/auth_token or RAY_AUTH_TOKEN)")
+    raise ResourceError(f"the Ray cluster at {address} refused this machine's auth token; set RAY_AUTH_TOKEN "
+                        f"(or ~/.ray/auth_token) to the token the cluster was started with")
 
 
-def _cluster_wants_token(host: str, port: int, timeout: float) -> bool:
-    """Ask the GCS for its cluster id without a token: an UNAUTHENTICATED answer means token auth."""
+def _auth_metadata() -> tuple:
+    """The gRPC metadata Ray itself sends in token mode (empty when no token is found)."""
+    from ray._raylet import AuthenticationTokenLoader
+
+    loader = AuthenticationTokenLoader.instance()
+    return tuple(loader.get_token_for_http_header().items()) if loader.has_token() else ()
+
+
+def _gcs_refuses(host: str, port: int, timeout: float, metadata: tuple = ()) -> bool:
+    """Ask the GCS for its cluster id, sending ``metadata`` (the auth token, if any): an
+    UNAUTHENTICATED answer means the cluster wants a token and did not get the right one."""
     try:
         import grpc
         from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
@@ -69,7 +83,7 @@ def _cluster_wants_token(host: str, port: int, timeout: float) -> bool:
     channel = grpc.insecure_channel(f"{host}:{port}")
     try:
         stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)
-        stub.GetClusterId(gcs_service_pb2.GetClusterIdRequest(), timeout=timeout)
+        stub.GetClusterId(gcs_service_pb2.GetClusterIdRequest(), timeout=timeout, metadata=metadata)
     except grpc.RpcError as exc:
         return exc.code() == grpc.StatusCode.UNAUTHENTICATED
     finally:
@@ -100,7 +114,7 @@ def ray_session(address: str | None = None, jemalloc: bool = False, num_cpus: in
             raise ResourceError(f"could not connect to the Ray cluster at {target}: "
                                 f"{str(exc).splitlines()[0]}{_token_hint(target)}") from None
     else:
-        ray.init(address="local", num_cpus=num_cpus, **kwargs)
+        ray.init(address="local", num_cpus=num_cpus, _node_ip_address="127.0.0.1", **kwargs)
     try:
         yield ray
     finally:

@@ -10,6 +10,7 @@ handling, TensorBoard logging, progress and per-trial resources are handled once
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,8 +27,15 @@ os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
 # half-done search. The state saved every 2 s is what resume uses.
 os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
 
-# Retries of a trial whose worker died (node lost, process killed) before it counts as failed.
+# Retries of a trial before it counts as failed: its worker died (node lost, process killed,
+# Ray's memory monitor) or its trainable raised something it does not report as a result.
 TRIAL_RETRIES = 2
+# Memory requests are rounded up to whole GiB: trials with equal requests can reuse a worker
+# process (Tune reuses an actor only for the same resources), and the estimate is coarse anyway.
+MEMORY_GRANULE = 2**30
+# Per-epoch checkpoints kept per trial: the latest is what a retried trial resumes from, and a
+# trial's final checkpoint (its weights) is always the latest.
+CHECKPOINTS_KEPT = 2
 
 
 @dataclass
@@ -107,7 +115,7 @@ class RunContext:
                 b["GPU"] = r.gpus_per_trial
             mem = fixed or (memory_bytes(config) if callable(memory_bytes) and config is not None else memory_bytes)
             if mem:
-                b["memory"] = int(mem)
+                b["memory"] = fixed or int(math.ceil(mem / MEMORY_GRANULE) * MEMORY_GRANULE)
             return b
 
         if callable(memory_bytes) and not fixed:
@@ -141,6 +149,7 @@ class RunContext:
             tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=tune.RunConfig(
                 name=name, storage_path=self.cfg.storage_path, verbose=1,
                 failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
                 callbacks=[JsonLoggerCallback(), CSVLoggerCallback(), TBXLoggerCallback(), StatusCallback(str(self.out), name, self.stage, metric, mode)]))
         return tuner.fit()
 

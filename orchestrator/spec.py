@@ -97,6 +97,8 @@ def load_spec(path: str | Path, base_dir: str | Path | None = None) -> Spec:
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{path} is not valid YAML{where}: {problem}") from None
+    if data is None:
+        raise ConfigError(f"{path} is empty; a spec lists `searches:`")
     spec = parse_spec(data, base_dir if base_dir is not None else path.resolve().parent)
     spec.path, spec.text = path, text
     return spec

@@ -21,7 +21,7 @@ def ray_local():
     import ray
 
     # address="local": never join a stale cluster that a killed test driver left behind
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False,
              configure_logging=False, ignore_reinit_error=True)
     try:
         yield ray

@@ -6,13 +6,13 @@ RSS so a search can reserve memory per trial (``tune.with_resources(memory=...)`
 a candidate that cannot fit:
 
     baseline (Python + torch + Ray worker) + parameters x (weights, 2 Adam moments, the
-    best-epoch copy) + dataset (uint8 + its float32 copy) + SAFETY x max(train, eval) peak
+    best-epoch copy [, a per-epoch checkpoint's copies]) + dataset (uint8 + its float32 copy) + SAFETY x max(train, eval) peak
 
 The train and eval peaks are *simulated*: one forward + backward pass (eval: forward under
 ``no_grad``) runs on the ``meta`` device under a dispatch mode that tracks every tensor the
 ops allocate and when autograd frees it. The result is the high-water mark of live tensor
-bytes -- saved activations, gradients of activations and parameters, temporaries -- with no
-compute (~30 ms for a cell network). ``SAFETY`` covers what tensors do not show (oneDNN
+bytes -- saved activations, gradients of activations and parameters, temporaries -- without
+computing anything (tens of milliseconds for a cell network). ``SAFETY`` covers what tensors do not show (oneDNN
 reorder buffers, allocator fragmentation); it and ``BASELINE_BYTES`` are measured with
 jemalloc (decay off), as trials run, by ``benchmarks/memory_estimate.py``.
 """
@@ -25,7 +25,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
@@ -36,8 +38,10 @@ BASELINE_BYTES = 700 * 2**20
 # Measured peak RSS / simulated peak tensors, with margin (benchmarks/memory_estimate.py).
 SAFETY = 1.5
 # Parameter-sized buffers besides the gradients (which the simulation counts): the weights,
-# Adam's two moments and fit()'s copy of the best epoch's weights.
+# Adam's two moments and fit()'s copy of the best epoch's weights; with per-epoch checkpoints
+# (fit's save_state) the snapshot copies the weights, the moments and the best weights again.
 PARAMETER_COPIES = 4
+CHECKPOINT_COPIES = 4
 EVAL_BATCH = 256  # trainables.fit.evaluate's batch size
 
 
@@ -86,6 +90,34 @@ class _LiveTensors(TorchDispatchMode):
         return out
 
 
+class _FusedMish(torch.autograd.Function):
+    """Mish whose backward allocates what the CPU and CUDA kernels do: one gradient tensor.
+
+    On the meta device ``aten::mish_backward`` has no kernel and runs its decomposition,
+    whose five input-sized temporaries the real kernels never allocate, so Mish-heavy cells
+    would be overstated; torch refuses a Meta kernel for an op it can decompose."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return torch.ops.aten.mish(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return torch.empty_like(x)
+
+
+class _RealKernels(TorchFunctionMode):
+    """Routes ops whose meta decomposition allocates more than the real kernel to a stand-in."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.mish and not kwargs.get("inplace", False) and len(args) == 1:
+            return _FusedMish.apply(args[0])
+        return func(*args, **kwargs)
+
+
 def _key(t: torch.Tensor) -> int:
     return t.untyped_storage()._cdata
 
@@ -93,7 +125,8 @@ def _key(t: torch.Tensor) -> int:
 def _meta_model(model_or_builder) -> nn.Module:
     """The network on the meta device: a builder is called under ``torch.device("meta")`` (no
     weights are ever initialised); a module already on meta is used as is; any other module is
-    copied structurally with meta tensors (``to_empty``), leaving the original untouched."""
+    deep-copied with every parameter and buffer replaced by an empty meta twin, so neither its
+    weights are copied nor the original touched."""
     if not isinstance(model_or_builder, nn.Module):
         with torch.device("meta"):
             return model_or_builder()
@@ -116,7 +149,7 @@ def simulate_peak_bytes(model_or_builder, input_shape: tuple, batch_size: int, t
     external = list(model.parameters()) + list(model.buffers())
     mode = _LiveTensors(external)
     try:
-        with mode, torch.set_grad_enabled(train):
+        with _RealKernels(), mode, torch.set_grad_enabled(train):
             x = torch.empty((batch_size, *input_shape), device="meta")
             out = model(x)
             if train:
@@ -147,7 +180,7 @@ class MemoryEstimate:
     """The terms of :func:`estimate_training_bytes`, in bytes."""
 
     baseline: int
-    parameters: int  # PARAMETER_COPIES x parameter bytes
+    parameters: int  # parameter bytes x (PARAMETER_COPIES [+ CHECKPOINT_COPIES])
     data: int
     train_peak: int  # simulated tensors of one training step
     eval_peak: int  # simulated tensors of one evaluation batch
@@ -160,24 +193,27 @@ class MemoryEstimate:
 
 def estimate_memory(model_or_builder: nn.Module | Callable[[], nn.Module], input_shape: tuple, batch_size: int,
                     n_train: int = 0, n_eval: int = 0, dtype_bytes: int = 4,
-                    eval_batch_size: int = EVAL_BATCH) -> MemoryEstimate:
+                    eval_batch_size: int = EVAL_BATCH, checkpoint: bool = False) -> MemoryEstimate:
     """The terms of the estimate; see :func:`estimate_training_bytes`."""
     model = _meta_model(model_or_builder)
     scale = dtype_bytes / 4
     train = simulate_peak_bytes(model, input_shape, batch_size, train=True)
     evaluation = simulate_peak_bytes(model, input_shape, min(eval_batch_size, n_eval), train=False) if n_eval else 0
-    return MemoryEstimate(baseline=BASELINE_BYTES, parameters=PARAMETER_COPIES * parameter_bytes(model, dtype_bytes),
+    copies = PARAMETER_COPIES + (CHECKPOINT_COPIES if checkpoint else 0)
+    return MemoryEstimate(baseline=BASELINE_BYTES, parameters=copies * parameter_bytes(model, dtype_bytes),
                           data=dataset_bytes(n_train, input_shape) + dataset_bytes(n_eval, input_shape),
                           train_peak=int(scale * train), eval_peak=int(scale * evaluation), safety=SAFETY)
 
 
 def estimate_training_bytes(model_or_builder: nn.Module | Callable[[], nn.Module], input_shape: tuple,
                             batch_size: int, n_train: int = 0, n_eval: int = 0, dtype_bytes: int = 4,
-                            eval_batch_size: int = EVAL_BATCH) -> int:
+                            eval_batch_size: int = EVAL_BATCH, checkpoint: bool = False) -> int:
     """Peak RSS (bytes) of training ``model_or_builder`` with :func:`trainables.fit.fit` in a
     fresh worker: Adam, batch ``batch_size`` of ``input_shape`` ``(C, *spatial)``, ``n_train``
-    training and ``n_eval`` validation + test samples held in memory. ``dtype_bytes`` is the
-    size of a weight / activation element (4: float32). Conservative by design: meant to be
+    training and ``n_eval`` validation + test samples held in memory (evaluation is simulated
+    at ``min(eval_batch_size, n_eval)``, as if both splits were one). ``dtype_bytes`` is the
+    size of a weight / activation element (4: float32); ``checkpoint``: fit() saves a state
+    every epoch (``save_state``). Conservative by design: meant to be
     >= the measured peak and within about 2x of it (benchmarks/memory_estimate.py)."""
     return estimate_memory(model_or_builder, input_shape, batch_size, n_train, n_eval, dtype_bytes,
-                           eval_batch_size).total
+                           eval_batch_size, checkpoint).total

@@ -5,7 +5,9 @@ architectures (full train split): the data comes through ``tune.with_parameters`
 Ray's object store, never from disk. Divergence and OOM become a reported failed candidate
 (worst fitness, reason recorded), never a crashed trial. Over-budget networks never get
 here: the searcher asks :class:`CandidateCost` first (FLOPs cap, memory that fits a node).
-With ``keep_weights`` (the retrain) the val-selected weights are saved as a Tune checkpoint.
+Every epoch is checkpointed, so a trial whose worker died (node lost, process killed) resumes
+at its last epoch when Tune retries it; with ``keep_weights`` (the retrain) the val-selected
+weights are saved as the final checkpoint.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import torch
 from ray import tune
 
 from medcore.cell_genotype import CellArchitecture
+from trainables.checkpointing import TuneCheckpointing, resume_state
 from trainables.complexity import count_flops, count_params
 from trainables.fit import FitConfig, NonFiniteLoss, fit, set_threads_from_ray
 from trainables.memory import estimate_training_bytes
@@ -53,17 +56,24 @@ class CandidateCost:
 
     def __init__(self, info, batch_size: int, n_train: int):
         self.info, self.batch_size, self.n_train = info, batch_size, n_train
+        self._memo: dict = {}  # (what, architecture) -> value: the searcher and Ray both ask
 
     def _net(self, config: dict):
         with torch.device("meta"):
             return build_network(**build_kwargs(config, self.info))
 
+    def _cached(self, what: str, config: dict, compute) -> int:
+        key = (what, json.dumps(config["architecture"], sort_keys=True))
+        if key not in self._memo:
+            self._memo[key] = compute(self._net(config))
+        return self._memo[key]
+
     def flops(self, config: dict) -> int:
-        return count_flops(self._net(config), self.info.input_shape)
+        return self._cached("flops", config, lambda net: count_flops(net, self.info.input_shape))
 
     def memory(self, config: dict) -> int:
-        return estimate_training_bytes(self._net(config), self.info.input_shape, self.batch_size,
-                                       n_train=self.n_train)
+        return self._cached("memory", config, lambda net: estimate_training_bytes(
+            net, self.info.input_shape, self.batch_size, n_train=self.n_train))
 
 
 def train_candidate(config: dict, data, fit_config: dict, keep_weights: bool = False):
@@ -78,9 +88,10 @@ def train_candidate(config: dict, data, fit_config: dict, keep_weights: bool = F
     base = {"params": count_params(net), "flops": count_flops(net, info.input_shape), "status": "ok",
             "reason": "", "synthetic": bool(info.synthetic)}
     try:
-        result = fit(net, data, FitConfig(**dict(fit_config, seed=seed)),
-                     report=lambda row: tune.report(dict(base, **row)), evaluate_test=True,
-                     keep_state=keep_weights)
+        # every epoch's report carries a checkpoint: a trial whose worker dies resumes where it stopped
+        result = fit(net, data, FitConfig(**dict(fit_config, seed=seed)), evaluate_test=True,
+                     keep_state=keep_weights, save_state=TuneCheckpointing(metrics=lambda row: dict(base, **row)),
+                     resume_state=resume_state())
     except Exception as exc:  # a failed candidate is a result, not a crash
         if not (isinstance(exc, NonFiniteLoss) or is_oom(exc)):
             raise

@@ -148,6 +148,11 @@ class ODESearch(Search):
         for r in evaluated:
             if r["status"] == FAILED:
                 failures[r["reason"] or "unknown"] = failures.get(r["reason"] or "unknown", 0) + 1
+        infeasible: dict[str, int] = {}
+        for r in rows:
+            if r["status"] == INFEASIBLE:
+                reason = _reason_kind(r["reason"])
+                infeasible[reason] = infeasible.get(reason, 0) + 1
         # Val-selected: of the retrained models, the best on the validation split (ties: search rank).
         metric = cfg.fit.metric
         done = [f for f in final if f.get("status") == OK and f.get("test_acc") is not None]
@@ -156,7 +161,7 @@ class ODESearch(Search):
             "search": "ode", "dataset": data.info.flag, "size": data.info.size, "synthetic": synthetic,
             "data_file": data.info.path, "n_evaluated": len(evaluated),
             "n_ok": sum(r["status"] == OK for r in rows), "n_failed": len(evaluated) - sum(r["status"] == OK for r in rows),
-            "failure_reasons": failures,
+            "failure_reasons": failures, "infeasible_reasons": infeasible,
             "n_infeasible": sum(r["status"] == INFEASIBLE for r in rows),
             "n_duplicates": sum(r["status"] == DUPLICATE for r in rows),
             "generations": searcher.generation, "restarts": searcher.restarts, "metric": metric,
@@ -192,6 +197,12 @@ class ODESearch(Search):
                 weights=None if checkpoint is None else checkpoint.path, trial_id=m.get("trial_id")))
         return records
 
+    def failure_counts(self, summary: dict) -> tuple[int, int, dict]:
+        """A search that could train nothing (every candidate infeasible) failed as well."""
+        if summary["n_evaluated"]:
+            return super().failure_counts(summary)
+        return summary["n_infeasible"], 0, {f"infeasible, {k}": n for k, n in summary["infeasible_reasons"].items()}
+
     def print_summary(self, summary: dict) -> None:
         super().print_summary(summary)
         best = summary.get("best") or {}
@@ -223,6 +234,14 @@ class FeasibilityRule:
                 return (f"needs about {need / 2**30:.1f} GB to train at batch {self.batch_size}; the largest "
                         f"node offers {self.max_memory / 2**30:.1f} GB")
         return None
+
+
+def _reason_kind(reason: str) -> str:
+    """Infeasibility reasons counted by kind (the numbers in them differ per candidate)."""
+    for kind in ("edges after pruning", "GFLOPs exceeds the cap", "to train at batch"):
+        if kind in reason:
+            return {"to train at batch": "memory above the largest node"}.get(kind, kind)
+    return reason
 
 
 def _vocabulary(m: dict) -> dict:

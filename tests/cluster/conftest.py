@@ -30,6 +30,8 @@ RAY = str(Path(sys.executable).with_name("ray"))
 SAMPLE_ROOT = REPO / "orchestrator" / "sample_data"
 # Variables that could point a subprocess at another Ray or change how it authenticates.
 _RAY_VARS = ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+# Test-session settings a real driver does not have.
+_TEST_VARS = ("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS",)
 
 
 def pytest_configure(config):
@@ -51,8 +53,9 @@ def free_ports(n: int) -> list[int]:
 
 
 def base_env(**extra) -> dict:
-    """This process's environment without Ray's address/auth variables, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if k not in _RAY_VARS}
+    """This process's environment without Ray's address/auth variables and the test session's
+    Tune settings, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k not in _RAY_VARS + _TEST_VARS}
     env.update({"RAY_DEDUP_LOGS": "0", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO)})
     env.update(extra)
     return env
@@ -244,6 +247,7 @@ def two_nodes(two_node_cluster):
         if node.node_id not in alive:
             for p in node.processes():
                 p.kill()
+            shutil.rmtree(node.temp_dir, ignore_errors=True)
             cluster.workers.remove(node)
             cluster.start_node(head=False)
     cluster.wait_for_nodes()

@@ -1,6 +1,7 @@
 """Searches as Ray jobs on a token-auth cluster (Ray 2.60): with the token a submitted search
 succeeds; without it, or with a wrong one, the submission is refused; and a driver pointed at
-the cluster without ``RAY_AUTH_MODE=token`` stops at once with one line saying so."""
+the cluster without ``RAY_AUTH_MODE=token``, or with a wrong token, stops at once with one line
+saying so."""
 from __future__ import annotations
 
 import json
@@ -59,15 +60,20 @@ def test_a_search_job_needs_the_token(token_head, tmp_path):
     assert [j.submission_id for j in client.list_jobs()] == ["with-token"]
 
 
-def test_a_driver_without_token_mode_is_refused_in_one_line(token_head, tmp_path):
+@pytest.mark.parametrize("auth,message", [
+    ("no token mode", "requires token auth; set RAY_AUTH_MODE=token"),
+    ("wrong token", "refused this machine's auth token; set RAY_AUTH_TOKEN"),
+])
+def test_a_driver_without_the_right_token_is_refused_in_one_line(token_head, tmp_path, auth, message):
+    env = base_env() if auth == "no token mode" else token_head.env(RAY_AUTH_TOKEN=secrets.token_hex(32))
     started = time.time()
     proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "search", "ode", *TINY, "--address",
                            token_head.address, "--out", str(tmp_path / "run")],
-                          env=base_env(), capture_output=True, text=True, timeout=120)
+                          env=env, capture_output=True, text=True, timeout=120)
     took = time.time() - started
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
-    assert lines[0].startswith("medtune: error: ") and "RAY_AUTH_MODE=token" in lines[0]
+    assert lines[0].startswith("medtune: error: ") and message in lines[0], lines
     # the probe answers at once; ray.init alone would first spend its connection retries
     assert took < 30, took
     assert not (tmp_path / "run" / "run.json").exists()  # refused before the run existed

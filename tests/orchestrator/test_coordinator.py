@@ -5,7 +5,10 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pandas as pd
@@ -124,6 +127,71 @@ def test_last_error_line():
     assert co.last_error_line("==== header\nonly line\n") == "only line"
 
 
+def fake_run(run_dir: Path, states: dict, coordinator_pid=None) -> Path:
+    """A run folder as a coordinator leaves it: run.json and, for started searches, status.json."""
+    import socket
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    searches = {}
+    for name, state in states.items():
+        out = run_dir / name
+        searches[name] = {"type": "ode", "after": [], "dataset": "adrenalmnist3d", "out": str(out), "state": state,
+                          "reason": "", "exit_code": None, "attempts": 1, "pid": None, "job_id": None}
+        if state != "pending":
+            out.mkdir()
+            (out / "status.json").write_text(json.dumps({"state": state, "stage": "search", "experiments": {
+                "ode_search": {"done": 3, "running": 1, "pending": 0, "failed": 1, "best": 0.75,
+                               "metric": "best_val_auc"}}}))
+    coordinator = {"pid": coordinator_pid or os.getpid(), "host": socket.gethostname(), "state": "running"}
+    (run_dir / "run.json").write_text(json.dumps({"run": "r1", "zoo": str(run_dir / "zoo"), "spec": "spec.yaml",
+                                                  "searches": searches, "coordinator": coordinator}))
+    return run_dir
+
+
+def test_status_and_report_of_a_run_whose_coordinator_is_gone(tmp_path):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    run_dir = fake_run(tmp_path / "run", {"a": "running", "b": "pending"}, coordinator_pid=gone.pid)
+    (run_dir / "a" / "candidates.csv").write_text("candidate,status\n" + "".join(f"{i},ok\n" for i in range(40)))
+    (run_dir / "a" / "plot.png").write_bytes(b"\x89PNG fake")
+    text = co.format_status(co.run_status(run_dir))
+    assert f"coordinator not running (pid {gone.pid} is gone); `medtune resume {run_dir}` continues" in text
+    assert [ln.split()[:7] for ln in text.splitlines()[2:4]] == [
+        ["a", "ode", "running", "search", "3", "1", "1"], ["b", "ode", "pending", "-", "0", "0", "0"]]
+    assert "best_val_auc 0.75 (ode_search)" in text
+
+    from orchestrator.run_report import write_report
+
+    report = write_report(run_dir).read_text()
+    assert "no summary yet; live status" in report and "first 15 of 40 rows" in report
+    assert 'src="data:image/png;base64,iVBORyBmYWtl"' in report and 'id="b"' in report and "no models yet" in report
+
+
+def test_run_refusals_leave_no_run_behind(tmp_path):
+    from medcore.errors import ConfigError, RunError
+
+    spec = write_spec(tmp_path / "spec.yaml", [{"name": "a", "type": "ode", **TINY}])
+    with pytest.raises(ConfigError, match="--out is required"):
+        co.run(str(spec))
+    with pytest.raises(ConfigError, match="--address must be the cluster's dashboard"):
+        co.run(str(spec), str(tmp_path / "r"), address="127.0.0.1:6379")
+    with pytest.raises(ConfigError, match="--max-parallel must be >= 0"):
+        co.run(str(spec), str(tmp_path / "r"), max_parallel=-1)
+    assert not (tmp_path / "r" / "run.json").exists()
+    fake_run(tmp_path / "done", {"a": "done"})
+    with pytest.raises(RunError, match="already holds a run; continue it with `medtune resume"):
+        co.run(str(spec), str(tmp_path / "done"))
+
+
+def test_resume_of_a_finished_run_does_nothing(tmp_path, capsys):
+    run_dir = fake_run(tmp_path / "run", {"a": "done", "b": "done"})
+    manifest = (run_dir / "run.json").read_text()
+    assert co.resume(str(run_dir)) == 0
+    assert "nothing to resume: all 2 searches" in capsys.readouterr().out
+    assert (run_dir / "report.html").exists()  # written if the finished run had none
+    assert json.loads((run_dir / "run.json").read_text())["searches"] == json.loads(manifest)["searches"]
+
+
 # ---- end to end ----------------------------------------------------------------------------
 
 def medtune(*args, timeout=120, **kw):
@@ -150,20 +218,20 @@ def write_spec(path: Path, searches: list[dict]) -> Path:
 
 
 def test_run_status_report_failure_and_resume(tmp_path):
-    """Two tiny ODE searches at once, one that the driver refuses at start (a trial asks for more
-    CPUs than the node has: valid in the spec, refused by the cluster) and one waiting for it."""
+    """Two tiny ODE searches at once and one that the driver refuses at start (a trial asks for
+    more CPUs than the node has: valid in the spec, refused by the cluster). Skipping the
+    dependents of a failed search is covered with the fake launcher above."""
     run_dir = tmp_path / "run"
     spec = write_spec(tmp_path / "spec.yaml", [
         {"name": "a", "type": "ode", **TINY},
         {"name": "b", "type": "ode", **TINY, "seed": 1},
-        {"name": "bad", "type": "ode", **TINY, "resources": {"cpus_per_trial": 64}},
-        {"name": "c", "type": "ode", "after": ["bad"], **TINY, "seed": 2}])
+        {"name": "bad", "type": "ode", **TINY, "seed": 2, "resources": {"cpus_per_trial": 64}}])
     proc = start("run", spec, "--out", run_dir)
     wait_for(lambda: (run_dir / "a" / "status.json").exists(), proc)
     # while it runs: status reads (the coordinator holds the lock), a second coordinator is refused
     status = medtune("status", run_dir)
     assert status.returncode == 0 and "coordinator running" in status.stdout, status.stderr
-    assert all(name in status.stdout for name in ("a", "b", "bad", "c"))
+    assert all(name in status.stdout for name in ("a", "b", "bad"))
     second = medtune("run", spec, "--out", run_dir)
     assert second.returncode == 2 and "in use by another coordinator" in second.stderr
     assert second.stderr.count("\n") == 1
@@ -174,8 +242,7 @@ def test_run_status_report_failure_and_resume(tmp_path):
     assert manifest["a"]["state"] == manifest["b"]["state"] == "done"
     assert manifest["bad"]["state"] == "failed" and manifest["bad"]["exit_code"] == 2
     assert "--cpus-per-trial 64 is more than any node of the cluster has" in manifest["bad"]["reason"]
-    assert (manifest["c"]["state"], manifest["c"]["reason"]) == ("skipped", "dependency bad failed")
-    assert "bad: failed (exit 2: --cpus-per-trial 64" in err and "c: skipped (dependency bad failed)" in err
+    assert "bad: failed (exit 2: --cpus-per-trial 64" in err
     assert (run_dir / "spec.yaml").read_text() == spec.read_text()
     for name in ("a", "b"):
         assert (run_dir / name / "summary.json").exists() and (run_dir / name / "driver.log").stat().st_size > 0
@@ -197,7 +264,7 @@ def test_run_status_report_failure_and_resume(tmp_path):
     assert status["coordinator"]["state"] == "failed"
     assert by_name["a"]["trials"]["done"] >= 1 and by_name["a"]["best"]["metric"] == "best_val_acc"
 
-    # fix the failed search in the run's spec copy; resume runs only it and its dependent
+    # fix the failed search in the run's spec copy; resume runs only it
     copy = yaml.safe_load((run_dir / "spec.yaml").read_text())
     copy["searches"][2]["resources"]["cpus_per_trial"] = 1
     (run_dir / "spec.yaml").write_text(yaml.safe_dump(copy, sort_keys=False))
@@ -208,9 +275,8 @@ def test_run_status_report_failure_and_resume(tmp_path):
     assert all(s["state"] == "done" for s in manifest.values())
     # refused before its driver wrote a run: started fresh again
     assert manifest["bad"]["attempts"] == 2 and manifest["bad"]["resume"] is False
-    assert manifest["c"]["attempts"] == 1
     assert before == {n: (run_dir / n / "summary.json").stat().st_mtime for n in ("a", "b")}
-    assert (run_dir / "c" / "summary.json").exists() and "--cpus-per-trial 64" not in (
+    assert (run_dir / "bad" / "summary.json").exists() and "--cpus-per-trial 64" not in (
         run_dir / "report.html").read_text()
     # a finished run: nothing to do
     again = medtune("resume", run_dir)
@@ -245,6 +311,7 @@ def test_sigkilled_coordinator_resumes_without_losing_or_repeating_trials(tmp_pa
     while co._alive(driver_pid) and time.time() < deadline:
         time.sleep(0.5)
     assert not co._alive(driver_pid), "the search's driver outlived its SIGKILLed coordinator"
+    assert json.loads((run_dir / "s" / "status.json").read_text())["state"] == "interrupted"  # stopped, not killed
     before = _finished_trials(run_dir / "s")
     status = medtune("status", run_dir)
     assert "coordinator not running" in status.stdout and "medtune resume" in status.stdout
@@ -259,3 +326,49 @@ def test_sigkilled_coordinator_resumes_without_losing_or_repeating_trials(tmp_pa
     expected = pd.read_csv(tmp_path / "reference" / "s" / "candidates.csv")
     columns = ["candidate", "architecture", "status"]
     pd.testing.assert_frame_equal(table[columns], expected[columns])
+
+
+@pytest.mark.slow
+def test_searches_as_ray_jobs_on_a_cluster(tmp_path):
+    """``--address http://...``: each search is a Ray job; its logs land in driver.log."""
+    def free():
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("", 0))
+            return s.getsockname()[1]
+
+    dashboard = free()
+    cmd = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", "--port", str(free()),
+           "--dashboard-port", str(dashboard), "--dashboard-host", "127.0.0.1", "--include-dashboard", "true",
+           "--dashboard-agent-listen-port", str(free()), "--dashboard-agent-grpc-port", str(free()),
+           "--metrics-export-port", str(free()), "--ray-client-server-port", str(free()),
+           "--runtime-env-agent-port", str(free()), "--num-cpus", "2", "--disable-usage-stats",
+           "--temp-dir", tempfile.mkdtemp(prefix="mtjob", dir="/tmp")]
+    env = {**ENV, "RAY_AUTH_MODE": "token"}
+    cluster = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    try:
+        spec = write_spec(tmp_path / "spec.yaml", [{"name": "a", "type": "ode", **TINY}])
+        address = f"http://127.0.0.1:{dashboard}"
+        deadline = time.time() + 180
+        while True:  # the dashboard answers (any HTTP status) once the head node is up
+            try:
+                urllib.request.urlopen(f"{address}/api/version", timeout=5)
+                break
+            except urllib.error.HTTPError:
+                break
+            except OSError:
+                assert cluster.poll() is None and time.time() < deadline, "the test cluster did not start"
+                time.sleep(2)
+        proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", str(spec), "--out",
+                               str(tmp_path / "run"), "--address", address], capture_output=True, text=True,
+                              env=env, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        rec = json.loads((tmp_path / "run" / "run.json").read_text())["searches"]["a"]
+        assert rec["state"] == "done" and rec["job_id"].startswith("medtune-run-") and rec["job_id"].endswith("-a-1")
+        assert "logs of job" in (tmp_path / "run" / "a" / "driver.log").read_text()
+        assert (tmp_path / "run" / "a" / "summary.json").exists() and (tmp_path / "run" / "report.html").exists()
+    finally:
+        cluster.terminate()  # `ray start --block` stops its own node on SIGTERM
+        cluster.wait(timeout=120)

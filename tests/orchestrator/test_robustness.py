@@ -173,3 +173,45 @@ def test_two_drivers_on_one_out_folder_one_is_refused(tmp_path):
         passed = [e for e in errors if "--cpus-per-trial 64 is more than any node" in e]
         assert len(locked) == 1 and len(passed) == 1, errors
         assert first.returncode == second.returncode == 2
+
+
+# ---- memory: trials sized by their estimated memory; what cannot fit is never trained ---------
+def test_trial_resources_carry_the_memory_estimate(tmp_path):
+    from orchestrator.config import Resources
+    from orchestrator.search import RunContext
+
+    ctx = RunContext(search=registry.get("ode"), cfg=ToyConfig(out=str(tmp_path)), data=None, run_id="r")
+    per_trial = ctx.trial_resources(lambda config: int(2.2 * 2**30) if config["big"] else 2**29)
+    # requests are rounded up to whole GiB, so similar trials can reuse a worker
+    assert per_trial({"big": True}).required_resources == {"CPU": 1.0, "memory": 3 * 2**30}
+    assert per_trial({"big": False}).required_resources["memory"] == 2**30
+    ctx.cfg.resources = Resources(memory_per_trial_gb=2)  # a fixed request overrides the estimate
+    assert ctx.trial_resources(lambda config: 1).required_resources["memory"] == 2 * 2**30
+
+
+@pytest.fixture
+def small_memory_ray():
+    import ray
+
+    ray.init(address="local", num_cpus=2, _memory=2**30, _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+@pytest.mark.ray
+def test_candidates_that_cannot_fit_the_largest_node_are_infeasible_not_trained(small_memory_ray, tmp_path):
+    from orchestrator.config import FitOptions, ODESearchConfig
+
+    cfg = ODESearchConfig(dataset="adrenalmnist3d", data_root=str(SAMPLE_ROOT), out=str(tmp_path), budget=4,
+                          pop_size=4, fraction=0.1, max_gflops=0.05, top_k=0, fit=FitOptions(max_epochs=1))
+    with pytest.raises(SearchFailed, match=r"infeasible, memory above the largest node"):
+        run_search("ode", cfg)
+    import pandas as pd
+
+    table = pd.read_csv(tmp_path / "candidates.csv")
+    memory = table[table.reason.fillna("").str.contains("the largest node offers 1.0 GB")]
+    assert len(memory) > 0 and (memory.status == "infeasible").all()
+    assert not list((tmp_path / "tune" / "ode_search").glob("cand*"))  # nothing was trained

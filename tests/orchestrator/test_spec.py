@@ -58,7 +58,8 @@ def refusal(data, base=".") -> str:
     ({"searches": [ode("a", resources={"address": "auto"})]}, "searches[0].resources.address: set by the coordinator"),
     ({"searches": [ode("a", dataset="nosuchmnist")]}, "searches[0].dataset: unknown MedMNIST flag 'nosuchmnist'"),
     ({"searches": [ode("a", size=64)]}, "searches[0].data_root: dataset file "),
-    ({"searches": [{**ode("a"), "datasets": ["adrenalmnist3d"]}]}, "searches[0].datasets: give dataset or datasets, not both"),
+    ({"searches": [{**ode("a"), "datasets": ["adrenalmnist3d"]}]},
+     "searches[0].datasets: give dataset or datasets, not both"),
     ({"searches": [{"name": "m", "type": "ode", "data_root": str(SAMPLE_ROOT), "datasets": ["adrenalmnist3d", "x y"]}]},
      "searches[0].datasets[1]: not a MedMNIST flag: 'x y'"),
     ({"searches": [{"name": "m", "type": "ode", "data_root": str(SAMPLE_ROOT), "datasets": []}]},
@@ -150,6 +151,9 @@ def test_file_errors(tmp_path):
     (tmp_path / "bad.yaml").write_text("searches: [\n  - {name: a\n")
     with pytest.raises(ConfigError, match=r"bad.yaml is not valid YAML \(line \d+, column \d+\)"):
         load_spec(tmp_path / "bad.yaml")
+    (tmp_path / "empty.yaml").write_text("# nothing\n")
+    with pytest.raises(ConfigError, match="empty.yaml is empty"):
+        load_spec(tmp_path / "empty.yaml")
 
 
 def test_the_demo_spec_is_valid():

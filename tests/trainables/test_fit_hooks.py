@@ -1,6 +1,7 @@
 """fit()'s extension points: optimizer factory, init, augmentation, custom train steps
 (accumulation, bilevel), the segmentation task and per-epoch checkpoints with resume."""
 import io
+import os
 from types import SimpleNamespace
 
 import numpy as np
@@ -283,3 +284,45 @@ def test_tune_checkpointing_reports_metrics_and_checkpoint_together(monkeypatch,
     assert checkpointing.resume_state()["epoch"] == 2
     monkeypatch.setattr(tune, "get_checkpoint", lambda: None)
     assert checkpointing.resume_state() is None
+
+
+RESUME_CFG = FitConfig(max_epochs=4, batch_size=32, lr=1e-2, patience=10, seed=5)
+
+
+def _dies_once_at_epoch_2(config):
+    """A trial whose worker dies after its epoch-2 checkpoint the first time it runs."""
+    torch.set_num_threads(1)
+    torch.manual_seed(1)
+    saver = checkpointing.TuneCheckpointing()
+
+    def save_then_die(state, row):
+        saver(state, row)
+        marker = config["marker"]
+        if row["epoch"] == 2 and not os.path.exists(marker):
+            open(marker, "w").close()
+            raise RuntimeError("worker lost")
+
+    fit(mlp(dropout=0.3), toy_data(), RESUME_CFG, save_state=save_then_die,
+        resume_state=checkpointing.resume_state())
+
+
+def test_a_tune_trial_restarted_after_a_failure_resumes_from_its_epoch_checkpoint(ray_local, tmp_path):
+    from ray import tune
+
+    grid = tune.Tuner(
+        _dies_once_at_epoch_2, param_space={"marker": str(tmp_path / "died")},
+        run_config=tune.RunConfig(name="resume", storage_path=str(tmp_path), verbose=0,
+                                  failure_config=tune.FailureConfig(max_failures=1))).fit()
+    result = grid[0]
+    m = result.metrics
+    assert result.error is None and m["epoch"] == 4
+    # one report (with its checkpoint) per epoch; after the restart only epochs 3 and 4 ran
+    assert (m["training_iteration"], m["iterations_since_restore"]) == (4, 2)
+    assert m["checkpoint_dir_name"] == "checkpoint_000003"
+    with result.checkpoint.as_directory() as d:
+        final = checkpointing.load_state_file(d)
+    torch.set_num_threads(1)
+    torch.manual_seed(1)
+    straight = mlp(dropout=0.3)
+    fit(straight, toy_data(), RESUME_CFG)
+    assert all(torch.equal(a, final["model"][k]) for k, a in straight.state_dict().items())

@@ -96,3 +96,18 @@ def test_float_preload_and_uint8_batches_are_identical(monkeypatch):
                                   raw.batches(4, torch.Generator().manual_seed(1))):
         assert xa.dtype == xb.dtype == torch.float32 and torch.equal(xa, xb) and torch.equal(ya, yb)
     assert float(pre.x.max()) <= 1.0
+
+
+def test_evaluate_takes_a_task_string_or_object_and_selection_defaults_to_the_tasks_metric(synthetic_2d):
+    from trainables.fit import DeviceSplit, evaluate
+    from trainables.tasks import ClassificationTask, SegmentationTask
+
+    assert FitConfig().select_metric is None  # resolved per task: val_acc here, val_dice for masks
+    assert (ClassificationTask("binary-class").select_metric, SegmentationTask().select_metric) == ("val_acc",
+                                                                                                    "val_dice")
+    torch.manual_seed(0)
+    net = CellNet(small_arch(), 1, synthetic_2d.info.n_outputs, spatial_dims=2)
+    split = DeviceSplit(synthetic_2d.images["val"], synthetic_2d.labels["val"], torch.device("cpu"))
+    by_name = evaluate(net, split, synthetic_2d.info.task)
+    by_object = evaluate(net, split, ClassificationTask(synthetic_2d.info.task))
+    assert by_name == by_object and set(by_name) == {"loss", "acc", "auc"}
