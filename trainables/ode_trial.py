@@ -54,8 +54,8 @@ class CandidateCost:
     estimate as the trial's Ray ``memory`` resource so trials are never over-packed.
     """
 
-    def __init__(self, info, batch_size: int, n_train: int):
-        self.info, self.batch_size, self.n_train = info, batch_size, n_train
+    def __init__(self, info, batch_size: int, n_train: int, n_eval: int = 0):
+        self.info, self.batch_size, self.n_train, self.n_eval = info, batch_size, n_train, n_eval
         self._memo: dict = {}  # (what, architecture) -> value: the searcher and Ray both ask
 
     def _net(self, config: dict):
@@ -73,7 +73,7 @@ class CandidateCost:
 
     def memory(self, config: dict) -> int:
         return self._cached("memory", config, lambda net: estimate_training_bytes(
-            net, self.info.input_shape, self.batch_size, n_train=self.n_train))
+            net, self.info.input_shape, self.batch_size, n_train=self.n_train, n_eval=self.n_eval, checkpoint=True))
 
 
 def train_candidate(config: dict, data, fit_config: dict, keep_weights: bool = False):

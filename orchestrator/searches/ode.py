@@ -54,7 +54,8 @@ class ODESearch(Search):
     def _cost(self, ctx: RunContext, data):
         from trainables.ode_trial import CandidateCost
 
-        return CandidateCost(data.info, ctx.cfg.fit.batch_size, len(data.labels["train"]))
+        return CandidateCost(data.info, ctx.cfg.fit.batch_size, len(data.labels["train"]),
+                             n_eval=len(data.labels["val"]) + len(data.labels["test"]))
 
     def _searcher(self, ctx: RunContext, cost):
         from searchers.ode import ODESearcher
