@@ -4,7 +4,8 @@ searches one after the other (``medtune search`` twice, each with its own local 
     .venv/bin/python -m benchmarks.coordinator_concurrency
 
 A small ODE search and a small compression search on the shipped AdrenalMNIST3D sample, each
-limited to one 1-CPU trial at a time, so on 2 cores one search alone leaves a core idle.
+limited to one 1-CPU trial at a time, so on 2 cores one search alone leaves a core idle; sized
+to take about as long as each other alone (the ratio's floor is the longer one's share).
 Figure: wall time of the concurrent run over the sequential total (target <= 0.65; 0.5 is two
 equal searches perfectly overlapped). Both include their fixed costs (Ray start, driver
 start-up, data loading; the coordinator also writes its report). The sequential pair runs
@@ -27,7 +28,7 @@ from orchestrator.data import SAMPLE_FLAG, SAMPLE_ROOT
 
 ONE_CPU = {"cpus_per_trial": 1, "max_concurrent": 1}
 SEARCHES = [
-    {"name": "ode", "type": "ode", "dataset": SAMPLE_FLAG, "data_root": str(SAMPLE_ROOT), "budget": 8,
+    {"name": "ode", "type": "ode", "dataset": SAMPLE_FLAG, "data_root": str(SAMPLE_ROOT), "budget": 12,
      "pop_size": 4, "fraction": 0.25, "val_fraction": 1.0, "max_gflops": 0.1, "top_k": 1, "retrain_epochs": 1,
      "fit": {"max_epochs": 1, "metric": "val_auc"}, "resources": ONE_CPU},
     {"name": "compress", "type": "compress", "dataset": SAMPLE_FLAG, "data_root": str(SAMPLE_ROOT),

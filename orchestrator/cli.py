@@ -121,9 +121,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"medtune: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt as exc:
-        from orchestrator.runtime import Terminated
+        from orchestrator.runtime import Terminated, sigterm_received
 
-        what, code = ("terminated", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
+        terminated = isinstance(exc, Terminated) or sigterm_received()
+        what, code = ("terminated", 143) if terminated else ("interrupted", 130)
         print(f"medtune: {what}; everything evaluated is saved; rerun with --resume to continue", file=sys.stderr)
         return code
     except Exception as exc:  # anything else: one line, the cause, where the details are, how to go on

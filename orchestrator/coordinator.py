@@ -144,7 +144,7 @@ class LocalCluster:
         # machine's "latest cluster" file that a plain ray.init() elsewhere would join)
         self.temp_dir = tempfile.mkdtemp(prefix="mtray", dir="/tmp" if os.path.isdir("/tmp") else None)
         port = _free_port()
-        cmd = [str(ray), "start", "--head", "--block", "--port", str(port),
+        cmd = [str(ray), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
                "--ray-client-server-port", str(_free_port()), "--dashboard-agent-listen-port", str(_free_port()),
                "--include-dashboard", "false", "--disable-usage-stats", "--temp-dir", self.temp_dir]
         log_path = self.run_dir / "ray.log"

@@ -62,7 +62,8 @@ def _run(search: Search, cfg, data, out: Path, manifest: dict, started: float) -
     if data is None:
         data = search.load_data(cfg)
     ctx = RunContext(search=search, cfg=cfg, data=data, run_id=manifest["run"])
-    with sigterm_as_interrupt(), ray_session(cfg.resources.address, cfg.resources.jemalloc):
+    # after ray.init: it installs a SIGTERM handler of its own that exits at once
+    with ray_session(cfg.resources.address, cfg.resources.jemalloc), sigterm_as_interrupt():
         r = cfg.resources
         check_trial_fits(r.cpus_per_trial, r.gpus_per_trial, r.memory_per_trial_gb * 2**30, r.autoscale)
         # the run exists from here on: everything before was a check that leaves nothing behind

@@ -206,10 +206,21 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM (``ray job stop``, schedulers) takes the same path as Ctrl+C."""
 
 
+_SIGTERM_RECEIVED = False
+
+
+def sigterm_received() -> bool:
+    """Whether SIGTERM stopped this process (Tune may re-raise our Terminated as a plain
+    KeyboardInterrupt, so the exception's type alone does not tell)."""
+    return _SIGTERM_RECEIVED
+
+
 @contextmanager
 def sigterm_as_interrupt():
     """Turn SIGTERM into :class:`Terminated` in the main thread while the block runs."""
     def handler(signum, frame):
+        global _SIGTERM_RECEIVED
+        _SIGTERM_RECEIVED = True
         raise Terminated()
 
     try:
