@@ -113,6 +113,8 @@ class ODESearch(Search):
             metric=f"best_{cfg.fit.metric}")
         errors = trial_errors(grid)
         for result in grid:
+            if not result.config:  # an errored trial restored on resume keeps no config
+                continue
             key = json.dumps(result.config["architecture"], sort_keys=True)
             metrics = dict(result.metrics or {})
             if result.error is not None:

@@ -118,7 +118,7 @@ def test_requests_above_the_cluster_are_refused_and_leave_nothing(ray_local, tmp
 
 def test_every_candidate_failed_is_an_error_with_reasons_and_outputs_kept(ray_local, tmp_path, toy):
     cfg = ToyConfig(dataset="adrenalmnist3d", data_root=str(SAMPLE_ROOT), out=str(tmp_path), fail="all")
-    with pytest.raises(SearchFailed, match=r"every candidate failed \(3 of 3: 3 x RuntimeError: toy failure"):
+    with pytest.raises(SearchFailed, match=r"every candidate failed \(3 of 3: 1 x RuntimeError: toy failure \d, 1 x"):
         run_search("toy", cfg)
     assert json.loads((tmp_path / "summary.json").read_text())["n_ok"] == 0
     assert json.loads((tmp_path / "status.json").read_text())["state"] == "done"
@@ -187,31 +187,3 @@ def test_trial_resources_carry_the_memory_estimate(tmp_path):
     assert per_trial({"big": False}).required_resources["memory"] == 2**30
     ctx.cfg.resources = Resources(memory_per_trial_gb=2)  # a fixed request overrides the estimate
     assert ctx.trial_resources(lambda config: 1).required_resources["memory"] == 2 * 2**30
-
-
-@pytest.fixture
-def small_memory_ray():
-    import ray
-
-    ray.init(address="local", num_cpus=2, _memory=2**30, _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
-
-
-@pytest.mark.ray
-def test_candidates_that_cannot_fit_the_largest_node_are_infeasible_not_trained(small_memory_ray, tmp_path):
-    from orchestrator.config import FitOptions, ODESearchConfig
-
-    cfg = ODESearchConfig(dataset="adrenalmnist3d", data_root=str(SAMPLE_ROOT), out=str(tmp_path), budget=4,
-                          pop_size=4, fraction=0.1, max_gflops=0.05, top_k=0, fit=FitOptions(max_epochs=1))
-    with pytest.raises(SearchFailed, match=r"infeasible, memory above the largest node"):
-        run_search("ode", cfg)
-    import pandas as pd
-
-    table = pd.read_csv(tmp_path / "candidates.csv")
-    memory = table[table.reason.fillna("").str.contains("the largest node offers 1.0 GB")]
-    assert len(memory) > 0 and (memory.status == "infeasible").all()
-    assert not list((tmp_path / "tune" / "ode_search").glob("cand*"))  # nothing was trained

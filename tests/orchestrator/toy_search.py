@@ -49,7 +49,8 @@ class ToySearch(Search):
         grid = ctx.run_tuner("toy", trainable, param_space={"i": tune.grid_search(list(range(cfg.n_trials)))},
                              metric="score")
         errors = trial_errors(grid)
-        ctx.state["rows"] = [{"i": r.config["i"], "status": FAILED if r.error else OK,
+        # a restored errored trial's Result has no config: its index is not needed to count it
+        ctx.state["rows"] = [{"i": (r.config or {}).get("i"), "status": FAILED if r.error else OK,
                               "reason": errors.get(result_trial_id(r), "")} for r in grid]
 
     def summarize(self, ctx):
