@@ -109,18 +109,18 @@ class RunContext:
         r = self.cfg.resources
         fixed = int(r.memory_per_trial_gb * 2**30)
 
-        def bundle(config: dict | None = None) -> dict:
+        def bundle(memory: int) -> dict:
             b = {"CPU": r.cpus_per_trial}
             if r.gpus_per_trial:
                 b["GPU"] = r.gpus_per_trial
-            mem = fixed or (memory_bytes(config) if callable(memory_bytes) and config is not None else memory_bytes)
-            if mem:
-                b["memory"] = fixed or int(math.ceil(mem / MEMORY_GRANULE) * MEMORY_GRANULE)
+            if memory:
+                b["memory"] = memory
             return b
 
-        if callable(memory_bytes) and not fixed:
-            return lambda config: tune.PlacementGroupFactory([bundle(config)])
-        return tune.PlacementGroupFactory([bundle()])
+        if fixed or not callable(memory_bytes):
+            return tune.PlacementGroupFactory([bundle(fixed or int(memory_bytes or 0))])
+        granular = lambda config: int(math.ceil(memory_bytes(config) / MEMORY_GRANULE) * MEMORY_GRANULE)
+        return lambda config: tune.PlacementGroupFactory([bundle(granular(config))])
 
     def run_tuner(self, name: str, trainable, *, param_space=None, tune_config=None, resources=None,
                   metric: str | None = None, mode: str = "max"):
@@ -135,9 +135,9 @@ class RunContext:
         from orchestrator.status import StatusCallback
 
         path = self.experiment_path(name)
-        tune_config = dataclasses.replace(tune_config or tune.TuneConfig(),
-                                          trial_name_creator=tune_config and tune_config.trial_name_creator
-                                          or trial_name, trial_dirname_creator=trial_name)
+        tune_config = tune_config or tune.TuneConfig()
+        tune_config = dataclasses.replace(tune_config, trial_name_creator=tune_config.trial_name_creator or trial_name,
+                                          trial_dirname_creator=trial_name)
         trainable = tune.with_resources(trainable, resources if resources is not None else self.trial_resources())
         if tune.Tuner.can_restore(path):
             if not self.cfg.resume:
