@@ -56,6 +56,7 @@ POLL_S = 0.5
 STOP_WAIT_S = 120.0
 PR_SET_PDEATHSIG = 1
 STOP_SIGNAL = signal.SIGINT  # what stops a search's driver cleanly (see the module doc)
+TEMP_PREFIX = "mtray"  # the local node's temp dir (short: Ray's socket paths live under it)
 
 
 def log(message: str) -> None:
@@ -142,7 +143,7 @@ class LocalCluster:
         ray = Path(sys.executable).with_name("ray")
         # short temp dir: Ray's socket paths live under it (and it keeps this node out of the
         # machine's "latest cluster" file that a plain ray.init() elsewhere would join)
-        self.temp_dir = tempfile.mkdtemp(prefix="mtray", dir="/tmp" if os.path.isdir("/tmp") else None)
+        self.temp_dir = tempfile.mkdtemp(prefix=TEMP_PREFIX, dir="/tmp" if os.path.isdir("/tmp") else None)
         port = _free_port()
         cmd = [str(ray), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
                "--ray-client-server-port", str(_free_port()), "--dashboard-agent-listen-port", str(_free_port()),
@@ -481,6 +482,9 @@ def _drive(run_dir: Path, spec, manifest: Manifest, names: list[str], jobs: "Job
 
     from orchestrator.runtime import Terminated, sigterm_as_interrupt
 
+    previous = (manifest.data.get("coordinator") or {}).get("ray_temp_dir")
+    if previous and Path(previous).name.startswith(TEMP_PREFIX):  # a killed coordinator's node left it
+        shutil.rmtree(previous, ignore_errors=True)
     manifest.data["coordinator"] = {"pid": os.getpid(), "host": socket.gethostname(), "state": RUNNING,
                                     "started": time.time(), "max_parallel": max_parallel}
     manifest.save()
@@ -488,6 +492,9 @@ def _drive(run_dir: Path, spec, manifest: Manifest, names: list[str], jobs: "Job
         with sigterm_as_interrupt(), (nullcontext() if jobs else LocalCluster(run_dir)) as cluster:
             if jobs:
                 jobs.run_id = manifest.data["run"]
+            else:
+                manifest.data["coordinator"]["ray_temp_dir"] = cluster.temp_dir
+                manifest.save()
             coordinator = Coordinator(run_dir, spec, manifest, jobs or LocalLauncher(cluster.address), max_parallel)
             for name in attach:
                 coordinator.attach(name)

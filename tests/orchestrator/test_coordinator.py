@@ -2,6 +2,7 @@
 resume`` end to end on the shipped sample, and a SIGKILLed coordinator resumed (slow)."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -217,6 +218,7 @@ def write_spec(path: Path, searches: list[dict]) -> Path:
     return path
 
 
+@pytest.mark.ray
 def test_run_status_report_failure_and_resume(tmp_path):
     """Two tiny ODE searches at once and one that the driver refuses at start (a trial asks for
     more CPUs than the node has: valid in the spec, refused by the cluster). Skipping the
@@ -294,6 +296,7 @@ def _finished_trials(out: Path) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_sigkilled_coordinator_resumes_without_losing_or_repeating_trials(tmp_path):
     search = {"name": "s", "type": "ode", **TINY, "budget": 8, "seed": 3}
     spec = write_spec(tmp_path / "spec.yaml", [search])
@@ -316,8 +319,10 @@ def test_sigkilled_coordinator_resumes_without_losing_or_repeating_trials(tmp_pa
     status = medtune("status", run_dir)
     assert "coordinator not running" in status.stdout and "medtune resume" in status.stdout
 
+    killed_node = json.loads((run_dir / "run.json").read_text())["coordinator"]["ray_temp_dir"]
     resumed = medtune("resume", run_dir, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert not Path(killed_node).exists()  # the killed run's Ray temp dir is cleaned up
     after = _finished_trials(run_dir / "s")
     assert before.items() <= after.items()  # nothing evaluated before the kill was lost
     assert len(set(after.values())) == len(after)  # and no architecture was trained twice
@@ -329,6 +334,7 @@ def test_sigkilled_coordinator_resumes_without_losing_or_repeating_trials(tmp_pa
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_searches_as_ray_jobs_on_a_cluster(tmp_path):
     """``--address http://...``: each search is a Ray job; its logs land in driver.log."""
     def free():
@@ -338,13 +344,13 @@ def test_searches_as_ray_jobs_on_a_cluster(tmp_path):
             s.bind(("", 0))
             return s.getsockname()[1]
 
-    dashboard = free()
+    dashboard, temp_dir = free(), tempfile.mkdtemp(prefix="mtjob", dir="/tmp")  # short: Ray's socket paths
     cmd = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", "--port", str(free()),
            "--dashboard-port", str(dashboard), "--dashboard-host", "127.0.0.1", "--include-dashboard", "true",
            "--dashboard-agent-listen-port", str(free()), "--dashboard-agent-grpc-port", str(free()),
            "--metrics-export-port", str(free()), "--ray-client-server-port", str(free()),
            "--runtime-env-agent-port", str(free()), "--num-cpus", "2", "--disable-usage-stats",
-           "--temp-dir", tempfile.mkdtemp(prefix="mtjob", dir="/tmp")]
+           "--temp-dir", temp_dir]
     env = {**ENV, "RAY_AUTH_MODE": "token"}
     cluster = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
@@ -372,3 +378,4 @@ def test_searches_as_ray_jobs_on_a_cluster(tmp_path):
     finally:
         cluster.terminate()  # `ray start --block` stops its own node on SIGTERM
         cluster.wait(timeout=120)
+        shutil.rmtree(temp_dir, ignore_errors=True)
