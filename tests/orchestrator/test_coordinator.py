@@ -219,6 +219,7 @@ def write_spec(path: Path, searches: list[dict]) -> Path:
 
 
 @pytest.mark.ray
+@pytest.mark.timeout(1800)  # Ray nodes and driver processes: minutes on a busy 2-core machine
 def test_run_status_report_failure_and_resume(tmp_path):
     """Two tiny ODE searches at once and one that the driver refuses at start (a trial asks for
     more CPUs than the node has: valid in the spec, refused by the cluster). Skipping the
@@ -297,6 +298,7 @@ def _finished_trials(out: Path) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.ray
+@pytest.mark.timeout(1800)  # Ray nodes and driver processes: minutes on a busy 2-core machine
 def test_sigkilled_coordinator_resumes_without_losing_or_repeating_trials(tmp_path):
     search = {"name": "s", "type": "ode", **TINY, "budget": 8, "seed": 3}
     spec = write_spec(tmp_path / "spec.yaml", [search])
@@ -335,6 +337,7 @@ def test_sigkilled_coordinator_resumes_without_losing_or_repeating_trials(tmp_pa
 
 @pytest.mark.slow
 @pytest.mark.ray
+@pytest.mark.timeout(1800)  # Ray nodes and driver processes: minutes on a busy 2-core machine
 def test_searches_as_ray_jobs_on_a_cluster(tmp_path):
     """``--address http://...``: each search is a Ray job; its logs land in driver.log."""
     def free():
