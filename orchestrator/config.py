@@ -138,6 +138,10 @@ def _location(location: str) -> str:
     return location if is_uri(location) else str(Path(location.removeprefix("file://")).expanduser().resolve())
 
 
+# ``--baseline`` of the ODE search: the tiny 3-block CNN, MONAI ResNets, or none.
+ODE_BASELINES = ("none", "tiny_cnn", "resnet10", "resnet18", "resnet34", "resnet50")
+
+
 @dataclass
 class ODESearchConfig(SearchConfig):
     """ODE over the 3D cell space (paper 2.3, 3.2); defaults are the paper's."""
@@ -153,9 +157,14 @@ class ODESearchConfig(SearchConfig):
     top_k: int = opt(3, "architectures retrained on the full train split")
     retrain_epochs: int = opt(0, "0: same as --max-epochs")
     max_gflops: float = opt(0.0, "0: no cap; heavier candidates are infeasible, never trained")
+    baseline: str = opt("none", "hand-made reference trained like the retrained picks (same data, recipe, epochs): "
+                        + ", ".join(ODE_BASELINES))
     fit: FitOptions = opt(factory=FitOptions)
 
     def check(self):
+        if self.baseline not in ODE_BASELINES:
+            raise ConfigError(f"unknown baseline '{self.baseline}'; known baselines: {', '.join(ODE_BASELINES)}",
+                              "baseline")
         if self.pop_size < 4:
             raise ConfigError(f"must be at least 4 for DE/rand/1, got {self.pop_size}", "pop_size")
         if self.budget < self.pop_size:

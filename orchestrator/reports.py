@@ -52,8 +52,9 @@ def plot_best_per_generation(points: list[tuple[int, float]], path: Path, metric
 
 
 def plot_metric_vs_params(search: list[dict], final: list[dict], path: Path, synthetic: bool,
-                          metric: str = "test_auc") -> Path:
-    """Test AUC against parameter count: every evaluated model, the retrained top-k marked."""
+                          metric: str = "test_auc", baselines=()) -> Path:
+    """Test AUC against parameter count: every evaluated model, the retrained top-k marked,
+    and each hand-made baseline (``{"name", "params", metric}``) as a labelled diamond."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5, 3.5))
     pts = [(r["params"], r[metric]) for r in search if _ok(r.get(metric)) and r.get("params")]
@@ -62,6 +63,11 @@ def plot_metric_vs_params(search: list[dict], final: list[dict], path: Path, syn
     top = [(r["params"], r[metric]) for r in final if _ok(r.get(metric)) and r.get("params")]
     if top:
         ax.scatter(*zip(*top), s=60, marker="*", color="crimson", label="top-k retrained")
+    for b in baselines:
+        if _ok(b.get(metric)) and b.get("params"):
+            ax.scatter([b["params"]], [b[metric]], s=60, marker="D", color="black",
+                       label=f"baseline {b['name']} (same budget)")
+            ax.annotate(b["name"], (b["params"], b[metric]), textcoords="offset points", xytext=(5, -10), fontsize=7)
     ax.set_xscale("log")
     ax.set_xlabel("parameters")
     ax.set_ylabel(metric.replace("_", " "))

@@ -27,6 +27,7 @@ from trainables.nets.cell_net import CellNet
 
 WORST_METRICS = {"val_acc": 0.0, "val_auc": 0.0, "best_val_acc": 0.0, "best_val_auc": 0.0}
 BUILDER = "trainables.ode_trial:build_network"
+BASELINE_BUILDER = "trainables.ode_trial:build_baseline"
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -41,9 +42,34 @@ def build_network(architecture: dict, in_channels: int, n_outputs: int, spatial_
     return CellNet(CellArchitecture.from_config(architecture), in_channels, n_outputs, spatial_dims)
 
 
+def build_baseline(name: str, in_channels: int, n_outputs: int, spatial_dims: int):
+    """The zoo's rebuild recipe for a hand-made reference network (``--baseline``): the tiny
+    CNN, or a MONAI ResNet (3D: torchvision's stem, see :mod:`trainables.nets.resnet`)."""
+    if name == "tiny_cnn":
+        from trainables.nets.tiny_cnn import TinyCNN
+
+        return TinyCNN(in_channels, n_outputs, spatial_dims)
+    from trainables.nets.resnet import build_resnet
+
+    return build_resnet(name, spatial_dims, in_channels, n_outputs)
+
+
 def build_kwargs(config: dict, info) -> dict:
+    if "baseline" in config:
+        return {"name": config["baseline"], "in_channels": info.n_channels, "n_outputs": info.n_outputs,
+                "spatial_dims": info.spatial_dims}
     return {"architecture": config["architecture"], "in_channels": info.n_channels, "n_outputs": info.n_outputs,
             "spatial_dims": info.spatial_dims}
+
+
+def builder_of(config: dict) -> str:
+    """The builder of a trial config: a baseline (``{"baseline": name}``) or a cell network."""
+    return BASELINE_BUILDER if "baseline" in config else BUILDER
+
+
+def build_from_config(config: dict, info):
+    kwargs = build_kwargs(config, info)
+    return build_baseline(**kwargs) if "baseline" in config else build_network(**kwargs)
 
 
 class CandidateCost:
@@ -60,10 +86,10 @@ class CandidateCost:
 
     def _net(self, config: dict):
         with torch.device("meta"):
-            return build_network(**build_kwargs(config, self.info))
+            return build_from_config(config, self.info)
 
     def _cached(self, what: str, config: dict, compute) -> int:
-        key = (what, json.dumps(config["architecture"], sort_keys=True))
+        key = (what, json.dumps(config.get("architecture", config.get("baseline")), sort_keys=True))
         if key not in self._memo:
             self._memo[key] = compute(self._net(config))
         return self._memo[key]
@@ -77,14 +103,14 @@ class CandidateCost:
 
 
 def train_candidate(config: dict, data, fit_config: dict, keep_weights: bool = False):
-    """Train ``config['architecture']`` on ``data``; report val metrics each epoch and, at the
+    """Train ``config['architecture']`` (or the hand-made ``config['baseline']``) on ``data``; report val metrics each epoch and, at the
     end, the val-selected model's test ACC/AUC plus params and FLOPs (and, with
     ``keep_weights``, its weights as a checkpoint)."""
     set_threads_from_ray()
     info = data.info
     seed = int(fit_config.get("seed", 0)) + int(config.get("candidate", 0))
     torch.manual_seed(seed)
-    net = build_network(**build_kwargs(config, info))
+    net = build_from_config(config, info)
     base = {"params": count_params(net), "flops": count_flops(net, info.input_shape), "status": "ok",
             "reason": "", "synthetic": bool(info.synthetic)}
     try:
@@ -108,5 +134,5 @@ def train_candidate(config: dict, data, fit_config: dict, keep_weights: bool = F
     with tempfile.TemporaryDirectory() as d:
         torch.save({k: v.detach().cpu() for k, v in result.state_dict.items()}, os.path.join(d, "model.pt"))
         with open(os.path.join(d, "build.json"), "w") as f:
-            json.dump({"builder": BUILDER, "kwargs": build_kwargs(config, info)}, f)
+            json.dump({"builder": builder_of(config), "kwargs": build_kwargs(config, info)}, f)
         tune.report(final, checkpoint=tune.Checkpoint.from_directory(d))

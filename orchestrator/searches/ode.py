@@ -1,9 +1,14 @@
 """The ODE search (paper Fig. 3): search on low-fidelity data, retrain the top architectures
-on the full train split, evaluate on test. Stages: ``search`` -> ``retrain``.
+on the full train split, evaluate on test. Stages: ``search`` -> ``retrain`` -> ``baseline``.
+
+With ``--baseline NAME`` a hand-made network (the tiny 3D CNN or a MONAI ResNet) is trained
+exactly like the retrained picks (full train split, same recipe, seed and epoch budget, the
+val-selected epoch tested): the reference the search's pick is read against (the paper's
+Table 2 puts its cells beside MedMNIST's ResNets). Without it the stage does nothing.
 
 Outputs: ``candidates.csv``, ``top_models.csv``, two PNG plots and ``summary.json``; every
 trained candidate goes to the zoo (stage ``search``), the retrained ones with their weights
-(stage ``retrain``).
+(stage ``retrain``), the baseline with its weights (stage ``baseline``).
 """
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ from orchestrator import reports
 from orchestrator.config import ODESearchConfig
 from orchestrator.search import RunContext, Search, Stage, result_trial_id, trial_errors
 
-SEARCH_NAME, RETRAIN_NAME = "ode_search", "ode_retrain"
+SEARCH_NAME, RETRAIN_NAME, BASELINE_NAME = "ode_search", "ode_retrain", "ode_baseline"
 FAMILY = "cell3d"
 
 
@@ -45,10 +50,10 @@ class ODESearch(Search):
     name = "ode"
     description = "opposition-based DE over the 3D cell space"
     config_cls = ODESearchConfig
-    stage_names = ("search", "retrain")
+    stage_names = ("search", "retrain", "baseline")
 
     def stages(self, ctx: RunContext) -> list[Stage]:
-        return [Stage("search", self.search), Stage("retrain", self.retrain)]
+        return [Stage("search", self.search), Stage("retrain", self.retrain), Stage("baseline", self.baseline)]
 
     # ---- stages ------------------------------------------------------------------------
     def _cost(self, ctx: RunContext, data):
@@ -121,7 +126,42 @@ class ODESearch(Search):
                 metrics.update(status=FAILED, reason=errors.get(result_trial_id(result), "trial errored"))
             ctx.state["retrained"][key] = (metrics, result.checkpoint)
 
+    def baseline(self, ctx: RunContext) -> None:
+        """Train ``--baseline`` as one more retrain trial: full data, the retrain's recipe,
+        seed and epochs. Its own experiment, so a resumed run restores it like the others."""
+        from ray import tune
+
+        from trainables.ode_trial import train_candidate
+
+        cfg = ctx.cfg
+        ctx.state["baseline"] = None
+        if cfg.baseline == "none":
+            return
+        cost = self._cost(ctx, ctx.data)
+        trainable = tune.with_parameters(train_candidate, data=ctx.data, keep_weights=True,
+                                         fit_config=cfg.fit.fit_config(cfg.seed, cfg.retrain_epochs))
+        grid = ctx.run_tuner(
+            BASELINE_NAME, trainable, resources=ctx.trial_resources(self._memory(ctx, cost)),
+            param_space={"baseline": cfg.baseline}, metric=f"best_{cfg.fit.metric}",
+            tune_config=tune.TuneConfig(num_samples=1))
+        errors = trial_errors(grid)
+        for result in grid:
+            metrics = dict(result.metrics or {})
+            if result.error is not None:
+                metrics.update(status=FAILED, reason=errors.get(result_trial_id(result), "trial errored"))
+            ctx.state["baseline"] = (metrics, result.checkpoint)
+
     # ---- outputs -----------------------------------------------------------------------
+    def _baseline_row(self, ctx: RunContext) -> dict | None:
+        """The baseline's summary entry (None without ``--baseline``)."""
+        if ctx.cfg.baseline == "none":
+            return None
+        m, _ = ctx.state.get("baseline") or ({}, None)
+        return {"name": ctx.cfg.baseline, "status": m.get("status", FAILED if m else "missing"),
+                "reason": m.get("reason", ""),
+                **{k: m.get(k) for k in ("test_auc", "test_acc", "params", "flops", "val_acc", "val_auc")},
+                "epochs": m.get("epoch")}
+
     def _final_rows(self, ctx: RunContext) -> list[dict]:
         rows = []
         for rank, rec in enumerate(ctx.state.get("top", []), 1):
@@ -145,7 +185,9 @@ class ODESearch(Search):
         reports.write_table(final, out / "top_models.csv", synthetic)
         reports.plot_best_per_generation(searcher.best_per_generation(), out / "best_fitness_per_generation.png",
                                          cfg.fit.metric, synthetic)
-        reports.plot_metric_vs_params(rows, final, out / "test_auc_vs_params.png", synthetic)
+        baseline = self._baseline_row(ctx)
+        reports.plot_metric_vs_params(rows, final, out / "test_auc_vs_params.png", synthetic,
+                                      baselines=[baseline] if baseline else ())
         evaluated = [r for r in rows if r["status"] in (OK, FAILED)]
         failures: dict[str, int] = {}
         for r in evaluated:
@@ -173,12 +215,13 @@ class ODESearch(Search):
                 "description": CellArchitecture.from_config(best["architecture"]).describe(),
                 "val_metric": best["search_val_metric"], "test_acc": best["test_acc"], "test_auc": best["test_auc"],
                 "params": best["params"], "flops": best["flops"]},
-            "top": final, "config": cfg.to_dict(),
-            "experiments": {"search": ctx.experiment_path(SEARCH_NAME), "retrain": ctx.experiment_path(RETRAIN_NAME)},
+            "baseline": baseline, "top": final, "config": cfg.to_dict(),
+            "experiments": {"search": ctx.experiment_path(SEARCH_NAME), "retrain": ctx.experiment_path(RETRAIN_NAME),
+                            **({"baseline": ctx.experiment_path(BASELINE_NAME)} if baseline else {})},
         }
 
     def zoo_records(self, ctx: RunContext) -> list[ModelRecord]:
-        from trainables.ode_trial import BUILDER, build_kwargs
+        from trainables.ode_trial import BUILDER, build_kwargs, builder_of
 
         info = ctx.data.info
         records = []
@@ -198,6 +241,14 @@ class ODESearch(Search):
                 status=m.get("status", FAILED), reason=m.get("reason", ""), metrics=_vocabulary(m),
                 build={"builder": BUILDER, "kwargs": build_kwargs({"architecture": arch}, info)},
                 weights=None if checkpoint is None else checkpoint.path, trial_id=m.get("trial_id")))
+        if ctx.state.get("baseline"):
+            m, checkpoint = ctx.state["baseline"]
+            config = {"baseline": ctx.cfg.baseline}
+            records.append(ModelRecord(
+                search="ode", stage="baseline", family="baseline", architecture={"model": ctx.cfg.baseline},
+                encoding=[], status=m.get("status", FAILED), reason=m.get("reason", ""), metrics=_vocabulary(m),
+                build={"builder": builder_of(config), "kwargs": build_kwargs(config, info)},
+                weights=None if checkpoint is None else checkpoint.path, trial_id=m.get("trial_id")))
         return records
 
     def failure_counts(self, summary: dict) -> tuple[int, int, dict]:
@@ -208,10 +259,16 @@ class ODESearch(Search):
 
     def print_summary(self, summary: dict) -> None:
         super().print_summary(summary)
-        best = summary.get("best") or {}
+        best, ref = summary.get("best") or {}, summary.get("baseline") or {}
         if best:
             print(f"best: {best.get('description', '')} test_acc={best.get('test_acc'):.3f} "
                   f"test_auc={best.get('test_auc'):.3f} params={best.get('params')}")
+        if ref:
+            if ref.get("status") == OK:
+                print(f"baseline: {ref['name']} (same data, recipe and epochs) test_acc={ref['test_acc']:.3f} "
+                      f"test_auc={ref['test_auc']:.3f} params={ref['params']}")
+            else:
+                print(f"baseline: {ref['name']} {ref.get('status')}: {ref.get('reason') or 'no result'}")
 
 
 class FeasibilityRule:

@@ -1,0 +1,70 @@
+"""``--baseline NAME`` of the ODE search: a hand-made network trained like the retrained picks,
+reported in summary.json, the printed summary, the zoo and the AUC-vs-params plot; resumable."""
+import json
+
+import pytest
+
+from medcore.errors import ConfigError
+from orchestrator.cli import main
+from orchestrator.config import ODE_BASELINES, FitOptions, ODESearchConfig
+from orchestrator.data import SAMPLE_ROOT
+from orchestrator.driver import run_search
+
+
+def test_unknown_baseline_is_one_line_listing_the_known_ones(capsys, tmp_path):
+    with pytest.raises(ConfigError, match="unknown baseline 'resnet99'; known baselines: none, tiny_cnn, resnet10"):
+        ODESearchConfig(baseline="resnet99").validate()
+    assert main(["search", "ode", "--dataset", "adrenalmnist3d", "--data-root", str(SAMPLE_ROOT),
+                 "--baseline", "vgg", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("medtune: error: --baseline: unknown baseline 'vgg'") and "\n" not in err
+    assert all(name in err for name in ODE_BASELINES)
+    assert not (tmp_path / "run.json").exists()  # refused before any work
+
+
+def test_baseline_builders_match_the_names():
+    from trainables.ode_trial import build_baseline
+
+    sizes = {name: sum(p.numel() for p in build_baseline(name, 1, 1, 3).parameters())
+             for name in ("tiny_cnn", "resnet10")}
+    assert sizes["tiny_cnn"] < 30_000 < sizes["resnet10"]
+
+
+def test_search_with_a_tiny_cnn_baseline(ray_local, tmp_path, capsys):
+    cfg = ODESearchConfig(dataset="adrenalmnist3d", data_root=str(SAMPLE_ROOT), out=str(tmp_path), budget=4,
+                          pop_size=4, fraction=0.1, max_gflops=0.02, top_k=1, retrain_epochs=1, seed=0,
+                          baseline="tiny_cnn", fit=FitOptions(max_epochs=1))
+    summary = run_search("ode", cfg)
+    base = summary["baseline"]
+    assert base["name"] == "tiny_cnn" and base["status"] == "ok" and base["epochs"] == 1
+    assert 0 <= base["test_auc"] <= 1 and 0 <= base["test_acc"] <= 1
+    from trainables.nets.tiny_cnn import TinyCNN
+
+    assert base["params"] == sum(p.numel() for p in TinyCNN(1, 1, 3).parameters())
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert {"name", "test_auc", "test_acc", "params"} <= set(saved["baseline"])
+    assert (tmp_path / "test_auc_vs_params.png").stat().st_size > 1000
+
+    from orchestrator.search import Search
+    from orchestrator.registry import get
+
+    get("ode").print_summary(saved)
+    printed = capsys.readouterr().out
+    assert "best: " in printed and f"baseline: tiny_cnn (same data, recipe and epochs) test_acc={base['test_acc']:.3f}" \
+        in printed
+    assert isinstance(get("ode"), Search)
+
+    from orchestrator.export import build_model, read_state_dict
+    from orchestrator.zoo import read_zoo
+
+    zoo = read_zoo(tmp_path / "zoo", dataset="adrenalmnist3d")
+    row = zoo[zoo.stage == "baseline"]
+    assert len(row) == 1 and row.weights.notna().all() and row.iloc[0].test_auc == pytest.approx(base["test_auc"])
+    net = build_model(json.loads(row.iloc[0].build))
+    assert isinstance(net, TinyCNN)
+    net.load_state_dict(read_state_dict(row.iloc[0].weights))  # the val-selected weights fit the rebuilt net
+
+    # resumed: the finished baseline is restored, not trained again
+    cfg.resume = True
+    again = run_search("ode", cfg)
+    assert again["baseline"] == base
