@@ -170,3 +170,86 @@ def test_cosine_power_annealing_runs_from_max_to_min():
     # power annealing drops faster than plain cosine in the middle
     assert lrs[5] < 0.01 * 0.5 * (1 + math.cos(math.pi * 0.5))
     assert iac_cell.cell_width(10, 4) == 12
+
+
+# ---- Stage II: the bilevel search on a frozen U-Net (Algorithms 1-2) ----------------------
+
+@pytest.fixture(scope="module")
+def tiny_seg():
+    from orchestrator.segmentation_data import load_segmentation
+
+    return load_segmentation("synthetic", 32, 2, max_cases=4, seed=0)
+
+
+def _tiny_unet():
+    from trainables.nets.unets import build_unet
+
+    torch.manual_seed(0)
+    return build_unet("unet", 2, 1, 1, features=(4, 4, 8, 8, 8, 4))
+
+
+def _rows(images) -> set:
+    return {hash(r.numpy().tobytes()) for r in images.reshape(len(images), -1).float()}
+
+
+def test_bilevel_step_moves_alpha_beta_on_val_search_and_cell_weights_on_train_search(tiny_seg):
+    from trainables.darts_trial import BilevelStep, cell_parameters, run_search
+
+    val_rows = _rows(torch.from_numpy(tiny_seg.images["val_search"]))
+    train_rows = _rows(torch.from_numpy(tiny_seg.images["train_search"]))
+    assert not val_rows & train_rows
+    log = []
+
+    class Spy(BilevelStep):
+        def _snap(self, model):
+            return ([p.detach().clone() for p in self.arch.parameters()],
+                    [p.detach().clone() for p in cell_parameters(model)])
+
+        def _moved(self, before, model):
+            after = self._snap(model)
+            return [any(not torch.equal(a, b) for a, b in zip(x, y)) for x, y in zip(before, after)]
+
+        def arch_step(self, model, x, y, ctx):
+            before = self._snap(model)
+            loss = super().arch_step(model, x, y, ctx)
+            log.append(("arch", ctx.epoch, _rows(x.cpu()) <= val_rows, *self._moved(before, model)))
+            return loss
+
+        def weight_step(self, model, x, y, ctx):
+            before = self._snap(model)
+            loss = super().weight_step(model, x, y, ctx)
+            log.append(("weights", ctx.epoch, _rows(x.cpu()) <= train_rows, *self._moved(before, model)))
+            return loss
+
+    unet = _tiny_unet()
+    run_search(unet, tiny_seg, {"epochs": 2, "warmup": 1, "batch_size": 16, "k": 2}, step_cls=Spy)
+    arch_log = [e for e in log if e[0] == "arch"]
+    weight_log = [e for e in log if e[0] == "weights"]
+    n_batches = math.ceil(len(tiny_seg.images["train_search"]) / 16)
+    assert len(weight_log) == 2 * n_batches and len(arch_log) == n_batches  # no arch step in the warm-up
+    assert all(epoch == 2 for _, epoch, *_ in arch_log)
+    # (kind, epoch, batch from the right split, alpha/beta moved, cell weights moved)
+    assert all(from_val and arch_moved and not cells_moved for _, _, from_val, arch_moved, cells_moved in arch_log)
+    assert all(from_train and cells_moved and not arch_moved
+               for _, _, from_train, arch_moved, cells_moved in weight_log)
+
+
+def test_frozen_unet_is_bit_identical_after_search_and_the_search_resumes(tiny_seg):
+    from trainables.darts_trial import run_search
+
+    unet = _tiny_unet()
+    before = {k: v.clone() for k, v in unet.unet_state_dict().items()}
+    states = []
+    result, step, _ = run_search(unet, tiny_seg, {"epochs": 2, "warmup": 0, "batch_size": 16, "k": 2},
+                                 save_state=lambda state, row: states.append((state, row)))
+    after = unet.unet_state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert result.epochs_run == 2 and not torch.equal(step.arch.alphas.detach(), torch.ones(14, 8))
+    row = states[-1][1]
+    assert 0.0 <= row["val_dice"] <= 1.0 and Genotype.from_dict(__import__("json").loads(row["genotype"]))
+    # resume from epoch 1's state: epoch 2 again gives the same alpha/beta
+    unet2 = _tiny_unet()
+    _, step2, _ = run_search(unet2, tiny_seg, {"epochs": 2, "warmup": 0, "batch_size": 16, "k": 2},
+                             resume_state=states[0][0])
+    assert torch.allclose(step2.arch.alphas, step.arch.alphas, atol=1e-6)
+    assert torch.allclose(step2.arch.betas, step.arch.betas, atol=1e-6)

@@ -275,8 +275,8 @@ class DiscreteCell(_CellIO):
 def derive_genotype(op_weights, edge_weights, primitives=PRIMITIVES) -> Genotype:
     """III-B.3 (PC-DARTS ``genotype()``): weigh each edge's op weights by its edge weight Psi;
     per node keep the two edges whose strongest non-zero op weighs most, with that op."""
-    w = torch.as_tensor(op_weights, dtype=torch.float64)
-    psi = torch.as_tensor(edge_weights, dtype=torch.float64)
+    w = torch.as_tensor(op_weights).detach().to(torch.float64)
+    psi = torch.as_tensor(edge_weights).detach().to(torch.float64)
     if w.shape != (N_EDGES, len(primitives)) or psi.shape != (N_EDGES,):
         raise ValueError(f"expected op weights {N_EDGES}x{len(primitives)} and {N_EDGES} edge weights, "
                          f"got {tuple(w.shape)} and {tuple(psi.shape)}")

@@ -1,0 +1,161 @@
+"""Stage II of the IAC paper (Algorithms 1-2): search one Implantable Adaptive Cell genotype in
+the skips of a frozen, pre-trained U-Net. One Tune trial is one search.
+
+The U-Net's weights stay frozen (and its BatchNorm statistics fixed: it runs in eval mode while
+the cells train); a continuous :class:`~trainables.nets.iac_cell.SearchCell` sits in every
+skip, all sharing one alpha/beta (:class:`~trainables.nets.iac_cell.ArchParameters`,
+initialised to ones). The first ``warmup`` epochs train only the cell weights; after that every
+batch first updates alpha/beta on a ``val_search`` batch (Adam, lr 1e-3) and then the cell
+weights on a ``train_search`` batch (SGD, lr 0.01, momentum 0, no weight decay), with cosine
+power annealing of the weight learning rate (sharpDARTS) and the Dice loss. Every epoch reports
+the val_search Dice and the derived genotype; the driver keeps the snapshot epochs.
+
+The loop is :func:`trainables.fit.fit` with a bilevel :class:`BilevelStep` (the architecture
+step draws its batches through ``StepContext.next_batch("val_search")``), so checkpoint/resume
+is fit's: alpha, beta and both optimizers travel in the step's state.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import torch
+from torch import nn
+
+from trainables.fit import FitConfig, StepContext, TrainStep, fit, set_threads_from_ray
+from trainables.nets.iac_cell import ArchParameters, search_cells
+from trainables.tasks import SegmentationTask
+
+TRAIN_SEARCH, VAL_SEARCH = "train_search", "val_search"
+DEFAULTS = {"epochs": 200, "warmup": 15, "k": 4, "tan_beta": True, "batch_size": 128, "w_lr": 0.01,
+            "arch_lr": 1e-3, "annealing_power": 10.0, "w_lr_min": 0.0, "seed": 0, "device": "auto"}
+
+
+def cosine_power_annealing(epoch: int, epochs: int, lr_max: float, lr_min: float = 0.0, power: float = 10.0) -> float:
+    """sharpDARTS' cosine power annealing: ``lr_min + (lr_max - lr_min) * (p**c - 1) / (p - 1)``
+    with ``c = (1 + cos(pi * (epoch - 1) / epochs)) / 2`` (epoch 1-based; plain cosine at p = 1)."""
+    c = 0.5 * (1.0 + math.cos(math.pi * (epoch - 1) / max(1, epochs)))
+    frac = c if power == 1 else (power ** c - 1.0) / (power - 1.0)
+    return lr_min + (lr_max - lr_min) * frac
+
+
+def implant(unet: nn.Module, cells: list[nn.Module]) -> nn.Module:
+    """Freeze ``unet`` (a SkipUNet: weights fixed, BatchNorm held in eval mode) and put
+    ``cells`` into its skips; only the cells train."""
+    unet.freeze()
+    unet.set_skips(cells)
+    return unet
+
+
+def cell_parameters(unet: nn.Module) -> list:
+    return [p for p in unet.skips.parameters() if p.requires_grad]
+
+
+class BilevelStep(TrainStep):
+    """Algorithm 1, lines 6-9, on one train_search batch: after the warm-up, descend
+    alpha/beta on the next val_search batch (Adam), then descend the cell weights on the
+    train_search batch (SGD, the fit loop's optimizer)."""
+
+    def __init__(self, arch: ArchParameters, warmup: int, epochs: int, arch_lr: float = 1e-3, w_lr: float = 0.01,
+                 w_lr_min: float = 0.0, power: float = 10.0, val_split: str = VAL_SEARCH):
+        self.arch, self.warmup, self.epochs = arch, int(warmup), int(epochs)
+        self.arch_lr, self.w_lr, self.w_lr_min, self.power = arch_lr, w_lr, w_lr_min, power
+        self.val_split = val_split
+        self.arch_optimizer: torch.optim.Optimizer | None = None
+        self._epoch = 0
+        self.arch_steps = 0
+
+    def setup(self, model: nn.Module, ctx: StepContext) -> None:
+        self.arch.to(ctx.device)
+        self.arch_optimizer = torch.optim.Adam(self.arch.parameters(), lr=self.arch_lr)
+
+    def searching(self, epoch: int) -> bool:
+        return epoch > self.warmup
+
+    def __call__(self, model, x, y, ctx: StepContext) -> float:
+        if ctx.epoch != self._epoch:  # cosine power annealing, once per epoch
+            self._epoch = ctx.epoch
+            for group in ctx.optimizer.param_groups:
+                group["lr"] = cosine_power_annealing(ctx.epoch, self.epochs, self.w_lr, self.w_lr_min, self.power)
+        if self.searching(ctx.epoch):
+            xv, yv = ctx.next_batch(self.val_split)
+            self.arch_step(model, xv, yv, ctx)
+        return self.weight_step(model, x, y, ctx)
+
+    def arch_step(self, model, x, y, ctx: StepContext) -> float:
+        """Eq. 14 / Algorithm 1 lines 6-7: only alpha and beta move."""
+        with ctx.autocast():
+            loss = ctx.loss(model(x), y)
+        self.arch_optimizer.zero_grad(set_to_none=True)
+        ctx.optimizer.zero_grad(set_to_none=True)
+        ctx.backward(loss)
+        ctx.step(self.arch_optimizer)
+        self.arch_steps += 1
+        return float(loss.detach())
+
+    def weight_step(self, model, x, y, ctx: StepContext) -> float:
+        """Eq. 13 / Algorithm 1 lines 8-9: only the cell weights move."""
+        with ctx.autocast():
+            loss = ctx.loss(model(x), y)
+        ctx.optimizer.zero_grad(set_to_none=True)
+        self.arch_optimizer.zero_grad(set_to_none=True)
+        ctx.backward(loss)
+        ctx.step()
+        return float(loss.detach())
+
+    def state_dict(self) -> dict:
+        return {"arch": self.arch.state_dict(), "arch_optimizer": self.arch_optimizer.state_dict(),
+                "epoch": self._epoch, "arch_steps": self.arch_steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.arch.load_state_dict(state["arch"])
+        self.arch_optimizer.load_state_dict(state["arch_optimizer"])
+        self._epoch, self.arch_steps = state["epoch"], state["arch_steps"]
+
+    def report(self) -> dict:
+        """What every epoch reports besides Dice: the genotype and alpha/beta (JSON strings)."""
+        with torch.no_grad():
+            return {"genotype": json.dumps(self.arch.genotype().to_dict()),
+                    "alphas": json.dumps(self.arch.op_weights().cpu().tolist()),
+                    "betas": json.dumps(self.arch.edge_weights().cpu().tolist()),
+                    "searching": self.searching(self._epoch), "arch_steps": self.arch_steps}
+
+
+def sgd_cells(model: nn.Module, w_lr: float):
+    """The cell weights' optimizer (paper IV-B.2: SGD, lr 0.01, no weight decay, momentum 0)."""
+    return lambda params, cfg: torch.optim.SGD(cell_parameters(model), lr=w_lr, momentum=0.0, weight_decay=0.0)
+
+
+def run_search(unet: nn.Module, data, config: dict, *, save_state=None, resume_state=None, report=None,
+               step_cls=BilevelStep):
+    """Stage II on ``unet`` (a SkipUNet; frozen here). Returns ``(fit_result, step, model)``."""
+    c = {**DEFAULTS, **config}
+    spatial_dims = data.info.spatial_dims
+    torch.manual_seed(int(c["seed"]))
+    arch = ArchParameters(tan_beta=bool(c["tan_beta"]))
+    cells = search_cells(unet.skip_channels(), arch, int(c["k"]), spatial_dims)
+    model = implant(unet, cells)
+    step = step_cls(arch, warmup=int(c["warmup"]), epochs=int(c["epochs"]), arch_lr=float(c["arch_lr"]),
+                    w_lr=float(c["w_lr"]), w_lr_min=float(c["w_lr_min"]), power=float(c["annealing_power"]))
+    cfg = FitConfig(max_epochs=int(c["epochs"]), lr=float(c["w_lr"]), batch_size=int(c["batch_size"]),
+                    patience=int(c["epochs"]), select_metric="val_dice", seed=int(c["seed"]), device=c["device"])
+    wrapped = save_state
+    if save_state is not None:
+        wrapped = lambda state, row: save_state(state, {**row, **step.report()})  # noqa: E731
+    result = fit(model, data.fit_view(TRAIN_SEARCH, VAL_SEARCH), cfg, report=report, task=SegmentationTask("dice"),
+                 optimizer_factory=sgd_cells(model, float(c["w_lr"])), train_step=step, save_state=wrapped,
+                 resume_state=resume_state)
+    return result, step, model
+
+
+def search_trial(config: dict, data=None, unet=None) -> None:
+    """Tune trainable: one Stage II search on a copy of the frozen Stage I U-Net ``unet`` (a
+    module, shared through the object store); reports Dice, genotype, alpha and beta per epoch
+    with a checkpoint, and resumes from the trial's latest checkpoint."""
+    from trainables.checkpointing import TuneCheckpointing, resume_state
+
+    set_threads_from_ray(1)
+    meta = {k: config[k] for k in ("backbone", "seed") if k in config}
+    run_search(copy.deepcopy(unet), data, config, save_state=TuneCheckpointing(metrics=lambda row: {**meta, **row}),
+               resume_state=resume_state())
