@@ -102,8 +102,10 @@ class DeviceSplit:
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
             self.y = torch.from_numpy(np.ascontiguousarray(labels)).to(device)
-        self.preloaded = x.numel() * 4 <= FLOAT_PRELOAD_BYTES
-        self.x = x.float().div_(255.0) if self.preloaded else x
+        # uint8 images are scaled to [0, 1]; float images (segmentation volumes, normalised by
+        # their loader) are used as they are.
+        self.preloaded = x.numel() * 4 <= FLOAT_PRELOAD_BYTES or x.is_floating_point()
+        self.x = (x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()) if self.preloaded else x
         self.device = device
 
     def __len__(self) -> int:
