@@ -68,6 +68,7 @@ class ModelRecord:
     build: dict | None = None
     weights: str | None = None
     trial_id: str | None = None
+    functional: list | None = None  # MedNNS A.2: penultimate activations for a fixed Gaussian input
 
     def model_id(self, dataset: str, size: int, run: str) -> str:
         """A stable id: the same model of the same run, stage and trial hashes the same on resume."""

@@ -46,6 +46,7 @@ SCHEMA = pa.schema(
         pa.field("family", pa.string()),
         pa.field("architecture", pa.string()),  # the search's own JSON
         pa.field("encoding", pa.list_(pa.float64())),  # fixed length per family
+        pa.field("functional", pa.list_(pa.float64())),  # MedNNS A.2 functional encoding; null if none
         pa.field("status", pa.string()),
         pa.field("reason", pa.string()),
         *[pa.field(m, pa.float64()) for m in METRICS],
@@ -101,6 +102,7 @@ def rows_from_records(records: list[ModelRecord], *, dataset: str, size: int, sp
             "spatial_dims": int(spatial_dims), "search": r.search, "run": run, "stage": r.stage,
             "family": r.family, "architecture": json.dumps(finite(r.architecture), sort_keys=True, default=str),
             "encoding": [float(v) for v in r.encoding], "status": r.status, "reason": r.reason or "",
+            "functional": None if r.functional is None else [float(v) for v in r.functional],
             **{m: _metric(metrics.get(m)) for m in METRICS},
             "metrics_extra": json.dumps(finite(extra), sort_keys=True, default=str),
             "weights": r.weights or None,
