@@ -22,7 +22,7 @@ from orchestrator.config import add_flags, flag_names, from_dict, from_flags
 
 # Modules that add top-level commands: each has add_commands(subparsers); a command's
 # handler(args) -> exit code is set with set_defaults(handler=...).
-COMMAND_MODULES = ("orchestrator.zoo_commands", "orchestrator.coordinator")
+COMMAND_MODULES = ("orchestrator.zoo_commands", "orchestrator.coordinator", "orchestrator.metaspace_commands")
 
 
 def build_parser() -> argparse.ArgumentParser:
