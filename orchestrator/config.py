@@ -359,3 +359,57 @@ def _coerce(value, tp, path: str):
 def replace(cfg, **changes):
     """A copy of ``cfg`` with top-level fields changed (``dataclasses.replace``)."""
     return dataclasses.replace(cfg, **changes)
+
+
+@dataclass
+class StrategyFitOptions(FitOptions):
+    """The default recipe (the baseline, and the search's first trial) and every trial's epochs;
+    a trial's own lr, batch size and L2 come from its strategy."""
+
+    max_epochs: int = opt(20, "epochs per trial (ASHA's max_t)")
+    patience: int = opt(0, "early stopping on val loss (0: none; ASHA stops poor trials)")
+
+
+@dataclass
+class StrategySearchConfig(SearchConfig):
+    """Training-strategy search (transfer-learning survey III; MedNNS 3): Optuna TPE + ASHA, or
+    NSGA-II over two objectives, over initialisation, normalisation, dropout, L1/L2, optimizer,
+    learning rate and schedule, batch size and augmentation."""
+
+    out: str = opt("results/strategy", "folder for tables, plots, summary.json and the Tune state")
+    model: str = opt("tiny_cnn", "network: tiny_cnn, cell (an ODE cell network), resnet10/18/34/50")
+    from_zoo: str | None = opt(None, "zoo model id: train its network (init 'pretrained' loads its weights); "
+                                     "overrides --model")
+    checkpoint: str | None = opt(None, "weights for init 'pretrained': a folder holding model.pt, or a .pt state dict")
+    budget: int = opt(20, "trials (strategies trained)")
+    objectives: str = opt("", "empty: one objective (best --metric; TPE + ASHA); two, e.g. "
+                              "val_acc@10,val_acc@final: NSGA-II, every trial to --max-epochs (FIFO)")
+    scheduler: str = opt("asha", "one objective: ASHA over epochs, or FIFO (every trial to --max-epochs)",
+                         choices=("asha", "fifo"))
+    grace_period: int = opt(2, "ASHA: epochs before the first rung")
+    reduction_factor: int = opt(3, "ASHA: keep the top 1/reduction_factor at each rung")
+    space: str | None = opt(None, "search-space overrides, JSON text or a .json file: option -> list of "
+                                  "choices (or [low, high] for lr and dropout), e.g. '{\"norm\": [\"batch\"]}'")
+    optuna_storage: bool = opt(False, "keep the Optuna study in <out>/optuna.db (SQLite) for optuna-dashboard")
+    augment_backend: str = opt("batched", "augmentation: whole batches on the device, or MONAI per sample",
+                               choices=("batched", "loop"))
+    fit: StrategyFitOptions = opt(factory=StrategyFitOptions)
+
+    def check(self):
+        from trainables.strategy import parse_objectives, parse_space
+        from trainables.strategy_trial import MODELS
+
+        if self.from_zoo is None and self.model.lower() not in MODELS:
+            raise ConfigError(f"unknown model '{self.model}'; known models: {', '.join(MODELS)}", "model")
+        if self.checkpoint is not None and not Path(self.checkpoint).expanduser().exists():
+            raise ConfigError(f"{self.checkpoint} not found (a folder holding model.pt, or a .pt file)", "checkpoint")
+        for name, low in (("budget", 1), ("grace_period", 1), ("reduction_factor", 2)):
+            if getattr(self, name) < low:
+                raise ConfigError(f"must be >= {low}, got {getattr(self, name)}", name)
+        if self.scheduler not in ("asha", "fifo"):
+            raise ConfigError(f"must be asha or fifo, got {self.scheduler}", "scheduler")
+        if self.augment_backend not in ("batched", "loop"):
+            raise ConfigError(f"must be batched or loop, got {self.augment_backend}", "augment_backend")
+        self.fit.check()
+        parse_objectives(self.objectives, self.fit.max_epochs)
+        parse_space(self.space, pretrained_available=bool(self.from_zoo or self.checkpoint))

@@ -10,6 +10,7 @@ from medcore.errors import ConfigError
 SEARCHES = {
     "ode": "orchestrator.searches.ode:ODESearch",
     "compress": "orchestrator.searches.compress:CompressSearch",
+    "strategy": "orchestrator.searches.strategy:StrategySearch",
 }
 
 

@@ -1,0 +1,520 @@
+"""The training-strategy search (transfer-learning survey section III; MedNNS section 3).
+
+Stages: ``search`` -> ``retrain``.
+
+* ``search``: Ray Tune's ``OptunaSearch`` over :data:`trainables.strategy.DEFAULT_SPACE`
+  (initialisation, normalisation, dropout, L1, L2, optimizer, learning rate, schedule, batch
+  size, augmentation), the default recipe enqueued as the first trial. One objective (the best
+  ``--metric`` of a trial): TPE with ASHA over epochs; a trial ASHA stops reaches the study as
+  PRUNED (:class:`PruningOptunaSearch`). Two objectives (``--objectives val_acc@10,val_acc@final``):
+  NSGA-II through OptunaSearch's metric/mode lists with FIFO, every trial trained to
+  ``--max-epochs`` -- ASHA needs one scalar, and a trial it stops has no value at the final epoch,
+  so it would vanish from the front it is meant to populate. The search space is a dict of
+  Optuna distributions held by the searcher, which Tune saves with the experiment every few
+  seconds: ``Tuner.restore`` continues the same study (trials neither lost nor repeated).
+  With ``--optuna-storage`` the study also lives in ``<out>/optuna.db`` (SQLite) for
+  ``optuna-dashboard sqlite:///<out>/optuna.db``.
+* ``retrain``: the best strategy and the default recipe trained again with test evaluation at
+  every epoch; the best's weights go to the zoo.
+
+Outputs in ``--out``: ``trials.csv`` (every trial's strategy, Optuna state, values),
+``curves.csv`` (every trial's per-epoch metrics), ``summary.json``, ``learning_curves.png``
+(best strategies vs the default recipe), ``param_importances.png`` (Optuna's fANOVA) and, for
+two objectives, ``pareto_front.png``.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from pathlib import Path
+
+from medcore.errors import ConfigError, RunError
+from medcore.records import FAILED, OK, ModelRecord
+from orchestrator import reports
+from orchestrator.config import StrategySearchConfig
+from orchestrator.search import RunContext, Search, Stage, result_trial_id, trial_errors
+
+SEARCH_NAME, RETRAIN_NAME = "strategy_search", "strategy_retrain"
+FAMILY = "strategy"
+STORAGE_FILE = "optuna.db"
+PRUNED, COMPLETE, FAIL = "PRUNED", "COMPLETE", "FAIL"
+
+
+def _optuna_search_cls():
+    from optuna.trial import TrialState
+    from ray.tune.search.optuna import OptunaSearch
+
+    class PruningOptunaSearch(OptunaSearch):
+        """OptunaSearch where a trial that ends before its last epoch (stopped by the scheduler:
+        its final result says ``finished=False``) is told to the study as PRUNED, not COMPLETE
+        with a premature value (Ray's OptunaSearch marks it COMPLETE)."""
+
+        def on_trial_complete(self, trial_id, result=None, error=False):
+            if (result and not error and result.get("finished") is False and trial_id in self._ot_trials
+                    and trial_id not in self._completed_trials):
+                self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
+                self._completed_trials.add(trial_id)
+                return
+            super().on_trial_complete(trial_id, result=result, error=error)
+
+    return PruningOptunaSearch
+
+
+def optuna_space(space: dict) -> dict:
+    """Optuna distributions of a parsed space (:func:`trainables.strategy.parse_space`)."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    out = {}
+    for name, spec in space.items():
+        if spec[0] == "choice":
+            out[name] = CategoricalDistribution(list(spec[1]))
+        else:
+            _, low, high, log, step = spec
+            out[name] = FloatDistribution(low, high, log=log, step=step)
+    return out
+
+
+def default_strategy(cfg: StrategySearchConfig) -> dict:
+    """The default recipe (:class:`trainables.strategy.Strategy` defaults, with --lr,
+    --batch-size and --weight-decay)."""
+    from trainables.strategy import Strategy
+
+    return Strategy(lr=cfg.fit.lr, batch_size=cfg.fit.batch_size, l2=cfg.fit.weight_decay).check().to_dict()
+
+
+def in_space(point: dict, space: dict) -> bool:
+    for name, value in point.items():
+        spec = space[name]
+        if spec[0] == "choice" and value not in spec[1]:
+            return False
+        if spec[0] == "float":
+            low, high, step = spec[1], spec[2], spec[4]
+            if not low <= value <= high or (step and abs(round((value - low) / step) * step + low - value) > 1e-9):
+                return False
+    return True
+
+
+def objective_setup(cfg: StrategySearchConfig) -> tuple[list[str], list[str]]:
+    """(metrics, modes) the searcher optimises: ``best_<metric>``, or the two objectives."""
+    from trainables.strategy import parse_objectives
+
+    keys = parse_objectives(cfg.objectives, cfg.fit.max_epochs)
+    return (keys, ["max"] * len(keys)) if keys else ([f"best_{cfg.fit.metric}"], ["max"])
+
+
+def make_searcher(cfg: StrategySearchConfig, space: dict, storage_url: str | None = None, study_name: str = "strategy"):
+    import optuna
+
+    metrics, modes = objective_setup(cfg)
+    if len(metrics) == 2:
+        population = max(4, min(50, cfg.budget // 3))
+        sampler = optuna.samplers.NSGAIISampler(population_size=population, seed=cfg.seed)
+        metric, mode = metrics, modes
+    else:
+        sampler = optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=min(10, max(2, cfg.budget // 3)))
+        metric, mode = metrics[0], modes[0]
+    storage = optuna.storages.RDBStorage(storage_url) if storage_url else None
+    default = default_strategy(cfg)
+    points = [default] if in_space(default, space) else []
+    return _optuna_search_cls()(space=optuna_space(space), metric=metric, mode=mode, sampler=sampler,
+                                storage=storage, study_name=study_name, points_to_evaluate=points)
+
+
+def strategy_encoding(strategy: dict) -> list[float]:
+    """Fixed-length numeric encoding of a strategy (zoo family ``strategy``): the index of each
+    categorical choice, then dropout, log10 of L1/L2/lr (1e-12 for zero) and the batch size."""
+    from trainables.initializers import SCHEMES
+    from trainables.strategy import NORMS, OPTIMIZERS, POLICIES, SCHEDULES
+
+    s = strategy
+    return [float(SCHEMES.index(s["init"])), float(NORMS.index(s["norm"])), float(OPTIMIZERS.index(s["optimizer"])),
+            float(SCHEDULES.index(s["schedule"])), float(list(POLICIES).index(s["augment"])), float(s["dropout"]),
+            math.log10(s["l1"] or 1e-12), math.log10(s["l2"] or 1e-12), math.log10(s["lr"]), float(s["batch_size"])]
+
+
+class StrategySearch(Search):
+    name = "strategy"
+    description = "Optuna (TPE + ASHA, or NSGA-II) over training strategies: init, norm, dropout, L1/L2, optimizer, augmentation"
+    config_cls = StrategySearchConfig
+    stage_names = ("search", "retrain")
+
+    # ---- setup ---------------------------------------------------------------------------
+    def stages(self, ctx: RunContext) -> list[Stage]:
+        from trainables.strategy import parse_space
+
+        cfg = ctx.cfg
+        net, pretrained, source = self._network(ctx)
+        ctx.state.update(net=net, pretrained=pretrained, source=source,
+                         space=parse_space(cfg.space, pretrained_available=pretrained is not None))
+        return [Stage("search", self.search), Stage("retrain", self.retrain)]
+
+    def _network(self, ctx: RunContext):
+        """(build recipe, pretrained state dict or None, description) of the network to train."""
+        from orchestrator.export import read_state_dict
+        from trainables.strategy_trial import network_build
+
+        cfg, info = ctx.cfg, ctx.data.info
+        if cfg.from_zoo:
+            from medcore.errors import MedtuneError
+            from orchestrator.zoo import get_model
+
+            try:
+                row = get_model(cfg.zoo_path, cfg.from_zoo)
+            except MedtuneError as exc:
+                raise ConfigError(str(exc), "from_zoo") from None
+            shape = [int(v) for v in (row.get("input_shape") or [])]
+            if shape != list(info.input_shape) or row.get("task") != info.task or not row.get("build"):
+                raise ConfigError(f"zoo model {cfg.from_zoo} takes input {shape} for task '{row.get('task')}'; "
+                                  f"{info.flag} has {list(info.input_shape)}, '{info.task}'", "from_zoo")
+            net = json.loads(row["build"])
+            weights = row.get("weights")
+            state = read_state_dict(weights) if weights and not cfg.checkpoint else None
+            source = {"from_zoo": cfg.from_zoo, "family": row.get("family"), "weights": weights}
+        else:
+            net = network_build(cfg.model, info)
+            state, source = None, {"model": cfg.model.lower()}
+        if cfg.checkpoint:
+            state = read_state_dict(str(Path(cfg.checkpoint).expanduser()))
+            source["checkpoint"] = cfg.checkpoint
+        if state is not None:  # the weights must fit before any trial starts
+            from trainables.strategy_trial import call_builder
+            from trainables.strategy import load_pretrained
+
+            load_pretrained(call_builder(net), state)
+        return net, state, source
+
+    def _trainable(self, ctx: RunContext, retrain: bool):
+        from ray import tune
+
+        from trainables.strategy_trial import retrain_trial, strategy_trial
+
+        cfg = ctx.cfg
+        metrics, _ = objective_setup(cfg)
+        kwargs = dict(data=ctx.data, net=ctx.state["net"], pretrained=ctx.state["pretrained"],
+                      fit_options=cfg.fit.fit_config(cfg.seed), augment_backend=cfg.augment_backend,
+                      objectives=[m for m in metrics if "@" in m] or [f"{cfg.fit.metric}@final"])
+        if retrain:
+            return tune.with_parameters(retrain_trial, strategies=ctx.state["retrain_strategies"], **kwargs)
+        return tune.with_parameters(strategy_trial, **kwargs)
+
+    def storage_url(self, ctx: RunContext) -> str | None:
+        return f"sqlite:///{ctx.out / STORAGE_FILE}" if ctx.cfg.optuna_storage else None
+
+    # ---- stages --------------------------------------------------------------------------
+    def search(self, ctx: RunContext) -> None:
+        from ray import tune
+        from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+        cfg = ctx.cfg
+        metrics, modes = objective_setup(cfg)
+        searcher = make_searcher(cfg, ctx.state["space"], self.storage_url(ctx), study_name=ctx.run_id)
+        if len(metrics) == 1 and cfg.scheduler == "asha":
+            scheduler = ASHAScheduler(time_attr="epoch", metric=metrics[0], mode=modes[0], max_t=cfg.fit.max_epochs,
+                                      grace_period=min(cfg.grace_period, cfg.fit.max_epochs),
+                                      reduction_factor=cfg.reduction_factor)
+        else:
+            scheduler = FIFOScheduler()
+        grid = ctx.run_tuner(SEARCH_NAME, self._trainable(ctx, retrain=False), metric=metrics[0], mode=modes[0],
+                             tune_config=tune.TuneConfig(
+                                 search_alg=searcher, scheduler=scheduler, num_samples=cfg.budget, reuse_actors=True,
+                                 max_concurrent_trials=cfg.resources.max_concurrent or None))
+        searcher = make_searcher(cfg, ctx.state["space"], self.storage_url(ctx), study_name=ctx.run_id)
+        searcher.restore_from_dir(ctx.experiment_path(SEARCH_NAME))
+        ctx.state["study"], ctx.state["ot_numbers"] = searcher._ot_study, {
+            tid: t.number for tid, t in searcher._ot_trials.items()}
+        ctx.state["search_grid"], ctx.state["search_errors"] = grid, trial_errors(grid)
+        rows, curves = self._trial_rows(ctx)
+        if len(rows) < cfg.budget:
+            raise RunError(f"the {SEARCH_NAME} experiment stopped after {len(rows)} of {cfg.budget} trials; "
+                           f"everything evaluated is saved in {ctx.experiment_path(SEARCH_NAME)}; rerun with --resume")
+        ctx.state["rows"], ctx.state["curves"] = rows, curves
+
+    def _trial_rows(self, ctx: RunContext):
+        from optuna.trial import TrialState
+
+        cfg, study, numbers = ctx.cfg, ctx.state["study"], ctx.state["ot_numbers"]
+        errors = ctx.state["search_errors"]
+        metrics, _ = objective_setup(cfg)
+        by_number = {t.number: t for t in study.trials}
+        rows, curves = [], []
+        for result in ctx.state["search_grid"]:
+            tid = result_trial_id(result)
+            number = numbers.get(tid)
+            ot = by_number.get(number)
+            strategy = dict(ot.params) if ot is not None else {k: v for k, v in (result.config or {}).items()}
+            m = result.metrics or {}
+            state = ot.state.name if ot is not None else ("FAIL" if result.error else "UNKNOWN")
+            status = FAILED if result.error is not None or m.get("status") == FAILED else OK
+            df = result.metrics_dataframe
+            epochs = int(df["epoch"].max()) if df is not None and "epoch" in df and len(df) else 0
+            row = {"trial_id": tid, "optuna_number": number, "optuna_state": state, "status": status,
+                   "reason": errors.get(tid, m.get("reason", "")), "epochs": epochs,
+                   "default_recipe": strategy == default_strategy(cfg), **strategy,
+                   **{k: m.get(k) for k in ("best_val_acc", "best_val_auc", "best_epoch", "val_acc", "val_auc")},
+                   **{k: m.get(k) for k in metrics if k not in ("best_val_acc", "best_val_auc")}}
+            if ot is not None and ot.state == TrialState.COMPLETE:
+                row["value"] = ot.values[0] if len(ot.values) == 1 else None
+                if len(ot.values) > 1:
+                    row.update({f"value_{k}": v for k, v in zip(metrics, ot.values)})
+            rows.append(row)
+            if df is not None and len(df):
+                keep = [c for c in ("epoch", "train_loss", "val_loss", "val_acc", "val_auc", "best_val_acc",
+                                    "best_val_auc", *metrics) if c in df]
+                for rec in df[keep].to_dict("records"):
+                    curves.append({"trial_id": tid, "optuna_number": number, **rec})
+        rows.sort(key=lambda r: (r["optuna_number"] is None, r["optuna_number"] or 0))
+        return rows, curves
+
+    def best_row(self, ctx: RunContext) -> dict | None:
+        """One objective: the COMPLETE trial with the highest value (ties: fewer epochs, lower
+        number). Two objectives: of the Pareto front, the highest second objective (the final
+        epoch's), then the first."""
+        cfg, rows = ctx.cfg, ctx.state["rows"]
+        metrics, _ = objective_setup(cfg)
+        done = [r for r in rows if r["optuna_state"] == COMPLETE and r["status"] == OK]
+        if not done:
+            return None
+        if len(metrics) == 1:
+            return max(done, key=lambda r: (r["value"], -r["optuna_number"]))
+        front = {t.number for t in ctx.state["study"].best_trials}
+        pareto = [r for r in done if r["optuna_number"] in front] or done
+        return max(pareto, key=lambda r: (r[f"value_{metrics[1]}"], r[f"value_{metrics[0]}"], -r["optuna_number"]))
+
+    def retrain(self, ctx: RunContext) -> None:
+        from ray import tune
+
+        from trainables.strategy import DEFAULT_SPACE
+
+        cfg = ctx.cfg
+        best = self.best_row(ctx)
+        ctx.state["best"], ctx.state["retrained"] = best, {}
+        strategies = {"default": default_strategy(cfg)}
+        if best is not None:
+            strategies["best"] = {k: best[k] for k in DEFAULT_SPACE}
+        labels = ["default"] if strategies.get("best") in (None, strategies["default"]) else ["best", "default"]
+        ctx.state["retrain_strategies"] = strategies
+        grid = ctx.run_tuner(RETRAIN_NAME, self._trainable(ctx, retrain=True), param_space={
+            "label": tune.grid_search(labels)}, metric="test_auc", tune_config=tune.TuneConfig(
+                max_concurrent_trials=cfg.resources.max_concurrent or None))
+        errors = trial_errors(grid)
+        for result in grid:
+            if not result.config:
+                continue
+            m = dict(result.metrics or {})
+            if result.error is not None:
+                m.update(status=FAILED, reason=errors.get(result_trial_id(result), "trial errored"))
+            df = result.metrics_dataframe
+            curve = df.to_dict("records") if df is not None else []
+            ctx.state["retrained"][result.config["label"]] = (m, result.checkpoint, curve)
+        if "best" not in labels and "default" in ctx.state["retrained"]:  # the default recipe won
+            ctx.state["retrained"]["best"] = ctx.state["retrained"]["default"]
+
+    # ---- outputs ------------------------------------------------------------------------------
+    def _final(self, ctx: RunContext, label: str) -> dict | None:
+        entry = ctx.state["retrained"].get(label)
+        if entry is None:
+            return None
+        m, checkpoint, curve = entry
+        out = {k: m.get(k) for k in ("status", "reason", "val_acc", "val_auc", "test_acc", "test_auc", "best_epoch",
+                                      "epoch", "params")}
+        for k in sorted({int(key.split("@")[1]) for key in objective_setup(ctx.cfg)[0] if "@" in key
+                         and key.split("@")[1].isdigit()} | {10}):
+            hit = [r for r in curve if r.get("epoch") == k and not _is_final(r)]
+            if hit:
+                out[f"test_acc@{k}"], out[f"test_auc@{k}"] = hit[0].get("test_acc"), hit[0].get("test_auc")
+        epochs = [r for r in curve if not _is_final(r)]
+        if epochs:
+            out["test_acc@final"], out["test_auc@final"] = epochs[-1].get("test_acc"), epochs[-1].get("test_auc")
+        out["checkpoint"] = None if checkpoint is None else checkpoint.path
+        return out
+
+    def summarize(self, ctx: RunContext) -> dict:
+        cfg, data = ctx.cfg, ctx.data
+        out, synthetic = ctx.out, bool(data.info.synthetic)
+        rows, curves, study = ctx.state["rows"], ctx.state["curves"], ctx.state["study"]
+        metrics, _ = objective_setup(cfg)
+        reports.write_table(rows, out / "trials.csv", synthetic)
+        reports.write_table(curves, out / "curves.csv", synthetic)
+        best = ctx.state["best"]
+        importances = param_importances(study, metrics)
+        plots = {"learning_curves": str(plot_learning_curves(rows, curves, best, metrics, cfg.fit.metric,
+                                                             out / "learning_curves.png", synthetic))}
+        if importances.get("values"):
+            plots["param_importances"] = str(plot_importances(importances["values"], out / "param_importances.png",
+                                                              synthetic))
+        if len(metrics) == 2:
+            plots["pareto_front"] = str(plot_pareto(rows, study, metrics, out / "pareto_front.png", synthetic))
+        trial_epochs = sum(r["epochs"] for r in rows)
+        full = cfg.budget * cfg.fit.max_epochs
+        states = Counter(r["optuna_state"] for r in rows)
+        failed = [r for r in rows if r["status"] == FAILED]
+        final_best, final_default = self._final(ctx, "best"), self._final(ctx, "default")
+        from trainables.strategy import DEFAULT_SPACE
+
+        summary = {
+            "search": "strategy", "dataset": data.info.flag, "size": data.info.size, "synthetic": synthetic,
+            "network": ctx.state["source"], "sampler": "NSGA-II" if len(metrics) == 2 else "TPE",
+            "scheduler": "FIFO" if len(metrics) == 2 or cfg.scheduler == "fifo" else "ASHA",
+            "objectives": metrics, "n_evaluated": len(rows), "n_ok": len(rows) - len(failed), "n_failed": len(failed),
+            "n_pruned": states.get(PRUNED, 0), "n_complete": states.get(COMPLETE, 0),
+            "failure_reasons": dict(Counter(r["reason"] or "unknown" for r in failed)),
+            "trial_epochs": trial_epochs, "trial_epochs_without_early_stopping": full,
+            "trial_epochs_saved": 1 - trial_epochs / full if full else 0.0,
+            "best": None if best is None else {
+                "strategy": {k: best[k] for k in DEFAULT_SPACE}, "trial_id": best["trial_id"],
+                "optuna_number": best["optuna_number"], "search_value": best.get("value"),
+                "val_acc": (final_best or {}).get("val_acc"), "val_auc": (final_best or {}).get("val_auc"),
+                "test_acc": (final_best or {}).get("test_acc"), "test_auc": (final_best or {}).get("test_auc"),
+                "retrained": final_best},
+            "default": {"strategy": default_strategy(cfg), "retrained": final_default,
+                        "in_search": any(r["default_recipe"] for r in rows)},
+            "importances": importances, "plots": plots,
+            "optuna_storage": str(out / STORAGE_FILE) if cfg.optuna_storage else None,
+            "study_name": ctx.run_id, "config": cfg.to_dict(),
+            "experiments": {"search": ctx.experiment_path(SEARCH_NAME), "retrain": ctx.experiment_path(RETRAIN_NAME)},
+        }
+        if len(metrics) == 2:
+            front = {t.number for t in study.best_trials}
+            summary["pareto"] = [{k: r.get(k) for k in ("trial_id", "optuna_number", *DEFAULT_SPACE,
+                                                        *(f"value_{m}" for m in metrics))}
+                                 for r in rows if r["optuna_number"] in front]
+        return summary
+
+    def zoo_records(self, ctx: RunContext) -> list[ModelRecord]:
+        from trainables.strategy import DEFAULT_SPACE
+        from trainables.strategy_trial import BUILD_FILE, zoo_build
+        from trainables.strategy import Strategy
+
+        info, net = ctx.data.info, ctx.state["net"]
+        arch_net = ctx.state["source"]
+        records = []
+        for r in ctx.state["rows"]:
+            strategy = {k: r.get(k) for k in DEFAULT_SPACE}
+            if any(v is None for v in strategy.values()):
+                continue
+            records.append(ModelRecord(
+                search="strategy", stage="search", family=FAMILY, architecture={"network": arch_net,
+                                                                                 "strategy": strategy},
+                encoding=strategy_encoding(strategy), status=r["status"], reason=r.get("reason", ""),
+                metrics={"val_acc": r.get("best_val_acc"), "val_auc": r.get("best_val_auc"), "epochs": r["epochs"],
+                         "optuna_state": r["optuna_state"]}, trial_id=r["trial_id"],
+                build=zoo_build(net, Strategy.from_dict(strategy), info.spatial_dims)))
+        for label, (m, checkpoint, _) in ctx.state["retrained"].items():
+            if label == "best" and ctx.state["retrain_strategies"].get("best") is None:
+                continue
+            strategy = ctx.state["retrain_strategies"].get(label) or ctx.state["retrain_strategies"]["default"]
+            build = zoo_build(net, Strategy.from_dict(strategy), info.spatial_dims)
+            if checkpoint is not None and Path(checkpoint.path, BUILD_FILE).is_file():
+                build = json.loads(Path(checkpoint.path, BUILD_FILE).read_text())
+            records.append(ModelRecord(
+                search="strategy", stage=f"retrain-{label}", family=FAMILY,
+                architecture={"network": arch_net, "strategy": strategy, "label": label},
+                encoding=strategy_encoding(strategy), status=m.get("status", FAILED), reason=m.get("reason", ""),
+                metrics={k: m.get(k) for k in ("val_acc", "val_auc", "test_acc", "test_auc", "params") if
+                         m.get(k) is not None} | {"epochs": m.get("epoch")},
+                build=build, weights=None if checkpoint is None else checkpoint.path, trial_id=m.get("trial_id")))
+        return records
+
+    def print_summary(self, summary: dict) -> None:
+        super().print_summary(summary)
+        best = summary.get("best") or {}
+        if best:
+            print(f"best strategy: {json.dumps(best['strategy'])}")
+            print(f"  test_acc={best.get('test_acc')} test_auc={best.get('test_auc')}; trial-epochs saved by "
+                  f"early stopping: {summary['trial_epochs_saved']:.0%}")
+
+
+def _is_final(row: dict) -> bool:
+    """The retrain's last report (test of the val-selected weights), not an epoch row (NaN there)."""
+    return bool(row.get("final") == True)  # noqa: E712 -- NaN in the epoch rows of a dataframe
+
+
+# ---- importances and plots -------------------------------------------------------------------------
+def param_importances(study, metrics: list[str]) -> dict:
+    """Optuna's parameter importances (fANOVA) per objective; needs two COMPLETE trials that differ."""
+    import optuna
+
+    out: dict = {"evaluator": "optuna fANOVA"}
+    try:
+        if len(metrics) == 1:
+            out["values"] = {metrics[0]: dict(optuna.importance.get_param_importances(study))}
+        else:
+            out["values"] = {m: dict(optuna.importance.get_param_importances(study, target=lambda t, i=i: t.values[i]))
+                             for i, m in enumerate(metrics)}
+    except (RuntimeError, ValueError) as exc:
+        out["values"], out["error"] = {}, str(exc).splitlines()[0][:300]
+    return out
+
+
+def plot_learning_curves(rows, curves, best, metrics, metric: str, path: Path, synthetic: bool) -> Path:
+    """Validation metric per epoch: the three best strategies vs the default recipe (dashed)."""
+    plt = reports._plt()
+    key = metric  # val_acc / val_auc per epoch
+    done = [r for r in rows if r["optuna_state"] == COMPLETE and r["status"] == OK]
+    score = (lambda r: r.get("value") if r.get("value") is not None else r.get(f"value_{metrics[-1]}") or 0.0)
+    top = sorted(done, key=score, reverse=True)[:3]
+    if best is not None and best not in top:
+        top = [best] + top[:2]
+    by_trial: dict = {}
+    for c in curves:
+        by_trial.setdefault(c["trial_id"], []).append(c)
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for r in rows:  # every other trial, faint: where ASHA stopped them
+        pts = by_trial.get(r["trial_id"], [])
+        if pts and r not in top and not r["default_recipe"]:
+            ax.plot([p["epoch"] for p in pts], [p.get(key) for p in pts], color="0.85", lw=0.8)
+    for i, r in enumerate(top):
+        pts = by_trial.get(r["trial_id"], [])
+        label = f"#{r['optuna_number']}: {r['init']}, {r['norm']}, {r['optimizer']} {r['lr']:.1e}, {r['augment']}"
+        ax.plot([p["epoch"] for p in pts], [p.get(key) for p in pts], lw=2 if i == 0 else 1.2, label=label)
+    for r in rows:
+        if r["default_recipe"]:
+            pts = by_trial.get(r["trial_id"], [])
+            ax.plot([p["epoch"] for p in pts], [p.get(key) for p in pts], "k--", lw=1.5,
+                    label=f"default recipe (#{r['optuna_number']})")
+            break
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(key)
+    ax.legend(fontsize=7)
+    reports._title(ax, "learning curves: best strategies vs the default recipe", synthetic)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_importances(values: dict, path: Path, synthetic: bool) -> Path:
+    plt = reports._plt()
+    fig, axes = plt.subplots(1, len(values), figsize=(5 * len(values), 3.5), squeeze=False)
+    for ax, (objective, imp) in zip(axes[0], values.items()):
+        names = list(imp)[::-1]
+        ax.barh(names, [imp[n] for n in names], color="steelblue")
+        ax.set_xlabel(f"importance for {objective}")
+        reports._title(ax, "Optuna parameter importances (fANOVA)", synthetic)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_pareto(rows, study, metrics, path: Path, synthetic: bool) -> Path:
+    plt = reports._plt()
+    front = {t.number for t in study.best_trials}
+    xs, ys = f"value_{metrics[0]}", f"value_{metrics[1]}"
+    done = [r for r in rows if r.get(xs) is not None]
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.scatter([r[xs] for r in done], [r[ys] for r in done], c="0.6", s=18, label="trials")
+    pf = sorted((r for r in done if r["optuna_number"] in front), key=lambda r: r[xs])
+    ax.plot([r[xs] for r in pf], [r[ys] for r in pf], "o-", color="crimson", label="Pareto front (NSGA-II)")
+    for r in done:
+        if r["default_recipe"]:
+            ax.scatter([r[xs]], [r[ys]], marker="*", s=120, c="k", label="default recipe")
+    ax.set_xlabel(metrics[0])
+    ax.set_ylabel(metrics[1])
+    ax.legend(fontsize=7)
+    reports._title(ax, "two objectives: early vs final accuracy", synthetic)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
