@@ -13,6 +13,7 @@ E_d(D_new).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -168,18 +169,19 @@ def _lengths(col: pd.Series) -> np.ndarray:
     return np.fromiter((len(v) if _is_vector(v) else 0 for v in col), dtype=np.int64, count=len(col))
 
 
-def _stack_ragged(col: pd.Series, lengths: np.ndarray, width: int, what: str) -> np.ndarray:
-    """Rows of a list column into a zero-padded (N, width) float32 array, one np.stack per length."""
-    out = np.zeros((len(col), width), np.float32)
+def _fill_ragged(out: np.ndarray, col: pd.Series, lengths: np.ndarray, what: str) -> None:
+    """Rows of a list column into ``out`` (N, width), zero-padded, one np.stack per length."""
+    width = out.shape[1]
     if len(col) and lengths.max(initial=0) > width:
         raise DataError(f"a zoo row's {what} has {int(lengths.max())} values; this meta-space takes at most {width}")
     values = col.to_numpy()
     for length in np.unique(lengths):
         if length == 0:
             continue
-        mask = lengths == length
-        out[mask, :length] = np.stack([np.asarray(v, np.float32) for v in values[mask]])
-    return out
+        rows = np.flatnonzero(lengths == length)
+        for start in range(0, len(rows), 65536):  # bounded temporaries on a 720k-row zoo
+            chunk = rows[start:start + 65536]
+            out[chunk, :length] = np.stack([np.asarray(v, np.float32) for v in values[chunk]])
 
 
 def layout_of(zoo: pd.DataFrame) -> FeatureLayout:
@@ -190,28 +192,25 @@ def layout_of(zoo: pd.DataFrame) -> FeatureLayout:
 
 
 def model_features(zoo: pd.DataFrame, layout: FeatureLayout) -> np.ndarray:
-    """E_m's input for every row of ``zoo`` (N, layout.dim), float32."""
+    """E_m's input for every row of ``zoo`` (N, layout.dim), float32, filled in place."""
     n = len(zoo)
-    parts = []
+    out = np.zeros((n, layout.dim), np.float32)
+    enc_end = layout.encoding_len
+    fam_end = enc_end + len(layout.families)
+    fun_end = fam_end + layout.functional_len
     if "encoding" in zoo:
-        parts.append(_stack_ragged(zoo["encoding"], _lengths(zoo["encoding"]), layout.encoding_len,
-                                   "architecture encoding"))
-    else:
-        parts.append(np.zeros((n, layout.encoding_len), np.float32))
-    onehot = np.zeros((n, len(layout.families)), np.float32)
+        _fill_ragged(out[:, :enc_end], zoo["encoding"], _lengths(zoo["encoding"]), "architecture encoding")
     family = zoo["family"].fillna("").astype(str) if "family" in zoo else pd.Series([""] * n)
     codes = pd.Categorical(family, categories=layout.families).codes
-    known = codes >= 0
-    onehot[np.flatnonzero(known), codes[known]] = 1.0
-    parts.append(onehot)
+    known = np.flatnonzero(codes >= 0)
+    out[known, enc_end + codes[known]] = 1.0
     if "functional" in zoo:
         lengths = _lengths(zoo["functional"])
-        parts.append(_stack_ragged(zoo["functional"], lengths, layout.functional_len, "functional encoding"))
-        parts.append((lengths == 0).astype(np.float32)[:, None])
+        _fill_ragged(out[:, fam_end:fun_end], zoo["functional"], lengths, "functional encoding")
+        out[:, fun_end] = lengths == 0
     else:
-        parts.append(np.zeros((n, layout.functional_len), np.float32))
-        parts.append(np.ones((n, 1), np.float32))
-    return np.concatenate(parts, axis=1)
+        out[:, fun_end] = 1.0
+    return out
 
 
 # ---- the meta-space ----------------------------------------------------------------------------
@@ -232,6 +231,13 @@ class MetaSpace:
         self.synthetic, self.history, self.sigma = bool(synthetic), list(history or []), sigma
         self.n_images, self.seed = int(n_images), int(seed)
         self._codes = pd.Categorical(models["dataset"], categories=self.datasets).codes
+        import pyarrow as pa
+        import torch
+
+        self._embeddings_t = torch.from_numpy(self.model_embeddings)
+        front = [c for c in QUERY_COLUMNS if c != "score"]
+        self._table = pa.Table.from_pandas(models[front + [c for c in models.columns if c not in QUERY_COLUMNS]],
+                                           preserve_index=False)
 
     @property
     def embedding_dim(self) -> int:
@@ -261,19 +267,23 @@ class MetaSpace:
                               f"meta-space; use a meta-space trained on {_dims_word(spatial_dims)} datasets")
         if int(top_k) < 1:
             raise ConfigError(f"top_k must be >= 1, got {top_k}", "top_k")
-        q = self.dataset_embedding(embedding)
-        scores = self.model_embeddings @ q
+        import torch
+
+        q = torch.from_numpy(self.dataset_embedding(embedding))
+        scores = torch.mv(self._embeddings_t, q)  # unit vectors: the dot product is the cosine
+        available = len(scores)
         if exclude_dataset is not None and exclude_dataset in self.datasets:
-            scores = np.where(self._codes == self.datasets.index(exclude_dataset), -np.inf, scores)
-        available = int(np.isfinite(scores).sum())
+            mask = torch.from_numpy(self._codes == self.datasets.index(exclude_dataset))
+            scores.masked_fill_(mask, -math.inf)
+            available -= int(mask.sum())
         k = min(int(top_k), available)
         if k == 0:
             raise DataError(f"no model left to recommend once {exclude_dataset}'s models are excluded")
-        top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
-        top = top[np.lexsort((top, -scores[top]))]
-        out = self.models.iloc[top].reset_index(drop=True)
-        out = out[[c for c in QUERY_COLUMNS if c != "score"] + [c for c in out.columns if c not in QUERY_COLUMNS]]
-        out.insert(len(QUERY_COLUMNS) - 1, "score", scores[top].astype(np.float64))
+        values, top = torch.topk(scores, k)
+        values, top = values.numpy().astype(np.float64), top.numpy()
+        order = np.lexsort((top, -values))  # ties: lower row first, so equal scores rank deterministically
+        out = self._table.take(top[order]).to_pandas()
+        out.insert(len(QUERY_COLUMNS) - 1, "score", values[order])
         return out
 
     def query_images(self, images: np.ndarray, top_k: int, exclude_dataset: str | None = None) -> pd.DataFrame:

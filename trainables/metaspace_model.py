@@ -176,9 +176,9 @@ def fit_metaspace(model_x: np.ndarray, dataset_x: np.ndarray, row_dataset: np.nd
     net = MetaSpaceNet(mx.shape[1], dx.shape[1], options.hidden_dim, options.embedding_dim)
     net.set_standardisation(mx, dx)
 
-    # Rows sorted by (dataset, performance desc): partners are offset + uniform draws.
+    # Positions in the order (dataset, performance desc): a partner is offset + a uniform draw,
+    # mapped back to its row through ``order`` (the feature matrix itself is never copied).
     order = torch.as_tensor(np.lexsort((-np.asarray(performance, np.float64), np.asarray(row_dataset))))
-    mx, ds, perf = mx[order], ds[order], perf[order]
     count = torch.bincount(ds, minlength=k)
     start = torch.cumsum(count, 0) - count
     top = torch.clamp((count.float() * options.top_fraction).ceil().long(), min=1)
@@ -206,10 +206,10 @@ def fit_metaspace(model_x: np.ndarray, dataset_x: np.ndarray, row_dataset: np.nd
             rows = [idx]
             if options.use_rank:
                 partner = start[d_idx] + (torch.rand(len(idx), generator=gen) * count[d_idx]).long()
-                rows.append(partner)
+                rows.append(order[partner])
             if options.use_contrastive:
                 positive = start[d_idx] + (torch.rand(len(idx), generator=gen) * top[d_idx]).long()
-                rows.append(positive)
+                rows.append(order[positive])
             m_all = net.embed_models(mx[torch.cat(rows)])
             m_parts = m_all.split(len(idx))
             m_emb = m_parts[0]
