@@ -153,7 +153,7 @@ class UNetCheckpoint:
 
 def load_unet(path) -> UNetCheckpoint:
     """Read a :func:`train_unet` checkpoint (a directory or a ``tune.Checkpoint``)."""
-    if not isinstance(path, (str, os.PathLike)):
+    if hasattr(path, "as_directory"):
         with path.as_directory() as d:  # tune.Checkpoint; downloads when the storage is remote
             return load_unet(d)
     d = Path(os.fspath(path)).expanduser()
