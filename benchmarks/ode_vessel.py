@@ -1,7 +1,8 @@
 """ODE on the real VesselMNIST3D (PBC-NAS-3D paper, Table 2) vs hand-made 3D baselines, same recipe.
 
     nice -n 10 .venv/bin/python -m benchmarks.ode_vessel [--seeds 0 1 2] [--budget 8] [--pop-size 4]
-        [--max-epochs 5] [--fraction 0.25] [--val-fraction 1.0] [--max-gflops 0.05] [--resnet-seeds 1]
+        [--max-epochs 5] [--search-epochs E] [--fraction 0.25] [--val-fraction 1.0] [--max-gflops 0.13]
+        [--min-gflops 0.06] [--resnet-seeds 1]
         [--data-root ../shared/data/medmnist] [--out results/bench_ode_vessel]
     .venv/bin/python -m benchmarks.ode_vessel --table-only --out results/bench_ode_vessel
 
@@ -36,9 +37,9 @@ def search_config(args, seed: int, out: Path):
     return ODESearchConfig(
         dataset=args.dataset, data_root=args.data_root, out=str(run_dir), budget=args.budget,
         pop_size=args.pop_size, fraction=args.fraction, val_fraction=args.val_fraction,
-        max_gflops=args.max_gflops, top_k=3, retrain_epochs=args.max_epochs, seed=seed, baseline="tiny_cnn",
+        max_gflops=args.max_gflops, min_gflops=args.min_gflops, top_k=3, retrain_epochs=args.max_epochs, seed=seed, baseline="tiny_cnn",
         resume=(run_dir / "run.json").exists(), resources=Resources(cpus_per_trial=1, max_concurrent=1),
-        fit=FitOptions(max_epochs=args.max_epochs, metric=args.metric))
+        fit=FitOptions(max_epochs=args.search_epochs or args.max_epochs, metric=args.metric))
 
 
 def train_reference(name: str, data, cfg, seed: int) -> dict:
@@ -69,10 +70,12 @@ def main():
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--budget", type=int, default=8)
     p.add_argument("--pop-size", type=int, default=4)
-    p.add_argument("--max-epochs", type=int, default=5)
+    p.add_argument("--max-epochs", type=int, default=5, help="epochs of the retrained picks and the baselines")
+    p.add_argument("--search-epochs", type=int, default=0, help="epochs per search candidate (0: --max-epochs)")
     p.add_argument("--fraction", type=float, default=0.25)
     p.add_argument("--val-fraction", type=float, default=1.0)
-    p.add_argument("--max-gflops", type=float, default=0.05)
+    p.add_argument("--max-gflops", type=float, default=0.13)
+    p.add_argument("--min-gflops", type=float, default=0.06, help="FLOPs floor: keeps stem-only cells out")
     p.add_argument("--metric", default="val_auc", choices=["val_acc", "val_auc"])
     p.add_argument("--resnet-seeds", type=int, default=1, help="seeds (the first N) to train ResNet-18 3D for")
     p.add_argument("--only", choices=["ode", "resnet18"], default=None,

@@ -157,6 +157,7 @@ class ODESearchConfig(SearchConfig):
     top_k: int = opt(3, "architectures retrained on the full train split")
     retrain_epochs: int = opt(0, "0: same as --max-epochs")
     max_gflops: float = opt(0.0, "0: no cap; heavier candidates are infeasible, never trained")
+    min_gflops: float = opt(0.0, "0: no floor; lighter candidates (e.g. stem-only cells) are infeasible, never trained")
     baseline: str = opt("none", "hand-made reference trained like the retrained picks (same data, recipe, epochs): "
                         + ", ".join(ODE_BASELINES))
     fit: FitOptions = opt(factory=FitOptions)
@@ -178,9 +179,11 @@ class ODESearchConfig(SearchConfig):
         for name in ("CR", "jump_rate"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"must be in [0, 1], got {getattr(self, name)}", name)
-        for name in ("top_k", "retrain_epochs", "max_gflops"):
+        for name in ("top_k", "retrain_epochs", "max_gflops", "min_gflops"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"must be >= 0, got {getattr(self, name)}", name)
+        if self.max_gflops and self.min_gflops >= self.max_gflops:
+            raise ConfigError(f"must be below `max_gflops` ({self.max_gflops:g}), got {self.min_gflops:g}", "min_gflops")
         self.fit.check()
 
 

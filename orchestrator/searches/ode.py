@@ -272,14 +272,17 @@ class ODESearch(Search):
 
 
 class FeasibilityRule:
-    """Why a candidate cannot be trained (FLOPs over --max-gflops, memory over the largest
-    node), or None. Memory is checked only when Ray sizes trials by the estimate. A class,
+    """Why a candidate cannot be trained (FLOPs over --max-gflops or under --min-gflops, memory
+    over the largest node), or None. The floor is not in the paper: at a few CPU epochs the
+    stem-only cell (no operation node; at most 0.05 GFLOPs at 28^3, one 3x3 op costs 0.085 or
+    more) tends to win the search on its training speed, and a floor keeps it out. Memory is checked only when Ray sizes trials by the estimate. A class,
     not a closure: the searcher pickles it with its state."""
 
     def __init__(self, cfg: ODESearchConfig, cost):
         from orchestrator.runtime import largest_node_memory
 
         self.cost, self.batch_size, self.max_gflops = cost, cfg.fit.batch_size, cfg.max_gflops
+        self.min_gflops = cfg.min_gflops
         fixed = cfg.resources.memory_per_trial_gb or cfg.resources.autoscale
         self.max_memory = None if fixed else largest_node_memory()
 
@@ -288,6 +291,10 @@ class FeasibilityRule:
             flops = self.cost.flops(config)
             if flops > self.max_gflops * 1e9:
                 return f"{flops / 1e9:.3g} GFLOPs exceeds the cap of {self.max_gflops:g}"
+        if getattr(self, "min_gflops", 0.0):  # a rule pickled before the floor existed has none
+            flops = self.cost.flops(config)
+            if flops < self.min_gflops * 1e9:
+                return f"{flops / 1e9:.3g} GFLOPs is below the floor of {self.min_gflops:g}"
         if self.max_memory:
             need = self.cost.memory(config)
             if need > self.max_memory:
@@ -298,7 +305,7 @@ class FeasibilityRule:
 
 def _reason_kind(reason: str) -> str:
     """Infeasibility reasons counted by kind (the numbers in them differ per candidate)."""
-    for kind in ("edges after pruning", "GFLOPs exceeds the cap", "to train at batch"):
+    for kind in ("edges after pruning", "GFLOPs exceeds the cap", "GFLOPs is below the floor", "to train at batch"):
         if kind in reason:
             return {"to train at batch": "memory above the largest node"}.get(kind, kind)
     return reason

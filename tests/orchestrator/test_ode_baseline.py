@@ -68,3 +68,22 @@ def test_search_with_a_tiny_cnn_baseline(ray_local, tmp_path, capsys):
     cfg.resume = True
     again = run_search("ode", cfg)
     assert again["baseline"] == base
+
+
+def test_flops_floor_makes_stem_only_cells_infeasible():
+    """--min-gflops: the stem-only cell (0.009 GFLOPs at S1M1F8) is refused, a one-op cell is not."""
+    from orchestrator.config import Resources
+    from orchestrator.data import load_sample
+    from orchestrator.searches.ode import FeasibilityRule, _reason_kind
+    from trainables.ode_trial import CandidateCost
+
+    with pytest.raises(ConfigError, match=r"min_gflops: must be below max_gflops \(0.1\), got 0.2"):
+        ODESearchConfig(min_gflops=0.2, max_gflops=0.1).validate()
+    cfg = ODESearchConfig(min_gflops=0.06, max_gflops=0.1, resources=Resources(memory_per_trial_gb=1))
+    rule = FeasibilityRule(cfg, CandidateCost(load_sample().info, 128, 100))
+    arch = {"nodes": [], "edges": [[0, 6]], "n_stacks": 1, "n_modules": 1, "n_f_init": 8}
+    reason = rule({"architecture": arch})
+    assert reason == "0.00948 GFLOPs is below the floor of 0.06" and _reason_kind(reason) == "GFLOPs is below the floor"
+    one_op = dict(arch, nodes=[[1, "conv3_in_relu"]], edges=[[0, 1], [1, 6], [0, 6]])
+    assert rule({"architecture": one_op}) is None
+    assert "exceeds the cap" in rule({"architecture": dict(one_op, n_stacks=2)})
