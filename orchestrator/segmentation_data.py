@@ -88,8 +88,10 @@ def split_cases(case_ids, seed: int = 0) -> dict:
     n_val = min(len(ids) - 2, max(1, int(round(VAL_FRACTION * len(ids)))))
     val, train = order[:n_val], order[n_val:]
     half = (len(train) + 1) // 2
-    return {"train_dt": sorted(train), "val_dt": sorted(val), "train_search": sorted(train[:half]),
-            "val_search": sorted(train[half:])}
+    search = sorted(train[:half]), sorted(train[half:])
+    # train_dt lists train_search then val_search, so both halves are views of its arrays
+    return {"train_dt": search[0] + search[1], "val_dt": sorted(val), "train_search": search[0],
+            "val_search": search[1]}
 
 
 def _case_id(path: str) -> str:
@@ -121,10 +123,10 @@ def _prepare(case: str, image: np.ndarray, label: np.ndarray, size: int, spatial
         pad = ResizeWithPadOrCrop((size,) * 3)
         return (np.asarray(pad(image))[None].astype(np.float32),
                 np.asarray(pad(mask))[None].astype(np.uint8))
-    pad = ResizeWithPadOrCrop((size, size))
-    xs = [np.asarray(pad(image[..., k])) for k in range(image.shape[-1])]
-    ys = [np.asarray(pad(mask[..., k])) for k in range(mask.shape[-1])]
-    return np.stack(xs).astype(np.float32), np.stack(ys).astype(np.uint8)
+    pad = ResizeWithPadOrCrop((size, size, -1))  # in-plane only (-1 keeps the axial count)
+    xs, ys = np.asarray(pad(image)), np.asarray(pad(mask))
+    return (np.ascontiguousarray(np.moveaxis(xs, -1, 0), dtype=np.float32),
+            np.ascontiguousarray(np.moveaxis(ys, -1, 0), dtype=np.uint8))
 
 
 def _decathlon_cases(root: Path, max_cases: int | None):
@@ -237,9 +239,15 @@ def load_segmentation(path_or_synthetic: str, size: int, spatial_dims: int = 2, 
     data = SegmentationData(info=DatasetInfo(flag=name.lower(), task=TASK, n_channels=channels.pop(), n_classes=1,
                                              spatial_dims=spatial_dims, size=size, synthetic=synthetic,
                                              path=where))
-    for s, ids in split.items():
+    for s in ("train_dt", "val_dt"):
+        ids = split[s]
         data.cases[s] = list(ids)
         data.images[s] = np.concatenate([prepared[c][0] for c in ids])
         data.labels[s] = np.concatenate([prepared[c][1] for c in ids])
         data.sample_cases[s] = np.concatenate([np.full(len(prepared[c][1]), c) for c in ids])
+    n = sum(len(prepared[c][1]) for c in split["train_search"])
+    for s, rows in (("train_search", slice(0, n)), ("val_search", slice(n, None))):
+        data.cases[s] = list(split[s])
+        for store in (data.images, data.labels, data.sample_cases):
+            store[s] = store["train_dt"][rows]
     return data.fit_view()

@@ -57,6 +57,9 @@ def assert_splits_by_case(d):
     assert not set(d.cases["train_search"]) & set(d.cases["val_search"])
     assert set(d.cases["train_search"]) | set(d.cases["val_search"]) == set(d.cases["train_dt"])
     assert abs(len(d.cases["train_search"]) - len(d.cases["val_search"])) <= 1
+    for half in ("train_search", "val_search"):  # views of train_dt, not copies
+        assert np.shares_memory(d.images[half], d.images["train_dt"])
+    assert len(d.images["train_search"]) + len(d.images["val_search"]) == len(d.images["train_dt"])
 
 
 def test_split_cases_fig5_proportions_and_no_case_in_two_splits():
