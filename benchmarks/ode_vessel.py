@@ -96,6 +96,7 @@ def main():
     majority = float(np.bincount(labels).max() / len(labels))
     if args.table_only:
         print_table(rows + others, majority)
+        print_curves(out)
         return
     ensure_jemalloc()
     out.mkdir(parents=True, exist_ok=True)
@@ -128,6 +129,22 @@ def main():
         if args.only != "ode" and i < args.resnet_seeds and ("resnet18_3d", seed) not in done:
             save({"model": "resnet18_3d", "seed": seed, **train_reference("resnet18", data, cfg, seed)})
     print_table(rows + others, majority)
+    print_curves(out)
+
+
+def print_curves(out: Path) -> None:
+    """Learning curves read back from the runs' Tune logs (no extra training): per epoch, the
+    train loss and val AUC of each retrained pick and of the tiny CNN, trained identically."""
+    import pandas as pd
+
+    for run in sorted(out.glob("ode_seed*")):
+        for stage in ("ode_retrain", "ode_baseline"):
+            for trial in sorted((run / "tune" / stage).glob("*/progress.csv")):
+                df = pd.read_csv(trial)
+                name = "tiny_cnn" if stage == "ode_baseline" else f"cell {int(df.params.iloc[-1])} params"
+                curve = "  ".join(f"{r.epoch}: {r.train_loss:.3f}/{r.val_auc:.3f}" for r in df.itertuples()
+                                  if pd.notna(r.train_loss) and pd.notna(r.val_auc))
+                print(f"{run.name} {name:<18} epoch: train loss / val AUC  {curve}")
 
 
 def print_table(rows: list[dict], majority: float) -> None:
