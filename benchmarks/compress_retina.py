@@ -184,7 +184,7 @@ def make_searcher(method: str, seed: int, args):
 
     if method == "surrogate":
         return SurrogateCTAEASearcher(n_initial=args.n_initial, budget=args.budget, n_infill=args.n_infill,
-                                      pop_size=args.pop_size, n_gen=args.n_gen, seed=seed,
+                                      pop_size=args.pop_size, n_gen=args.n_gen, folds=args.folds, seed=seed,
                                       objective_keys=OBJECTIVES)
     pop, gens = (int(v) for v in method.split("_")[1].split("x"))  # ctaea_20x5 -> 20 x 5
     return CTAEASearcher(pop_size=pop, n_gen=gens, seed=seed, objective_keys=OBJECTIVES)
@@ -372,6 +372,7 @@ def cmd_fastest(args) -> int:
         pts = [r for r in ok if bool(r["quantized"]) == q]
         ax.scatter([r["nonzero_rate"] for r in pts], [r["inference_ms"] for r in pts], c=colour, label=label)
     ax.scatter([base_eval["nonzero_rate"]], [base_eval["inference_ms"]], marker="x", c="green", s=60, label="base")
+    ax.set_xlim(0, 1.05)
     ax.set_xlabel("non-zero weight rate")
     ax.set_ylabel(f"inference ms / batch of {args.inference_batch} (CPU, {torch.get_num_threads()} thread)")
     ax.set_title("RetinaMNIST ResNet-50: D* re-measured on test")
@@ -410,6 +411,7 @@ def parse_args(argv=None):
     h.add_argument("--n-infill", type=int, default=2)
     h.add_argument("--pop-size", type=int, default=50)
     h.add_argument("--n-gen", type=int, default=1000)
+    h.add_argument("--folds", type=int, default=5, help="surrogate selection CV folds")
     h.add_argument("--inference-batch", type=int, default=1, help="timing only (not an objective)")
     h.add_argument("--repeats", type=int, default=1, help="timing only (not an objective)")
     h.add_argument("--calibration-samples", type=int, default=64, help="int8 calibration images (trial default 256)")
