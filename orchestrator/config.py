@@ -416,3 +416,197 @@ class StrategySearchConfig(SearchConfig):
         self.fit.check()
         parse_objectives(self.objectives, self.fit.max_epochs)
         parse_space(self.space, pretrained_available=bool(self.from_zoo or self.checkpoint))
+
+
+@dataclass
+class DartsSearchConfig(SearchConfig):
+    """Implantable Adaptive Cells (IAC paper III, IV-B): Stage I U-Nets -> Stage II PC-DARTS cell
+    search in their frozen skips -> Stage III discrete cells (and skip baselines) on the same
+    frozen U-Nets. Defaults are the paper's; CPU runs shrink sizes and epochs."""
+
+    out: str = opt("results/darts", "folder for tables, plots, summary.json and the Tune state")
+    data: str = opt("synthetic", "a Decathlon folder (dataset.json, imagesTr/, labelsTr/), its .npz copy, "
+                                 "or 'synthetic' (MONAI test images)")
+    dataset: str = opt("segmentation", "unused by this search: the dataset is named by --data")
+    size: int = opt(128, "pixels per axis after centre pad/crop, a multiple of 32 (paper: 128)")
+    spatial_dims: int = opt(2, "2: axial slices, 3: whole volumes", choices=(2, 3))
+    max_cases: int = opt(0, "0: every case; N: the first N cases by id (a CPU budget)")
+    backbone: str = opt("unet", "U-Net backbone(s), comma separated: unet, resnet, efficientnet")
+    unet_features: str = opt("", "features of the 'unet' backbone (6 ints, comma separated; default MONAI's)")
+    stage1_epochs: int = opt(200, "Stage I epochs per backbone (paper: 200)")
+    search_epochs: int = opt(200, "Stage II search epochs, warm-up included (paper: 200)")
+    warmup: int = opt(15, "Stage II warm-up epochs training only the cell weights (paper: 15)")
+    stage3_epochs: int = opt(200, "Stage III / baseline epochs (paper: 200)")
+    snapshots: str = opt("25,50,100,150,200", "Stage II epochs whose genotypes go to Stage III "
+                                              "(the last search epoch always does)")
+    k: int = opt(4, "partial channels: 1/K of each edge's channels are mixed (eq. 3; 1: full DARTS)")
+    tan_beta: bool = opt(True, "plain softmax edge normalisation (eq. 4) instead of the tan rescaling (eqs. 6-10)",
+                         flag="--no-tan-beta")
+    batch_size: int = opt(128, "batch size of every stage (paper: 128)")
+    runs: int = opt(1, "Stage III / baseline runs per genotype and baseline (seeds seed, seed+1, ...)")
+    baselines: str = opt("attention,nested", "skip baselines on the same frozen U-Nets, comma separated "
+                                             "(attention, nested; '' for none)")
+
+    def validate(self):
+        if self.size < 32 or self.size % 32:
+            raise ConfigError(f"must be a multiple of 32 (>= 32), got {self.size}", "size")
+        if not str(self.data).strip():
+            raise ConfigError("must name a Decathlon folder, an .npz file or 'synthetic'", "data")
+        self.resources.check()
+        self.check()
+        return self
+
+    def backbones(self) -> list[str]:
+        return [b.strip() for b in self.backbone.split(",") if b.strip()]
+
+    def snapshot_epochs(self) -> list[int]:
+        """The configured snapshot epochs within the search, plus its last epoch."""
+        return sorted({e for e in _ints(self.snapshots, "snapshots") if e <= self.search_epochs}
+                      | {self.search_epochs})
+
+    def baseline_names(self) -> list[str]:
+        return [b.strip() for b in self.baselines.split(",") if b.strip()]
+
+    def features(self) -> list[int] | None:
+        return _ints(self.unet_features, "unet_features") or None
+
+    def check(self):
+        from trainables.nets.skip_baselines import BASELINES
+        from trainables.nets.unets import BACKBONES
+
+        if self.spatial_dims not in (2, 3):
+            raise ConfigError(f"must be 2 or 3, got {self.spatial_dims}", "spatial_dims")
+        if not self.backbones():
+            raise ConfigError("must name at least one backbone", "backbone")
+        for b in self.backbones():
+            if b not in BACKBONES:
+                raise ConfigError(f"unknown backbone '{b}'; known backbones: {', '.join(BACKBONES)}", "backbone")
+        for b in self.baseline_names():
+            if b not in BASELINES:
+                raise ConfigError(f"unknown baseline '{b}'; known baselines: {', '.join(BASELINES)}", "baselines")
+        for name, low in (("stage1_epochs", 1), ("search_epochs", 1), ("stage3_epochs", 1), ("batch_size", 1),
+                          ("k", 1), ("runs", 1), ("warmup", 0), ("max_cases", 0)):
+            if getattr(self, name) < low:
+                raise ConfigError(f"must be >= {low}, got {getattr(self, name)}", name)
+        if 0 < self.max_cases < 3:
+            raise ConfigError(f"must be 0 (all) or at least 3 (one case per split), got {self.max_cases}",
+                              "max_cases")
+        if self.warmup >= self.search_epochs:
+            raise ConfigError(f"must be below --search-epochs ({self.search_epochs}) or nothing is searched, "
+                              f"got {self.warmup}", "warmup")
+        if any(e < 1 for e in _ints(self.snapshots, "snapshots")):
+            raise ConfigError("epochs must be >= 1", "snapshots")
+        features = self.features()
+        if features is not None and len(features) != 6:
+            raise ConfigError(f"needs 6 comma-separated ints, got {len(features)}", "unet_features")
+        data = str(self.data)
+        if data != "synthetic" and not Path(data).expanduser().exists():
+            raise ConfigError(f"{data} not found; give a Decathlon folder (with dataset.json), an .npz copy, "
+                              "or 'synthetic'", "data")
+
+
+def _ints(text: str, name: str) -> list[int]:
+    try:
+        return [int(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"expected comma-separated whole numbers, got {text!r}", name) from None
+
+
+@dataclass
+class MedNNSSearchConfig(SearchConfig):
+    """MedNNS (supernet zoo + meta-space, paper 2 A.1-B, 3): one supernet per dataset, its zoo,
+    a meta-space per leave-one-out target, and the recommended model fine-tuned on the target."""
+
+    out: str = opt("results/mednns", "folder for tables, plots, summary.json and the Tune state")
+    dataset: str = opt("", "set from --datasets (mednns reads --datasets)")
+    datasets: str = opt("", "comma-separated MedMNIST flags, all 2D or all 3D; each is held out once (>= 2)")
+    supernet_epochs: int = opt(4, "supernet training epochs per dataset")
+    supernet_full_epochs: int = opt(1, "first epochs that train the full network alone (A.1 stage one)")
+    supernet_paths: int = opt(3, "subnets per step (strict fairness: a multiple of 3)")
+    sandwich: bool = opt(False, "OFA's sandwich rule instead of FairNAS strict fairness (ablation)")
+    zoo_size: int = opt(1000, "subnets extracted per supernet (paper: 1000)")
+    bn_images: int = opt(256, "train images of the seeded BatchNorm recalibration subset")
+    encode_images: int = opt(256, "images per dataset for its embedding and FID")
+    metaspace_epochs: int = opt(20, "meta-space training epochs")
+    metaspace_lr: float = opt(1e-2, "meta-space Adam learning rate (paper: 1e-2)")
+    losses: str = opt("perf,rank,fid", "meta-space losses: any of perf, rank, fid, contrastive")
+    top_k: int = opt(10, "models recommended per target; T1, T5, T10 run where k <= top_k")
+    finetune_epochs: int = opt(10, "fine-tuning epochs of the recommended model and the baselines")
+    report_epochs: str = opt("", "epochs at which test accuracy is reported (default: --finetune-epochs)")
+    finetune_fraction: float = opt(1.0, "fraction of the target's train split used for fine-tuning (CPU budget)")
+    baseline: str = opt("resnet18", "fixed baseline network: resnet10, resnet18, resnet34 or resnet50")
+    batch_size: int = opt(128, "batch size (supernets and fine-tuning)")
+    lr: float = opt(1e-3, "Adam learning rate (supernets and fine-tuning)")
+
+    MEDNNS_LOSSES = ("perf", "rank", "fid", "contrastive")
+
+    def validate(self):
+        flags = self.dataset_list()
+        if flags:
+            self.dataset = flags[0]
+        return super().validate()
+
+    def dataset_list(self) -> list[str]:
+        return [f.strip().lower() for f in str(self.datasets or "").split(",") if f.strip()]
+
+    def loss_list(self) -> list[str]:
+        return [x.strip().lower() for x in self.losses.split(",") if x.strip()]
+
+    def report_list(self) -> list[int]:
+        if not self.report_epochs.strip():
+            return [self.finetune_epochs]
+        try:
+            return sorted({int(e) for e in self.report_epochs.split(",") if e.strip()})
+        except ValueError:
+            raise ConfigError(f"must be comma-separated epochs, got {self.report_epochs!r}", "report_epochs") from None
+
+    def check(self):
+        from orchestrator.data import known_flags
+
+        flags = self.dataset_list()
+        if len(flags) < 2:
+            raise ConfigError(f"leave-one-dataset-out needs at least two datasets, got {len(flags)}"
+                              f"{' (' + ', '.join(flags) + ')' if flags else ''}", "datasets")
+        if len(set(flags)) < len(flags):
+            raise ConfigError(f"lists a dataset twice: {', '.join(flags)}", "datasets")
+        known = set(known_flags())
+        for f in flags:
+            if f not in known:
+                raise ConfigError(f"unknown MedMNIST flag '{f}'; known flags: {', '.join(sorted(known))}", "datasets")
+        dims = {f: 3 if f.endswith("3d") else 2 for f in flags}
+        if len(set(dims.values())) > 1:
+            listing = ", ".join(f"{f} ({d}D)" for f, d in dims.items())
+            raise ConfigError(f"2D and 3D flags mixed in one meta-space: {listing}; run one search per "
+                              f"dimensionality", "datasets")
+        for name in ("supernet_epochs", "supernet_paths", "zoo_size", "bn_images", "top_k", "finetune_epochs",
+                     "batch_size", "metaspace_epochs"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"must be >= 1, got {getattr(self, name)}", name)
+        if self.encode_images < 2:
+            raise ConfigError(f"must be >= 2 (FID needs a covariance), got {self.encode_images}", "encode_images")
+        if not 0 <= self.supernet_full_epochs <= self.supernet_epochs:
+            raise ConfigError(f"must be in [0, supernet_epochs ({self.supernet_epochs})], got "
+                              f"{self.supernet_full_epochs}", "supernet_full_epochs")
+        if not self.sandwich and self.supernet_paths % 3:
+            raise ConfigError(f"strict fairness needs a multiple of 3 (every choice once per group), got "
+                              f"{self.supernet_paths}", "supernet_paths")
+        if self.sandwich and self.supernet_paths < 2:
+            raise ConfigError(f"the sandwich rule needs >= 2 paths, got {self.supernet_paths}", "supernet_paths")
+        for name in ("metaspace_lr", "lr"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"must be > 0, got {getattr(self, name)}", name)
+        if not 0 < self.finetune_fraction <= 1:
+            raise ConfigError(f"must be in (0, 1], got {self.finetune_fraction}", "finetune_fraction")
+        losses = self.loss_list()
+        bad = [x for x in losses if x not in self.MEDNNS_LOSSES]
+        if bad or not losses:
+            raise ConfigError(f"unknown loss(es) {', '.join(bad) or '(none given)'}; choose from "
+                              f"{', '.join(self.MEDNNS_LOSSES)}", "losses")
+        epochs = self.report_list()
+        if epochs[0] < 1 or epochs[-1] > self.finetune_epochs:
+            raise ConfigError(f"must lie in 1..finetune_epochs ({self.finetune_epochs}), got {self.report_epochs}",
+                              "report_epochs")
+        from medcore.networks import RESNET_NAMES
+
+        if self.baseline.lower() not in RESNET_NAMES:
+            raise ConfigError(f"unknown model '{self.baseline}'; known models: {', '.join(RESNET_NAMES)}", "baseline")

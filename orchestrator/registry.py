@@ -11,6 +11,7 @@ SEARCHES = {
     "ode": "orchestrator.searches.ode:ODESearch",
     "compress": "orchestrator.searches.compress:CompressSearch",
     "strategy": "orchestrator.searches.strategy:StrategySearch",
+    "darts": "orchestrator.searches.darts:DartsSearch",
 }
 
 

@@ -16,7 +16,6 @@ is fit's: alpha, beta and both optimizers travel in the step's state.
 """
 from __future__ import annotations
 
-import copy
 import json
 import math
 
@@ -24,10 +23,11 @@ import torch
 from torch import nn
 
 from trainables.fit import FitConfig, StepContext, TrainStep, fit, set_threads_from_ray
-from trainables.nets.iac_cell import ArchParameters, search_cells
+from trainables.nets.iac_cell import ArchParameters, DiscreteCell, Genotype, search_cells
 from trainables.tasks import SegmentationTask
 
 TRAIN_SEARCH, VAL_SEARCH = "train_search", "val_search"
+IAC = "iac"  # the skip name of Stage III models
 DEFAULTS = {"epochs": 200, "warmup": 15, "k": 4, "tan_beta": True, "batch_size": 128, "w_lr": 0.01,
             "arch_lr": 1e-3, "annealing_power": 10.0, "w_lr_min": 0.0, "seed": 0, "device": "auto"}
 
@@ -149,13 +149,44 @@ def run_search(unet: nn.Module, data, config: dict, *, save_state=None, resume_s
     return result, step, model
 
 
-def search_trial(config: dict, data=None, unet=None) -> None:
-    """Tune trainable: one Stage II search on a copy of the frozen Stage I U-Net ``unet`` (a
-    module, shared through the object store); reports Dice, genotype, alpha and beta per epoch
-    with a checkpoint, and resumes from the trial's latest checkpoint."""
+def search_trial(config: dict, data=None, unets=None) -> None:
+    """Tune trainable: one Stage II search on the frozen Stage I U-Net of ``config["backbone"]``
+    (``unets``: backbone -> :class:`~trainables.unet_trial.UNetCheckpoint`, shared through the
+    object store); reports Dice, genotype, alpha and beta every epoch with a checkpoint, and
+    resumes from the trial's latest checkpoint."""
     from trainables.checkpointing import TuneCheckpointing, resume_state
 
     set_threads_from_ray(1)
-    meta = {k: config[k] for k in ("backbone", "seed") if k in config}
-    run_search(copy.deepcopy(unet), data, config, save_state=TuneCheckpointing(metrics=lambda row: {**meta, **row}),
-               resume_state=resume_state())
+    meta = {"stage": "search", "backbone": config["backbone"], "synthetic": bool(data.info.synthetic)}
+    run_search(unets[config["backbone"]].model(), data, config,
+               save_state=TuneCheckpointing(metrics=lambda row: {**meta, **row}), resume_state=resume_state())
+
+
+def discrete_skip(level: int, channels, spatial_dims: int, genotype: dict) -> DiscreteCell:
+    """``SkipUNet.make_skips`` factory of Stage III: level ``level``'s discrete cell of ``genotype``."""
+    enc, dec = channels[level]
+    return DiscreteCell(Genotype.from_dict(genotype), enc, dec, spatial_dims)
+
+
+def skips_trial(config: dict, data=None, unets=None) -> None:
+    """Tune trainable of Stage III (Algorithm 3) and the baselines on the frozen U-Net of
+    ``config["backbone"]``: ``skip: "iac"`` implants ``skip_kwargs["genotype"]`` as discrete
+    cells, a baseline name (``attention``, ``nested``) its modules; trained by
+    :func:`trainables.unet_trial.train_skips` with Stage I's hyperparameters."""
+    from trainables.unet_trial import train_skips
+
+    config = {**{k: v for k, v in config.items() if k != "run"}, **dict(config.get("run") or {})}
+    factory = discrete_skip if config.get("skip") == IAC else None
+    train_skips(config, data, unets[config["backbone"]], skip_factory=factory)
+
+
+def build_skip_model(unet_build: dict, skip: str, skip_kwargs: dict | None = None) -> nn.Module:
+    """The frozen U-Net of ``unet_build`` with ``skip`` modules (``iac`` or a baseline) in every
+    skip, untrained: load a Stage III ``model.pt`` into it (the zoo's builder)."""
+    from trainables.nets.skip_baselines import BASELINES
+    from trainables.nets.unets import rebuild_unet
+
+    model = rebuild_unet(unet_build).freeze()
+    factory = discrete_skip if skip == IAC else BASELINES[skip]
+    model.set_skips(model.make_skips(factory, **dict(skip_kwargs or {})))
+    return model

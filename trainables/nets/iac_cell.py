@@ -168,13 +168,13 @@ def tan_rescale(beta: torch.Tensor) -> torch.Tensor:
     (``0.5 * psi_i / S_rest``, computed as 0.5 times a softmax over the other edges)."""
     t = torch.tan(beta)
     psi = torch.softmax(t - t.max(), dim=-1)
-    if psi.numel() < 2 or float(psi.detach().max()) <= 0.5:
+    if psi.numel() < 2:
         return psi
-    star = int(torch.argmax(psi.detach()))
-    is_star = torch.zeros_like(psi, dtype=torch.bool)
-    is_star[star] = True
+    is_star = F.one_hot(psi.detach().argmax(), psi.numel()).bool()
     rest = torch.softmax(t.masked_fill(is_star, -math.inf), dim=-1)  # = psi_i / S_rest off the max
-    return torch.where(is_star, torch.full_like(psi, 0.5), 0.5 * rest)
+    capped = torch.where(is_star, torch.full_like(psi, 0.5), 0.5 * rest)
+    # branch-free (no host sync; works on the meta device): eq. 7 below 0.5, eqs. 8-10 above
+    return torch.where(psi.detach().max() > 0.5, capped, psi)
 
 
 def node_slices() -> list[slice]:

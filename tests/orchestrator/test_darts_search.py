@@ -1,0 +1,81 @@
+"""The IAC search (``medtune search darts``) end to end under local Ray, and its bad inputs."""
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from orchestrator.cli import main
+from orchestrator.config import DartsSearchConfig, Resources
+from orchestrator.driver import run_search
+
+HIPPOCAMPUS = Path(__file__).resolve().parents[3] / "shared" / "data" / "segmentation" / "msd_hippocampus"
+TINY = {"size": 32, "backbone": "unet", "unet_features": "4,4,8,8,8,4", "stage1_epochs": 1, "search_epochs": 1,
+        "warmup": 0, "stage3_epochs": 1, "k": 2}
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--backbone", "vgg99"], "--backbone: unknown backbone 'vgg99'; known backbones: unet, resnet, efficientnet"),
+    (["--baselines", "dense"], "--baselines: unknown baseline 'dense'; known baselines: attention, nested"),
+    (["--size", "40"], "--size: must be a multiple of 32 (>= 32), got 40"),
+    (["--warmup", "5", "--search-epochs", "5"], "--warmup: must be below --search-epochs (5)"),
+    (["--data", "/no/such/folder"], "--data: /no/such/folder not found"),
+    (["--snapshots", "25,x"], "--snapshots: expected comma-separated whole numbers"),
+    (["--unet-features", "4,4,8"], "--unet-features: needs 6 comma-separated ints, got 3"),
+])
+def test_bad_input_is_one_line(args, message, capsys, tmp_path):
+    assert main(["search", "darts", "--out", str(tmp_path / "run"), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("medtune: error: ") and message in err and "\n" not in err
+
+
+def test_a_folder_without_dataset_json_is_one_line(capsys, tmp_path):
+    folder = tmp_path / "not_decathlon"
+    folder.mkdir()
+    assert main(["search", "darts", "--data", str(folder), "--out", str(tmp_path / "run")]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "has no dataset.json" in err and "\n" not in err
+
+
+def _check_outputs(s: dict, out: Path, synthetic: bool, baselines: list[str]):
+    assert s["search"] == "darts" and s["synthetic"] is synthetic
+    assert 0.0 <= s["baseline_dice"] <= 1.0
+    best = s["best"]
+    assert best["epoch"] == 1 and 0.0 <= best["dice"] <= 1.0 and len(best["genotype"]["edges"]) == 8
+    assert best["gain"] == pytest.approx(best["dice"] - s["baseline_dice"])
+    genotypes = pd.read_csv(out / "genotypes.csv")
+    assert list(genotypes.epoch) == [1] and genotypes.synthetic.all() == synthetic
+    assert genotypes.stage3_dice[0] == pytest.approx(best["dice"])
+    stage3 = pd.read_csv(out / "stage3.csv")
+    assert sorted(stage3.skip) == sorted(["iac", *baselines]) and (stage3.status == "ok").all()
+    table = s["improvement"]["unet"]
+    assert table["iac"]["gain"]["mean"] == pytest.approx(best["gain"])
+    for b in baselines:
+        assert table[b]["gain"]["mean"] == pytest.approx(table[b]["dice"]["mean"] - s["baseline_dice"])
+    assert s["statistics"]["iac"]["n"] == 1 and s["statistics"]["iac"]["ttest_p"] is None  # one run: no test
+    for png in ("best_cell.png", "alpha_beta.png", "dice_per_stage.png", "val_slices.png"):
+        assert (out / png).stat().st_size > 1000, png
+    assert json.loads((out / "summary.json").read_text())["best"]["dice"] == pytest.approx(best["dice"])
+    from orchestrator.zoo import read_zoo
+
+    zoo = read_zoo(out / "zoo")
+    assert set(zoo.stage) == {"stage1", "stage3"} and zoo.weights.notna().all()
+    assert set(zoo[zoo.stage == "stage3"].family) == {"iac", *baselines}
+    assert zoo.synthetic.all() == synthetic
+
+
+def test_tiny_darts_search_on_synthetic_images(ray_local, tmp_path):
+    cfg = DartsSearchConfig(data="synthetic", out=str(tmp_path), max_cases=4, batch_size=16, baselines="attention",
+                            resources=Resources(max_concurrent=2), **TINY)
+    s = run_search("darts", cfg)
+    _check_outputs(s, tmp_path, synthetic=True, baselines=["attention"])
+    assert s["data"]["cases"]["train_search"] >= 1 and s["dataset"] == "synthetic"
+
+
+@pytest.mark.skipif(not (HIPPOCAMPUS / "dataset.json").is_file(), reason="MSD hippocampus not in ../shared/data")
+def test_tiny_darts_search_on_real_hippocampus_cases(ray_local, tmp_path):
+    cfg = DartsSearchConfig(data=str(HIPPOCAMPUS / "hippocampus_volumes.npz"), out=str(tmp_path), max_cases=3,
+                            batch_size=64, baselines="", resources=Resources(max_concurrent=2), **TINY)
+    s = run_search("darts", cfg)
+    _check_outputs(s, tmp_path, synthetic=False, baselines=[])
+    assert s["data"]["cases"] == {"train_dt": 2, "val_dt": 1, "train_search": 1, "val_search": 1}
