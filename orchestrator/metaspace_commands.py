@@ -120,7 +120,7 @@ def train(args: argparse.Namespace) -> int:
     ms = train_metaspace(zoo, encodings, options, exclude=args.exclude)
     ms.save(args.out)
     last = ms.history[-1] if ms.history else {}
-    losses = ", ".join(f"{k} {v:.4f}" for k, v in last.items() if k not in ("epoch", "seconds"))
+    losses = ", ".join(f"{k} {v:.4f}" for k, v in last.items() if k not in ("epoch", "seconds", "cpu_seconds"))
     print(f"wrote meta-space ({len(ms.models)} models from {', '.join(ms.datasets)}"
           + (f", {args.exclude} left out" if args.exclude else "") + f"; {ms.extractor}) to {args.out}"
           + (f"; last epoch: {losses}" if losses else "") + ("; SYNTHETIC" if ms.synthetic else ""))

@@ -153,7 +153,7 @@ def contrastive_loss(dataset_emb: torch.Tensor, model_emb: torch.Tensor, tempera
 @dataclass
 class MetaSpaceFit:
     net: MetaSpaceNet
-    history: list  # one dict per epoch: mean of each active loss, seconds
+    history: list  # one dict per epoch: mean of each active loss, wall and CPU seconds
     sigma: float | None
 
 
@@ -194,7 +194,7 @@ def fit_metaspace(model_x: np.ndarray, dataset_x: np.ndarray, row_dataset: np.nd
     opt = torch.optim.Adam(net.parameters(), lr=options.lr)
     history = []
     for epoch in range(options.epochs):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         sums: dict[str, float] = {}
         steps = 0
         perm = torch.randperm(n, generator=gen)
@@ -232,7 +232,7 @@ def fit_metaspace(model_x: np.ndarray, dataset_x: np.ndarray, row_dataset: np.nd
                 sums[key] = sums.get(key, 0.0) + float(value.detach())
             steps += 1
         entry = {key: value / max(steps, 1) for key, value in sums.items()}
-        entry.update(epoch=epoch + 1, seconds=time.perf_counter() - t0)
+        entry.update(epoch=epoch + 1, seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0)
         if not all(math.isfinite(v) for v in entry.values()):
             raise FloatingPointError(f"meta-space loss is not finite at epoch {epoch + 1}: {entry}")
         history.append(entry)
