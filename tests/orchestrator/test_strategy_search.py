@@ -1,0 +1,189 @@
+"""The strategy search under a real Tuner: ASHA stops poor trials (Optuna sees them pruned),
+NSGA-II over two objectives, resume loses and repeats nothing, and a tiny search end to end."""
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from medcore.records import OK
+from orchestrator.config import Resources, StrategyFitOptions, StrategySearchConfig
+from orchestrator.search import TRIAL_RETRIES
+from orchestrator.searches.strategy import make_searcher
+from trainables.strategy import parse_space
+
+# Only the learning rate varies (three choices): its value decides how good a curve is.
+LR_SPACE = {k: [v] for k, v in {"init": "default", "norm": "keep", "dropout": 0.0, "l1": 0.0, "l2": 0.0,
+                                "optimizer": "adam", "schedule": "none", "batch_size": 128,
+                                "augment": "none"}.items()} | {"lr": [0.001, 0.01, 0.03]}
+QUALITY = {0.001: 0.5, 0.01: 0.8, 0.03: 0.2}
+
+
+def curve_trainable(config, log: str, epochs: int, sleep: float = 0.0):
+    """A stand-in trial: val_acc rises from QUALITY[lr] by 0.01 per epoch; rows as the real trial's."""
+    from ray import tune
+
+    start = tune.get_checkpoint()
+    first = 1 if start is None else json.loads(Path(start.path, "epoch.json").read_text())["epoch"] + 1
+    with open(log, "a") as f:
+        f.write(json.dumps({"trial": tune.get_context().get_trial_id(), "lr": config["lr"], "first": first}) + "\n")
+    for epoch in range(first, epochs + 1):
+        time.sleep(sleep)
+        acc = QUALITY[config["lr"]] + 0.01 * epoch
+        row = {"epoch": epoch, "val_acc": acc, "best_val_acc": acc, "val_acc@2": QUALITY[config["lr"]] + 0.02,
+               "val_acc@final": acc + (0.3 if config["lr"] == 0.03 else 0.0), "finished": epoch == epochs}
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as d:
+            Path(d, "epoch.json").write_text(json.dumps({"epoch": epoch}))
+            tune.report(row, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+def _cfg(tmp_path, **kw):
+    return StrategySearchConfig(out=str(tmp_path), space=json.dumps(LR_SPACE), **kw).validate()
+
+
+def _tuner(tmp_path, cfg, searcher, scheduler, epochs, callbacks=None, sleep=0.0):
+    from ray import tune
+
+    trainable = tune.with_parameters(curve_trainable, log=str(tmp_path / "log.jsonl"), epochs=epochs, sleep=sleep)
+    return tune.Tuner(trainable, tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
+                                                              num_samples=cfg.budget, max_concurrent_trials=1,
+                                                              reuse_actors=True),
+                      run_config=tune.RunConfig(name="exp", storage_path=str(tmp_path / "tune"), callbacks=callbacks,
+                                                failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES),
+                                                verbose=0))
+
+
+def _study(tmp_path, cfg):
+    searcher = make_searcher(cfg, parse_space(cfg.space))
+    searcher.restore_from_dir(str(tmp_path / "tune" / "exp"))
+    return searcher._ot_study
+
+
+def test_asha_stops_poor_trials_and_optuna_sees_them_pruned(ray_local, tmp_path):
+    from optuna.trial import TrialState
+    from ray.tune.schedulers import ASHAScheduler
+
+    cfg = _cfg(tmp_path, budget=8, fit=StrategyFitOptions(max_epochs=9))
+    searcher = make_searcher(cfg, parse_space(cfg.space))
+    asha = ASHAScheduler(time_attr="epoch", metric="best_val_acc", mode="max", max_t=9, grace_period=1,
+                         reduction_factor=3)
+    grid = _tuner(tmp_path, cfg, searcher, asha, epochs=9).fit()
+    epochs = {r.metrics["trial_id"]: (r.config["lr"], r.metrics["epoch"]) for r in grid}
+    assert len(epochs) == 8
+    study = _study(tmp_path, cfg)
+    states = {t.number: (t.params["lr"], t.state) for t in study.trials}
+    pruned = [lr for lr, s in states.values() if s == TrialState.PRUNED]
+    complete = [lr for lr, s in states.values() if s == TrialState.COMPLETE]
+    # poor learning rates were stopped early and told to Optuna as pruned; the best ran all epochs
+    assert pruned and 0.03 in pruned and 0.01 in complete
+    assert sum(e for _, e in epochs.values()) < 8 * 9
+    assert all(e == 9 for lr, e in epochs.values() if lr == 0.01)
+    assert study.best_trial.params["lr"] == 0.01 and study.trials[0].params["lr"] == 0.001  # the default first
+
+
+def test_nsga2_over_two_objectives_with_fifo(ray_local, tmp_path):
+    from optuna.trial import TrialState
+    from ray.tune.schedulers import FIFOScheduler
+
+    cfg = _cfg(tmp_path, budget=4, objectives="val_acc@2,val_acc@final", fit=StrategyFitOptions(max_epochs=3))
+    searcher = make_searcher(cfg, parse_space(cfg.space))
+    grid = _tuner(tmp_path, cfg, searcher, FIFOScheduler(), epochs=3).fit()
+    assert len(grid) == 4 and all(r.metrics["epoch"] == 3 for r in grid)
+    study = _study(tmp_path, cfg)
+    assert type(study.sampler).__name__ == "NSGAIISampler" and len(study.directions) == 2
+    assert all(t.state == TrialState.COMPLETE and len(t.values) == 2 for t in study.trials)
+    front = {t.params["lr"] for t in study.best_trials}
+    # lr 0.01 is best early, 0.03 best at the end: both on the front, 0.001 dominated by 0.01
+    assert 0.001 not in front and front <= {0.01, 0.03} and front
+
+
+BUDGET = 8
+
+
+def test_resume_loses_and_repeats_nothing(ray_local, tmp_path):
+    from ray import tune
+    from ray.tune.schedulers import FIFOScheduler
+
+    flag = tmp_path / "crash-now"
+    flag.write_text("")
+
+    class CrashAfterThree(tune.Callback):
+        """The driver dies (an exception out of ``fit``) after three finished trials while
+        ``flag`` exists, the way a killed driver leaves its last saved state; after it is
+        removed the restored run goes on."""
+
+        def __init__(self):
+            self.done = 0
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self.done += 1
+
+        def on_step_end(self, iteration, trials, **info):  # outside Tune's per-trial error handling
+            # die once Tune has saved its state (every TUNE_GLOBAL_CHECKPOINT_S = 2 s) after the third
+            if flag.exists() and self.done >= 3:
+                self.since = getattr(self, "since", None) or time.time()
+                if time.time() - self.since > 5:
+                    raise RuntimeError("driver killed")
+
+    cfg = _cfg(tmp_path, budget=BUDGET, fit=StrategyFitOptions(max_epochs=2))
+    searcher = make_searcher(cfg, parse_space(cfg.space))
+    with pytest.raises(Exception, match="driver killed"):
+        _tuner(tmp_path, cfg, searcher, FIFOScheduler(), epochs=2, callbacks=[CrashAfterThree()], sleep=0.5).fit()
+    before = {t.number: (t.params, t.state.name, t.values) for t in _study(tmp_path, cfg).trials}
+    finished_before = {n for n, (_, s, _) in before.items() if s == "COMPLETE"}
+    assert 3 <= len(finished_before) < BUDGET
+    flag.unlink()
+    path = str(tmp_path / "tune" / "exp")
+    assert tune.Tuner.can_restore(path)
+    trainable = tune.with_parameters(curve_trainable, log=str(tmp_path / "log.jsonl"), epochs=2, sleep=0.5)
+    grid = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True).fit()
+    study = _study(tmp_path, cfg)
+    assert len(grid) == BUDGET and len({r.metrics["trial_id"] for r in grid}) == BUDGET
+    assert sorted(t.number for t in study.trials) == list(range(BUDGET))  # nothing lost, no trial asked twice
+    assert all(t.state.name == "COMPLETE" for t in study.trials)
+    for n in finished_before:  # finished trials kept their strategy and value
+        assert (study.trials[n].params, study.trials[n].values) == (before[n][0], before[n][2])
+    starts = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    fresh = [s["trial"] for s in starts if s["first"] == 1]
+    assert len(fresh) == len(set(fresh)) == BUDGET  # every trial trained from epoch 1 exactly once
+
+
+def test_tiny_strategy_search_end_to_end(ray_local, tmp_path):
+    """Synthetic data (labelled so): 3 strategies of a tiny CNN, 2 epochs; outputs, zoo, SQLite study."""
+    from orchestrator.data import load_medmnist, make_synthetic
+    from orchestrator.driver import run_search
+    from orchestrator.zoo import read_zoo
+
+    root = tmp_path / "data"
+    make_synthetic("breastmnist", root, 28, (48, 16, 16))
+    data = load_medmnist("breastmnist", 28, root)
+    cfg = StrategySearchConfig(dataset="breastmnist", data_root=str(root), out=str(tmp_path / "run"), budget=3,
+                               fit=StrategyFitOptions(max_epochs=2), grace_period=1, optuna_storage=True,
+                               space='{"batch_size": [16, 32]}', resources=Resources(max_concurrent=2))
+    s = run_search("strategy", cfg, data)
+    out = tmp_path / "run"
+    assert s["search"] == "strategy" and s["dataset"] == "breastmnist" and s["synthetic"] is True
+    assert s["n_evaluated"] == 3 and s["sampler"] == "TPE" and s["scheduler"] == "ASHA"
+    best = s["best"]
+    assert set(best["strategy"]) >= {"init", "norm", "dropout", "l1", "l2", "optimizer", "lr", "augment"}
+    assert 0 <= best["val_acc"] <= 1 and 0 <= best["test_acc"] <= 1 and 0 <= best["test_auc"] <= 1
+    assert s["default"]["retrained"]["test_auc"] is not None
+    trials, curves = pd.read_csv(out / "trials.csv"), pd.read_csv(out / "curves.csv")
+    assert len(trials) == 3 and trials.synthetic.all() and set(curves.trial_id) == set(trials.trial_id)
+    assert (out / "learning_curves.png").stat().st_size > 1000
+    zoo = read_zoo(out / "zoo")
+    assert len(zoo[zoo.stage == "search"]) == 3 and zoo[zoo.stage == "retrain-best"].weights.notna().all()
+    assert zoo.synthetic.all()
+    import optuna
+
+    study = optuna.load_study(study_name=s["study_name"], storage=f"sqlite:///{out / 'optuna.db'}")
+    assert len(study.trials) == 3
+    # the best model from the zoo rebuilds and takes its weights
+    from orchestrator.export import build_model, read_state_dict
+
+    row = zoo[zoo.stage == "retrain-best"].iloc[0]
+    build_model(json.loads(row.build)).load_state_dict(read_state_dict(row.weights))
+    assert all(r == OK for r in trials.status)
