@@ -187,3 +187,48 @@ def test_tiny_strategy_search_end_to_end(ray_local, tmp_path):
     row = zoo[zoo.stage == "retrain-best"].iloc[0]
     build_model(json.loads(row.build)).load_state_dict(read_state_dict(row.weights))
     assert all(r == OK for r in trials.status)
+
+
+def test_network_from_the_zoo_with_its_weights_and_bad_ids(tmp_path):
+    """--from-zoo ID: the zoo row's build recipe and weights become the network and `pretrained`."""
+    import torch
+
+    from medcore.errors import ConfigError
+    from medcore.records import ModelRecord
+    from orchestrator import zoo
+    from orchestrator.data import load_sample
+    from orchestrator.search import RunContext
+    from orchestrator.searches.strategy import StrategySearch
+    from trainables.strategy_trial import call_builder, network_build
+
+    data = load_sample()
+    info = data.info
+    build = network_build("tiny_cnn", info)
+    source = call_builder(build)
+    (tmp_path / "w").mkdir()
+    torch.save(source.state_dict(), tmp_path / "w" / "model.pt")
+    rows = zoo.rows_from_records([ModelRecord(search="ode", stage="retrain", family="tiny", architecture={"x": 1},
+                                              encoding=[], status=OK, build=build, weights=str(tmp_path / "w"))],
+                                 dataset=info.flag, size=info.size, spatial_dims=info.spatial_dims, task=info.task,
+                                 input_shape=list(info.input_shape), run="r", synthetic=False)
+    zoo.write_rows(tmp_path / "zoo", rows, writer_id="w1")
+    model_id = rows[0]["model_id"]
+    cfg = StrategySearchConfig(dataset=info.flag, out=str(tmp_path / "run"), zoo=str(tmp_path / "zoo"),
+                               from_zoo=model_id, space='{"init": ["pretrained", "default"]}').validate()
+    search = StrategySearch()
+    net, state, described = search._network(RunContext(search=search, cfg=cfg, data=data, run_id="t"))
+    assert net == build and described["from_zoo"] == model_id
+    assert all(torch.equal(state[k], v) for k, v in source.state_dict().items())
+    bad = StrategySearchConfig(dataset=info.flag, out=str(tmp_path / "run"), zoo=str(tmp_path / "zoo"),
+                               from_zoo="0123456789abcdef").validate()
+    with pytest.raises(ConfigError, match="not found in zoo"):
+        search._network(RunContext(search=search, cfg=bad, data=data, run_id="t"))
+
+
+def test_cli_refuses_bad_input_in_one_line(capsys, tmp_path):
+    from orchestrator.cli import main
+
+    assert main(["search", "strategy", "--dataset", "breastmnist", "--out", str(tmp_path),
+                 "--space", '{"init": ["he_normal"]}']) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("medtune: error: --space: unknown init 'he_normal'") and "\n" not in err
