@@ -79,3 +79,36 @@ def test_tiny_darts_search_on_real_hippocampus_cases(ray_local, tmp_path):
     s = run_search("darts", cfg)
     _check_outputs(s, tmp_path, synthetic=False, baselines=[])
     assert s["data"]["cases"] == {"train_dt": 2, "val_dt": 1, "train_search": 1, "val_search": 1}
+
+
+def test_table2_gains_and_paired_tests_over_runs():
+    from scipy import stats
+
+    from orchestrator.searches.darts import improvement_table, paired_tests
+
+    g1 = {"edges": [["identity", 0], ["identity", 1]] * 4, "concat": [2, 3, 4, 5]}
+    g2 = {"edges": [["sep_conv_3x3", 0], ["identity", 1]] * 4, "concat": [2, 3, 4, 5]}
+    stage1 = {"unet": {"val_dice": 0.60}, "resnet": {"val_dice": 0.50}}
+    rows = []
+    for backbone, dice_g1, dice_g2, att in (("unet", [0.61, 0.63], [0.66, 0.70], [0.58, 0.62]),
+                                            ("resnet", [0.52, 0.55], [0.51, 0.50], [0.49, 0.53])):
+        for seed in (0, 1):
+            rows += [{"backbone": backbone, "skip": "iac", "genotype": g1, "seed": seed, "snapshot_epochs": [1],
+                      "val_dice": dice_g1[seed], "dice_gain": dice_g1[seed] - stage1[backbone]["val_dice"]},
+                     {"backbone": backbone, "skip": "iac", "genotype": g2, "seed": seed, "snapshot_epochs": [2],
+                      "val_dice": dice_g2[seed], "dice_gain": dice_g2[seed] - stage1[backbone]["val_dice"]},
+                     {"backbone": backbone, "skip": "attention", "genotype": None, "seed": seed,
+                      "snapshot_epochs": [], "val_dice": att[seed], "dice_gain": att[seed] - 0.0}]
+    table = improvement_table(stage1, rows)
+    # the best genotype per backbone by mean val Dice: g2 on unet (0.68), g1 on resnet (0.535)
+    assert table["unet"]["iac"]["gain"]["mean"] == pytest.approx(0.08)
+    assert table["resnet"]["iac"]["gain"]["mean"] == pytest.approx(0.035)
+    assert table["unet"]["iac"]["gain"]["variance"] == pytest.approx(((0.66 - 0.68) ** 2 + (0.70 - 0.68) ** 2))
+    assert table["unet"]["attention"]["gain"]["mean"] == pytest.approx(0.0)
+    s = paired_tests(stage1, rows)
+    base = [0.60, 0.60, 0.50, 0.50]
+    iac = [0.66, 0.70, 0.52, 0.55]
+    assert s["iac"]["n"] == 4 and s["iac"]["mean_gain"] == pytest.approx((0.06 + 0.10 + 0.02 + 0.05) / 4)
+    assert s["iac"]["ttest_p"] == pytest.approx(stats.ttest_rel(iac, base).pvalue)
+    assert s["iac"]["wilcoxon_p"] == pytest.approx(stats.wilcoxon([i - b for i, b in zip(iac, base)]).pvalue)
+    assert s["attention"]["n"] == 4
