@@ -384,6 +384,8 @@ class StrategySearchConfig(SearchConfig):
     from_zoo: str | None = opt(None, "zoo model id: train its network (init 'pretrained' loads its weights); "
                                      "overrides --model")
     checkpoint: str | None = opt(None, "weights for init 'pretrained': a folder holding model.pt, or a .pt state dict")
+    metaspace: str | None = opt(None, "a MedNNS meta-space folder: train its top recommended model for this dataset "
+                                      "(its weights for init 'pretrained', a new classifier); overrides --model")
     budget: int = opt(20, "trials (strategies trained)")
     objectives: str = opt("", "empty: one objective (best --metric; TPE + ASHA); two, e.g. "
                               "val_acc@10,val_acc@final: NSGA-II, every trial to --max-epochs (FIFO)")
@@ -402,7 +404,7 @@ class StrategySearchConfig(SearchConfig):
         from trainables.strategy import parse_objectives, parse_space
         from trainables.strategy_trial import MODELS
 
-        if self.from_zoo is None and self.model.lower() not in MODELS:
+        if self.from_zoo is None and self.metaspace is None and self.model.lower() not in MODELS:
             raise ConfigError(f"unknown model '{self.model}'; known models: {', '.join(MODELS)}", "model")
         if self.checkpoint is not None and not Path(self.checkpoint).expanduser().exists():
             raise ConfigError(f"{self.checkpoint} not found (a folder holding model.pt, or a .pt file)", "checkpoint")
@@ -415,7 +417,11 @@ class StrategySearchConfig(SearchConfig):
             raise ConfigError(f"must be batched or loop, got {self.augment_backend}", "augment_backend")
         self.fit.check()
         parse_objectives(self.objectives, self.fit.max_epochs)
-        parse_space(self.space, pretrained_available=bool(self.from_zoo or self.checkpoint))
+        if self.metaspace is not None and not Path(self.metaspace).expanduser().is_dir():
+            raise ConfigError(f"{self.metaspace} not found (a folder written by medtune metaspace train)", "metaspace")
+        if self.metaspace and self.from_zoo:
+            raise ConfigError("give --from-zoo or --metaspace, not both", "metaspace")
+        parse_space(self.space, pretrained_available=bool(self.from_zoo or self.checkpoint or self.metaspace))
 
 
 @dataclass

@@ -190,8 +190,10 @@ class InitFn:
 def load_pretrained(model: nn.Module, state: dict) -> dict:
     """Load a state dict into ``model`` (strategy ``init='pretrained'``), before dropout is inserted.
 
-    Every convolution and linear weight must fit (same names and shapes); normalisation
-    parameters that a replaced normalisation no longer has are skipped and reported.
+    Every convolution and linear weight must fit (same names and shapes), except the classifier
+    (the last linear layer) when ``state`` holds none: weights from another dataset (a meta-space
+    recommendation, MedNNS 3) come without its head, which then keeps its fresh initialisation.
+    Normalisation parameters that a replaced normalisation no longer has are skipped and reported.
     """
     own = model.state_dict()
     loaded, skipped = {}, []
@@ -200,8 +202,11 @@ def load_pretrained(model: nn.Module, state: dict) -> dict:
             loaded[key] = value
         else:
             skipped.append(key)
-    weighted = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d
-                                                                           | nn.Linear)}
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear)]
+    linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    weighted = {f"{n}.weight" for n in names}
+    if linear and f"{linear[-1]}.weight" not in state:
+        weighted.discard(f"{linear[-1]}.weight")
     missing = sorted(k for k in weighted if k not in loaded)
     if missing:
         raise ConfigError(f"pretrained weights do not fit the network: no matching {missing[0]} "

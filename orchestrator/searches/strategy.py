@@ -155,6 +155,8 @@ class StrategySearch(Search):
         from trainables.strategy_trial import network_build
 
         cfg, info = ctx.cfg, ctx.data.info
+        if cfg.metaspace:
+            return self._recommended(ctx)
         if cfg.from_zoo:
             from medcore.errors import MedtuneError
             from orchestrator.zoo import get_model
@@ -183,6 +185,36 @@ class StrategySearch(Search):
 
             load_pretrained(call_builder(net), state)
         return net, state, source
+
+    def _recommended(self, ctx: RunContext):
+        """The meta-space's top model for this dataset (MedNNS eq. 5, queried with the train
+        images): its build recipe with this dataset's outputs, its weights without a classifier
+        that does not fit (another dataset's classes), as ``pretrained``."""
+        from orchestrator.export import read_state_dict
+        from orchestrator.metaspace import MetaSpace
+        from trainables.strategy import load_pretrained
+        from trainables.strategy_trial import call_builder
+
+        cfg, info = ctx.cfg, ctx.data.info
+        top = MetaSpace.load(Path(cfg.metaspace).expanduser()).query_images(ctx.data.images["train"], top_k=1)
+        row = top.iloc[0]
+        if not row.get("build") or not row.get("weights"):
+            raise ConfigError(f"the meta-space's top model {row['model_id']} has no build recipe or weights",
+                              "metaspace")
+        net = json.loads(row["build"]) if isinstance(row["build"], str) else dict(row["build"])
+        kwargs = net.setdefault("kwargs", {})
+        target = kwargs["net"]["kwargs"] if "net" in kwargs else kwargs  # a strategy-trained model nests its net
+        target.update({k: v for k, v in (("n_outputs", info.n_outputs), ("in_channels", info.n_channels))
+                       if k in target})
+        state = read_state_dict(str(row["weights"]))
+        model = call_builder(net)
+        own = model.state_dict()
+        state = {k: v for k, v in state.items() if k not in own or own[k].shape == v.shape or
+                 not any(k.startswith(f"{n}.") for n, m in model.named_modules() if isinstance(m, nn_linear()))}
+        load_pretrained(model, state)
+        return net, state, {"metaspace": str(cfg.metaspace), "recommended": row["model_id"],
+                            "score": float(row["score"]), "source_dataset": row.get("dataset"),
+                            "family": row.get("family"), "weights": row["weights"]}
 
     def _trainable(self, ctx: RunContext, retrain: bool):
         from ray import tune
@@ -423,6 +455,12 @@ class StrategySearch(Search):
             print(f"best strategy: {json.dumps(best['strategy'])}")
             print(f"  test_acc={best.get('test_acc')} test_auc={best.get('test_auc')}; trial-epochs saved by "
                   f"early stopping: {summary['trial_epochs_saved']:.0%}")
+
+
+def nn_linear():
+    from torch import nn
+
+    return nn.Linear
 
 
 def _is_final(row: dict) -> bool:

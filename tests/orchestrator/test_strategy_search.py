@@ -232,3 +232,43 @@ def test_cli_refuses_bad_input_in_one_line(capsys, tmp_path):
                  "--space", '{"init": ["he_normal"]}']) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("medtune: error: --space: unknown init 'he_normal'") and "\n" not in err
+
+
+def test_metaspace_recommendation_becomes_the_pretrained_network(tmp_path, monkeypatch):
+    """--metaspace DIR: the top model of ``MetaSpace.query_images`` (another dataset's, 3 classes)
+    is rebuilt with this dataset's single output; its weights load except the classifier."""
+    import torch
+
+    from orchestrator import metaspace
+    from orchestrator.data import load_sample
+    from orchestrator.search import RunContext
+    from orchestrator.searches.strategy import StrategySearch
+    from trainables.strategy import Strategy
+    from trainables.strategy_trial import call_builder
+
+    data = load_sample()
+    other = {"builder": "trainables.nets.tiny_cnn:TinyCNN", "kwargs": {"in_channels": 1, "n_outputs": 3,
+                                                                       "spatial_dims": 3}}
+    source = call_builder(other)
+    (tmp_path / "w").mkdir()
+    torch.save(source.state_dict(), tmp_path / "w" / "model.pt")
+    asked = {}
+
+    class Recommender:  # the query's answer for this test; the query itself is the meta-space's own tests'
+        def query_images(self, images, top_k):
+            asked.update(shape=images.shape, top_k=top_k)
+            return pd.DataFrame([{"model_id": "m1", "dataset": "organmnist3d", "family": "tiny",
+                                  "architecture": "{}", "build": json.dumps(other), "weights": str(tmp_path / "w"),
+                                  "score": 0.9}])
+
+    monkeypatch.setattr(metaspace.MetaSpace, "load", classmethod(lambda cls, folder: Recommender()))
+    (tmp_path / "ms").mkdir()
+    cfg = StrategySearchConfig(dataset="adrenalmnist3d", out=str(tmp_path / "run"), metaspace=str(tmp_path / "ms"),
+                               space='{"init": ["pretrained"]}').validate()
+    search = StrategySearch()
+    net, state, described = search._network(RunContext(search=search, cfg=cfg, data=data, run_id="t"))
+    assert asked == {"shape": data.images["train"].shape, "top_k": 1}
+    assert net["kwargs"]["n_outputs"] == 1 and described["recommended"] == "m1"
+    assert "head.weight" not in state and torch.equal(state["features.0.weight"], source.features[0].weight)
+    model = Strategy(init="pretrained", dropout=0.2).apply_structure(call_builder(net), 3, pretrained=state)
+    assert torch.equal(model.features[0].weight, source.features[0].weight) and model.head[1].out_features == 1
