@@ -491,7 +491,7 @@ def plot_learning_curves(rows, curves, best, metrics, metric: str, path: Path, s
     key = metric  # val_acc / val_auc per epoch
     done = [r for r in rows if r["optuna_state"] == COMPLETE and r["status"] == OK]
     score = (lambda r: r.get("value") if r.get("value") is not None else r.get(f"value_{metrics[-1]}") or 0.0)
-    top = sorted(done, key=score, reverse=True)[:3]
+    top = sorted((r for r in done if not r["default_recipe"]), key=score, reverse=True)[:3]
     if best is not None and best not in top:
         top = [best] + top[:2]
     by_trial: dict = {}
