@@ -444,7 +444,7 @@ def plot_dice_per_stage(summary: dict, stage3: list[dict], path, synthetic: bool
             entry = summary["improvement"].get(b, {})
             if kind == "stage I":
                 vals.append(entry.get("baseline_dice"))
-            elif kind.startswith("stage II"):
+            elif kind == "stage II (val_search)":
                 vals.append((summary["stage2_final"].get(b) or {}).get("search_dice"))
             else:
                 vals.append((entry.get(IAC if kind == "stage III IAC" else kind) or {}).get("dice", {}).get("mean"))
