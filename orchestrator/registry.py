@@ -11,6 +11,7 @@ SEARCHES = {
     "ode": "orchestrator.searches.ode:ODESearch",
     "compress": "orchestrator.searches.compress:CompressSearch",
     "strategy": "orchestrator.searches.strategy:StrategySearch",
+    "mednns": "orchestrator.searches.mednns:MedNNSSearch",
     "darts": "orchestrator.searches.darts:DartsSearch",
 }
 

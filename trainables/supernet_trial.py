@@ -389,16 +389,24 @@ def run_candidates(candidates: list, data, options: Mapping) -> dict:
 
 
 def finetune(config: Mapping, datasets: Mapping) -> None:
-    """Tune function trainable: one strategy on one target (``config``: ``target``,
-    ``strategy``, ``candidates`` = build records, plus :data:`FINETUNE_DEFAULTS` keys)."""
+    """Tune function trainable: every strategy of one target, in one harness.
+
+    ``config``: ``target``, ``runs`` (``[{"strategy", "candidates": [build records]}]``) plus
+    :data:`FINETUNE_DEFAULTS` keys. One report: ``results`` = strategy -> :func:`run_candidates`'
+    output, or ``{"error": one line}`` for a strategy that failed (the others still run).
+    """
     from ray import tune
 
     set_threads_from_ray()
     config = dict(config.get("job", config))  # a grid over whole jobs: {"job": {...}}
     data = datasets[config["target"]]
-    out = run_candidates(list(config["candidates"]), data, config)
-    tune.report({"target": config["target"], "strategy": config["strategy"], **out,
-                 "synthetic": bool(data.info.synthetic)})
+    results = {}
+    for run in config["runs"]:
+        try:
+            results[run["strategy"]] = run_candidates(list(run["candidates"]), data, config)
+        except Exception as exc:  # a failure is a result: the other strategies still count
+            results[run["strategy"]] = {"error": f"{type(exc).__name__}: {exc}".splitlines()[0][:300]}
+    tune.report({"target": config["target"], "results": results, "synthetic": bool(data.info.synthetic)})
 
 
 def supernet_checkpoint_ref(checkpoint) -> str:

@@ -1,0 +1,336 @@
+"""The MedNNS search (paper 2 A.1-B, section 3): supernets -> zoo -> metaspace -> query.
+
+* ``supernets``: one Tune trial per dataset, in parallel, trains an OFA ResNet supernet
+  (full network first, then FairNAS strict fairness; :mod:`trainables.supernet_trial`).
+* ``zoo``: one Tune trial per dataset samples ``--zoo-size`` distinct subnets, recalibrates
+  their BatchNorm and evaluates them with inherited weights; the rows (architecture and
+  functional encodings, val/test metrics, the supernet checkpoint + subnet config that
+  rebuild them) go to the zoo, one file per dataset.
+* ``metaspace``: the datasets are encoded (embedding + FID, cached in the run folder) and one
+  meta-space is trained per leave-one-out target on the whole zoo without that target
+  (:mod:`orchestrator.metaspace`).
+* ``query``: for each target, its meta-space recommends the top-k models (eq. 5); T1 trains
+  the best, T5/T10 train each of the top 5/10 one epoch and continue the best; the same
+  architecture from random init and a fixed ResNet run in the same harness.
+
+Outputs: ``summary.json`` (``loo``: one entry per target), ``loo.csv``, the zoo, the
+meta-spaces, an FID heatmap (Fig. 1), t-SNE of dataset and model embeddings coloured by
+accuracy (Fig. 3) and test-accuracy curves of T1/T5/T10 and the baselines.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from medcore.errors import RunError
+from medcore.records import OK, ModelRecord
+from orchestrator.config import MedNNSSearchConfig
+from orchestrator.search import RunContext, Search, Stage, describe_error, result_trial_id, trial_errors
+
+SUPERNETS, ZOO, FINETUNE = "mednns_supernets", "mednns_zoo", "mednns_finetune"
+BUILDER = "trainables.nets.ofa_resnet:build_subnet"
+STRATEGY_K = {"T1": 1, "T5": 5, "T10": 10}
+
+
+def _family(spatial_dims: int) -> str:
+    return f"ofa_resnet{spatial_dims}d"
+
+
+class MedNNSSearch(Search):
+    name = "mednns"
+    description = "MedNNS: per-dataset supernets, their zoo, a leave-one-out meta-space and its recommendation"
+    config_cls = MedNNSSearchConfig
+    stage_names = ("supernets", "zoo", "metaspace", "query")
+    experiment_names = (SUPERNETS, ZOO, FINETUNE)
+
+    def load_data(self, cfg):
+        """Every dataset of ``--datasets`` (name -> MedMNISTData)."""
+        from orchestrator.data import load_medmnist
+
+        return {flag: load_medmnist(flag, cfg.size, cfg.data_root) for flag in cfg.dataset_list()}
+
+    def stages(self, ctx: RunContext) -> list[Stage]:
+        cfg = ctx.cfg
+        missing = [f for f in cfg.dataset_list() if f not in ctx.data]
+        if missing:
+            raise RunError(f"no data given for {', '.join(missing)}")
+        return [Stage("supernets", self.supernets), Stage("zoo", self.zoo), Stage("metaspace", self.metaspace),
+                Stage("query", self.query)]
+
+    # ---- stages ----------------------------------------------------------------------------
+    def supernets(self, ctx: RunContext) -> None:
+        from ray import tune
+
+        from trainables.supernet_trial import train_supernet_for
+
+        cfg = ctx.cfg
+        grid = ctx.run_tuner(SUPERNETS, tune.with_parameters(train_supernet_for, datasets=ctx.data), param_space={
+            "dataset": tune.grid_search(cfg.dataset_list()), "epochs": cfg.supernet_epochs,
+            "full_epochs": cfg.supernet_full_epochs, "paths": cfg.supernet_paths, "sandwich": cfg.sandwich,
+            "lr": cfg.lr, "batch_size": cfg.batch_size, "seed": cfg.seed},
+            tune_config=tune.TuneConfig(max_concurrent_trials=cfg.resources.max_concurrent or None, reuse_actors=True))
+        ctx.state["supernets"] = _checkpoints(grid, "training the supernet")
+        ctx.state["supernet_metrics"] = {r.config["dataset"]: r.metrics for r in grid if r.metrics}
+
+    def zoo(self, ctx: RunContext) -> None:
+        from ray import tune
+
+        from orchestrator import zoo
+        from trainables.supernet_trial import extract_zoo, read_zoo_rows, supernet_checkpoint_ref
+
+        cfg = ctx.cfg
+        grid = ctx.run_tuner(ZOO, tune.with_parameters(extract_zoo, datasets=ctx.data, supernets=ctx.state["supernets"]),
+                             param_space={"dataset": tune.grid_search(cfg.dataset_list()), "n": cfg.zoo_size,
+                                          "seed": cfg.seed, "bn_images": cfg.bn_images},
+                             tune_config=tune.TuneConfig(max_concurrent_trials=cfg.resources.max_concurrent or None, reuse_actors=True))
+        checkpoints = _checkpoints(grid, "extracting the zoo")
+        rows, throughput = [], {}
+        for flag, checkpoint in checkpoints.items():
+            data = ctx.data[flag]
+            info = data.info
+            ref = supernet_checkpoint_ref(ctx.state["supernets"][flag])
+            records = [_record(r, info, ref) for r in read_zoo_rows(checkpoint)]
+            rows += zoo.rows_from_records(records, dataset=flag, size=info.size, spatial_dims=info.spatial_dims,
+                                          task=info.task, input_shape=list(info.input_shape), run=ctx.run_id,
+                                          synthetic=bool(info.synthetic))
+            m = next(r.metrics for r in grid if r.config["dataset"] == flag)
+            throughput[flag] = {"subnets": m["n"], "seconds": m["seconds"], "subnets_per_s": m["subnets_per_s"]}
+        zoo.write_rows(cfg.zoo_path, rows, writer_id=f"{ctx.run_id}-mednns-zoo")
+        ctx.state["n_zoo"], ctx.state["zoo_throughput"] = len(rows), throughput
+
+    def metaspace(self, ctx: RunContext) -> None:
+        from orchestrator.metaspace import MetaSpace, MetaSpaceOptions, load_or_encode, train_metaspace
+        from orchestrator.zoo import read_zoo
+
+        cfg = ctx.cfg
+        flags = cfg.dataset_list()
+        encodings = load_or_encode(ctx.out / "metaspace" / "encodings", ctx.data, cfg.seed, cfg.encode_images)
+        # everything the zoo holds on these datasets (ODE and compression rows included)
+        zoo_rows = read_zoo(cfg.zoo_path, dataset=flags, status=OK)
+        zoo_rows = zoo_rows[zoo_rows["spatial_dims"] == encodings.spatial_dims].reset_index(drop=True)
+        losses = cfg.loss_list()
+        options = MetaSpaceOptions(epochs=cfg.metaspace_epochs, lr=cfg.metaspace_lr, use_perf="perf" in losses,
+                                   use_rank="rank" in losses, use_fid="fid" in losses,
+                                   use_contrastive="contrastive" in losses, seed=cfg.seed)
+        spaces = {}
+        for target in flags:
+            folder = ctx.out / "metaspace" / target
+            if cfg.resume and (folder / "metaspace.json").exists():
+                spaces[target] = MetaSpace.load(folder)
+                continue
+            spaces[target] = train_metaspace(zoo_rows, encodings, options, exclude=target)
+            spaces[target].save(folder)
+        ctx.state.update(encodings=encodings, metaspaces=spaces, zoo_rows=zoo_rows)
+
+    def query(self, ctx: RunContext) -> None:
+        from ray import tune
+
+        from trainables.supernet_trial import finetune
+
+        cfg = ctx.cfg
+        flags, k_max = cfg.dataset_list(), cfg.top_k
+        strategies = [s for s, k in STRATEGY_K.items() if k <= k_max]
+        jobs, recommended = [], {}
+        options = {"epochs": cfg.finetune_epochs, "report_epochs": cfg.report_list(), "lr": cfg.lr,
+                   "batch_size": cfg.batch_size, "seed": cfg.seed, "bn_images": cfg.bn_images}
+        for target in flags:
+            info = ctx.data[target].info
+            # rows of other searches may lack a build that carries weights: rank among the
+            # supernet subnets (every one of them rebuilds with inherited weights)
+            space = ctx.state["metaspaces"][target]
+            top = space.query(ctx.state["encodings"].embeddings[target], top_k=len(space.models),
+                              exclude_dataset=target)
+            top = top[top["family"] == _family(info.spatial_dims)].head(k_max).reset_index(drop=True)
+            if top.empty:
+                raise RunError(f"the meta-space for {target} holds no supernet subnet to recommend")
+            recommended[target] = top
+            builds = [json.loads(b) if isinstance(b, str) else b for b in top["build"]]
+            runs = [{"strategy": s, "candidates": builds[:STRATEGY_K[s]]} for s in strategies]
+            scratch = {**builds[0], "kwargs": {**builds[0]["kwargs"], "supernet": None,
+                                               "in_channels": info.n_channels, "n_outputs": info.n_outputs}}
+            runs.append({"strategy": "scratch", "candidates": [scratch]})
+            resnet = {"builder": "trainables.nets.resnet:build_resnet",
+                      "kwargs": {"name": cfg.baseline.lower(), "spatial_dims": info.spatial_dims,
+                                 "in_channels": info.n_channels, "n_outputs": info.n_outputs}}
+            runs.append({"strategy": "resnet", "candidates": [resnet]})
+            jobs.append({"target": target, "runs": runs, **options})
+        data = {f: ctx.data[f].subset("train", cfg.finetune_fraction, cfg.seed) for f in flags}
+        grid = ctx.run_tuner(FINETUNE, tune.with_parameters(finetune, datasets=data),
+                             param_space={"job": tune.grid_search(jobs)},
+                             tune_config=tune.TuneConfig(max_concurrent_trials=cfg.resources.max_concurrent or None, reuse_actors=True))
+        errors = trial_errors(grid)
+        results = {}
+        for r in grid:
+            job = r.config["job"]
+            for run in job["runs"]:
+                results[(job["target"], run["strategy"])] = r.metrics["results"][run["strategy"]] \
+                    if r.error is None else {"error": errors.get(result_trial_id(r), describe_error(r.error))}
+        ctx.state.update(recommended=recommended, finetune=results, strategies=strategies)
+
+    # ---- outputs -----------------------------------------------------------------------
+    def summarize(self, ctx: RunContext) -> dict:
+        from orchestrator import reports
+
+        cfg, out = ctx.cfg, ctx.out
+        flags = cfg.dataset_list()
+        synthetic = any(bool(d.info.synthetic) for d in ctx.data.values())
+        first = cfg.report_list()[0]
+        loo, table = [], []
+        for target in flags:
+            top = ctx.state["recommended"][target]
+            res = ctx.state["finetune"]
+            best = top.iloc[0]
+
+            def acc(strategy, epoch=first):
+                m = res.get((target, strategy)) or {}
+                return (m.get("acc_at") or {}).get(str(epoch))
+
+            entry = {"target": target,
+                     "recommended": {"model_id": best["model_id"], "source_dataset": best["dataset"],
+                                     "family": best["family"], "architecture": json.loads(best["architecture"]),
+                                     "score": float(best["score"])},
+                     "epoch": first, "t1_acc": acc("T1"), "scratch_acc": acc("scratch"), "resnet_acc": acc("resnet")}
+            for s in ctx.state["strategies"]:
+                if s != "T1":
+                    entry[f"{s.lower()}_acc"] = acc(s)
+            entry["acc_at"] = {s: (res.get((target, s)) or {}).get("acc_at") for s in
+                               ctx.state["strategies"] + ["scratch", "resnet"]}
+            entry["curves"] = {s: (res.get((target, s)) or {}).get("test_acc_curve") for s in
+                               ctx.state["strategies"] + ["scratch", "resnet"]}
+            errors = {s: m["error"] for (t, s), m in res.items() if t == target and "error" in m}
+            if errors:
+                entry["errors"] = errors
+            loo.append(entry)
+            table.append({k: v for k, v in entry.items() if k not in ("curves", "acc_at")})
+        reports.write_table(table, out / "loo.csv", synthetic)
+        encodings = ctx.state["encodings"]
+        plots = {}
+        try:
+            plots["fid"] = str(plot_fid(encodings, out / "fid_heatmap.png", synthetic))
+            plots["curves"] = str(plot_curves(loo, out / "finetune_curves.png", synthetic))
+            plots["tsne"] = [str(plot_tsne(ctx.state["metaspaces"][t], encodings, ctx.state["zoo_rows"], t,
+                                           out / f"tsne_{t}.png", synthetic, cfg.seed)) for t in flags]
+        except ImportError as exc:  # matplotlib / sklearn missing: the numbers stand without plots
+            plots["error"] = f"plots skipped: {exc}"
+        beats = [e for e in loo if _num(e["t1_acc"]) and _num(e["scratch_acc"]) and _num(e["resnet_acc"])
+                 and e["t1_acc"] > e["scratch_acc"] and e["t1_acc"] > e["resnet_acc"]]
+        return {"search": "mednns", "datasets": flags, "dataset": ",".join(flags), "size": cfg.size,
+                "synthetic": synthetic, "n_zoo": ctx.state["n_zoo"], "zoo_throughput": ctx.state["zoo_throughput"],
+                "extractor": encodings.extractor, "fid": encodings.fid.round(4).to_dict(),
+                "supernets": {f: {k: m.get(k) for k in ("train_seconds", "params", "epoch")}
+                              for f, m in ctx.state["supernet_metrics"].items()},
+                "loo": loo, "t1_beats_both": f"{len(beats)} of {len(loo)}", "plots": plots,
+                "zoo": {"path": cfg.zoo_path, "rows": ctx.state["n_zoo"]}, "config": cfg.to_dict()}
+
+    def print_summary(self, summary: dict) -> None:
+        if summary.get("synthetic"):
+            print("NOTE: results come from SYNTHETIC data")
+        print(json.dumps({k: summary[k] for k in ("search", "datasets", "synthetic", "n_zoo")}))
+        for e in summary["loo"]:
+            print(f"{e['target']}: T1 {e['t1_acc']}, scratch {e['scratch_acc']}, resnet {e['resnet_acc']} "
+                  f"(epoch {e['epoch']}); recommended from {e['recommended']['source_dataset']}")
+        print(f"results in {summary['out']}")
+
+
+def _num(v) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def _checkpoints(grid, what: str) -> dict:
+    errors = trial_errors(grid)
+    out = {}
+    for r in grid:
+        flag = (r.config or {}).get("dataset")
+        if r.error is not None or r.checkpoint is None:
+            raise RunError(f"{what} failed for {flag}: {'; '.join(errors.values()) or r.error}")
+        out[flag] = r.checkpoint
+    return out
+
+
+def _record(row: dict, info, supernet_ref: str) -> ModelRecord:
+    kwargs = {"config": row["config"], "spatial_dims": info.spatial_dims, "in_channels": info.n_channels,
+              "n_outputs": info.n_outputs, "size": info.size, "supernet": supernet_ref}
+    return ModelRecord(
+        search="mednns", stage="zoo", family=_family(info.spatial_dims), architecture=row["config"],
+        encoding=row["encoding"], functional=row["functional"], status=OK, build={"builder": BUILDER, "kwargs": kwargs},
+        weights=supernet_ref, metrics={k: row[k] for k in ("val_loss", "val_acc", "val_auc", "test_acc", "test_auc",
+                                                           "params", "flops")})
+
+
+# ---- plots ---------------------------------------------------------------------------------
+
+def plot_fid(encodings, path: Path, synthetic: bool) -> Path:
+    """FID between every pair of datasets (paper Fig. 1), with the extractor named."""
+    from orchestrator.reports import _plt, _title
+
+    plt = _plt()
+    names = list(encodings.fid.index)
+    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 1.0 * len(names) + 1.5))
+    im = ax.imshow(encodings.fid.to_numpy(), cmap="viridis")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            ax.text(j, i, f"{encodings.fid.iat[i, j]:.1f}", ha="center", va="center", color="w", fontsize=8)
+    fig.colorbar(im, ax=ax, label="FID")
+    _title(ax, f"FID between datasets ({encodings.extractor})", synthetic)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_curves(loo: list, path: Path, synthetic: bool) -> Path:
+    """Test accuracy per fine-tuning epoch: T1/T5/T10 against scratch and the fixed ResNet."""
+    from orchestrator.reports import _plt, _title
+
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(loo), figsize=(4 * len(loo), 3.2), squeeze=False)
+    for ax, e in zip(axes[0], loo):
+        for s, curve in e["curves"].items():
+            if curve:
+                ax.plot(range(1, len(curve) + 1), curve, marker="o", ms=3, label=s)
+        ax.set_xlabel("fine-tuning epoch")
+        ax.set_ylabel("test accuracy")
+        ax.legend(fontsize=7)
+        _title(ax, f"held out: {e['target']}", synthetic)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_tsne(space, encodings, zoo_rows, target: str, path: Path, synthetic: bool, seed: int,
+              max_models: int = 600) -> Path:
+    """t-SNE of the meta-space (paper Fig. 3): model embeddings coloured by their accuracy,
+    dataset embeddings (the held-out target starred)."""
+    import numpy as np
+    from sklearn.manifold import TSNE
+
+    from orchestrator.reports import _plt, _title
+
+    plt = _plt()
+    rng = np.random.default_rng(seed)
+    idx = np.arange(len(space.model_embeddings))
+    if len(idx) > max_models:
+        idx = np.sort(rng.choice(idx, max_models, replace=False))
+    models = space.model_embeddings[idx]
+    acc = space.models[space.options.metric].to_numpy()[idx] if space.options.metric in space.models else None
+    names = list(encodings.embeddings)
+    datasets = np.stack([space.dataset_embedding(encodings.embeddings[n]) for n in names])
+    points = np.concatenate([models, datasets]).astype(np.float64)
+    xy = TSNE(n_components=2, perplexity=min(30.0, max(2.0, (len(points) - 1) / 3)), random_state=seed,
+              init="pca").fit_transform(points)
+    fig, ax = plt.subplots(figsize=(6, 5))
+    sc = ax.scatter(xy[:len(models), 0], xy[:len(models), 1], c=acc, cmap="viridis", s=8)
+    fig.colorbar(sc, ax=ax, label=space.options.metric)
+    for i, n in enumerate(names):
+        p = xy[len(models) + i]
+        ax.scatter(*p, marker="*" if n == target else "s", s=160 if n == target else 60, c="red", edgecolors="k")
+        ax.annotate(n + (" (held out)" if n == target else ""), p, fontsize=8)
+    _title(ax, f"meta-space without {target}: models and datasets (t-SNE)", synthetic)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
