@@ -152,7 +152,10 @@ def main(argv=None) -> int:
         from orchestrator.searches.strategy import default_strategy
         from orchestrator.config import StrategySearchConfig
 
-        seeds(args, store, data, {"best": best, "default": default_strategy(StrategySearchConfig())})
+        default = default_strategy(StrategySearchConfig())
+        if best == default:  # the search picked the default recipe: nothing else to compare
+            emit(store, {"part": "note", "text": "the search's best strategy is the default recipe"})
+        seeds(args, store, data, {"default": default} if best == default else {"best": best, "default": default})
     if args.json:
         Path(args.json).write_text(json.dumps(store, indent=1, default=float))
     return 0
