@@ -205,7 +205,7 @@ def cmd_hv(args) -> int:
     done = set()
     if runs_path.exists():
         done = {(r["method"], r["seed"]) for r in map(json.loads, runs_path.read_text().splitlines())}
-    print(f"base test acc {fn.base_accuracy:.4f} (threshold {0.96 * fn.base_accuracy:.4f}); "
+    print(f"base {args.split} acc {fn.base_accuracy:.4f} (threshold {0.96 * fn.base_accuracy:.4f}); "
           f"{len(fn.cache)} cached evaluations; threads {torch.get_num_threads()}", flush=True)
     for seed in args.seeds:
         for method in args.methods:
