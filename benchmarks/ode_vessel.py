@@ -84,6 +84,8 @@ def main():
     p.add_argument("--data-root", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "medmnist"))
     p.add_argument("--out", default="results/bench_ode_vessel")
     p.add_argument("--table-only", action="store_true", help="print the table of <out>/results.json and stop")
+    p.add_argument("--census", type=int, default=0,
+                   help="decode N random genomes, print what the FLOPs window lets through, and stop (no training)")
     args = p.parse_args()
     out = Path(args.out).resolve()
     log = out / f"results{'_' + args.only if args.only else ''}.json"
@@ -94,6 +96,9 @@ def main():
     data = load_medmnist(args.dataset, 28, args.data_root)
     labels = data.labels["test"].ravel()
     majority = float(np.bincount(labels).max() / len(labels))
+    if args.census:
+        census(data.info, args.census, args.min_gflops, args.max_gflops)
+        return
     if args.table_only:
         print_table(rows + others, majority)
         print_curves(out)
@@ -130,6 +135,30 @@ def main():
             save({"model": "resnet18_3d", "seed": seed, **train_reference("resnet18", data, cfg, seed)})
     print_table(rows + others, majority)
     print_curves(out)
+
+
+def census(info, n: int, min_gflops: float, max_gflops: float, seed: int = 0) -> None:
+    """What a FLOPs window leaves of the cell space: of n uniform random genomes (the ODE's
+    initial population is drawn this way), how many decode to a feasible cell, how many of those
+    fall under each cap, and how many of those are stem-only (no operation node)."""
+    from searchers.cell_space import decode
+    from trainables.ode_trial import CandidateCost
+
+    cost, rng, flops, ops = CandidateCost(info, 128, 1), np.random.default_rng(seed), [], []
+    for _ in range(n):
+        d = decode(rng.random(29))
+        if d.feasible:
+            flops.append(cost.flops({"architecture": d.architecture.to_config()}) / 1e9)
+            ops.append(len(d.architecture.nodes))
+    flops, ops = np.array(flops), np.array(ops)
+    print(f"{n} random genomes: {len(flops)} feasible (edge limit); GFLOPs percentiles 10/50/90: "
+          + " / ".join(f"{v:.3f}" for v in np.percentile(flops, [10, 50, 90])))
+    print(f"stem-only cells: {int((ops == 0).sum())}, at most {flops[ops == 0].max():.3f} GFLOPs; "
+          f"cells with an operation: at least {flops[ops > 0].min():.3f} GFLOPs")
+    for lo, hi in ((0, 0.1), (0, 0.3), (0, 1.0), (min_gflops, max_gflops)):
+        m = (flops >= lo) & (flops <= hi)
+        print(f"window [{lo:g}, {hi:g}] GFLOPs: {int(m.sum())} of {n} draws ({m.sum() / n:.1%}), "
+              f"{int((m & (ops == 0)).sum())} of them stem-only")
 
 
 def print_curves(out: Path) -> None:
