@@ -113,6 +113,10 @@ class SearchConfig:
     def check(self):
         """The search's own checks (subclasses)."""
 
+    def medmnist_flags(self) -> list[str]:
+        """The MedMNIST flags this search reads (a spec checks that their files exist)."""
+        return [self.dataset]
+
     @property
     def out_dir(self) -> Path:
         return Path(self.out).expanduser().resolve()
@@ -453,6 +457,9 @@ class DartsSearchConfig(SearchConfig):
     baselines: str = opt("attention,nested", "skip baselines on the same frozen U-Nets, comma separated "
                                              "(attention, nested; '' for none)")
 
+    def medmnist_flags(self) -> list[str]:
+        return []  # --data names a Decathlon folder, its npz or "synthetic"; checked by validate
+
     def validate(self):
         if self.size < 32 or self.size % 32:
             raise ConfigError(f"must be a multiple of 32 (>= 32), got {self.size}", "size")
@@ -554,6 +561,9 @@ class MedNNSSearchConfig(SearchConfig):
 
     def dataset_list(self) -> list[str]:
         return [f.strip().lower() for f in str(self.datasets or "").split(",") if f.strip()]
+
+    def medmnist_flags(self) -> list[str]:
+        return self.dataset_list()
 
     def loss_list(self) -> list[str]:
         return [x.strip().lower() for x in self.losses.split(",") if x.strip()]

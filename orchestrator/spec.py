@@ -176,6 +176,11 @@ def _entries(item, i: int, base_dir: Path) -> list[SearchEntry]:
         if key in fields:
             fields[key] = _path_value(fields[key], f"{where}.{key}", base_dir)
     datasets = item.get("datasets")
+    if datasets is not None and _has_field(kind, "datasets"):
+        # a search over several datasets at once (mednns): the list is its own field, not a fan-out
+        if isinstance(datasets, list) and all(isinstance(d, str) for d in datasets):
+            datasets = ",".join(datasets)
+        return [_entry(name, kind, after, {**fields, "datasets": datasets}, i, where)]
     if datasets is None:
         return [_entry(name, kind, after, fields, i, where)]
     if "dataset" in fields:
@@ -193,6 +198,12 @@ def _entries(item, i: int, base_dir: Path) -> list[SearchEntry]:
     return out
 
 
+def _has_field(kind: str, name: str) -> bool:
+    import dataclasses
+
+    return any(f.name == name for f in dataclasses.fields(registry.get(kind).config_cls))
+
+
 def _entry(name: str, kind: str, after: list[str], fields: dict, i: int, where: str,
            dataset_field: str = "dataset") -> SearchEntry:
     cls = registry.get(kind).config_cls
@@ -202,16 +213,18 @@ def _entry(name: str, kind: str, after: list[str], fields: dict, i: int, where: 
         cfg.validate()
     except ConfigError as exc:
         raise ConfigError(exc.render(prefix=prefix)) from None
-    check_dataset_file(cfg, prefix, dataset_field)
+    for flag in cfg.medmnist_flags():
+        check_dataset_file(cfg, prefix, dataset_field, flag)
     return SearchEntry(name=name, type=kind, after=tuple(after), config=cfg, index=i)
 
 
-def check_dataset_file(cfg, prefix: str = "", dataset_field: str = "dataset") -> Path:
-    """The dataset flag is known at this size and its file exists (not loaded, not downloaded)."""
+def check_dataset_file(cfg, prefix: str = "", dataset_field: str = "dataset", flag: str | None = None) -> Path:
+    """The dataset flag (default: ``cfg.dataset``) is known at this size and its file exists (not
+    loaded, not downloaded)."""
     from orchestrator.data import default_root, file_name, validate_flag_size
 
     try:
-        flag, size = validate_flag_size(cfg.dataset, cfg.size)
+        flag, size = validate_flag_size(cfg.dataset if flag is None else flag, cfg.size)
     except MedtuneError as exc:
         raise ConfigError(str(exc), prefix + dataset_field) from None
     root = Path(cfg.data_root if cfg.data_root is not None else default_root()).expanduser()

@@ -160,3 +160,23 @@ def test_the_demo_spec_is_valid():
     spec = load_spec(Path(__file__).resolve().parents[2] / "examples" / "demo.yaml")
     assert {e.type for e in spec.searches} == {"ode", "compress"}
     assert all(e.config.data_root == str(SAMPLE_ROOT.resolve()) for e in spec.searches)
+
+
+def test_a_search_with_its_own_datasets_field_takes_the_list_whole(tmp_path):
+    """mednns holds several datasets out in turn: `datasets:` is its field, not a fan-out, and every
+    flag's file is checked."""
+    from orchestrator.data import make_synthetic
+
+    make_synthetic("breastmnist", tmp_path, n_samples=(8, 4, 4))
+    item = {"name": "meta", "type": "mednns", "data_root": str(tmp_path), "datasets": ["breastmnist", "retinamnist"]}
+    with pytest.raises(ConfigError, match=r"searches\[0\]\.data_root.*retinamnist"):
+        parse_spec({"searches": [item]}, ".")
+    make_synthetic("retinamnist", tmp_path, n_samples=(8, 4, 4))
+    spec = parse_spec({"searches": [item]}, ".")
+    assert [e.name for e in spec.searches] == ["meta"]
+    assert spec.searches[0].config.dataset_list() == ["breastmnist", "retinamnist"]
+
+
+def test_a_segmentation_search_needs_no_medmnist_file():
+    spec = parse_spec({"searches": [{"name": "iac", "type": "darts", "data": "synthetic", "size": 32}]}, ".")
+    assert spec.searches[0].config.data == "synthetic"
