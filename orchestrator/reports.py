@@ -18,6 +18,14 @@ def _plt():
     return plt
 
 
+def save_figure(fig, path, dpi: int = 120):
+    """Lay out, write and close a figure; returns ``path``."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    _plt().close(fig)
+    return path
+
+
 def _title(ax, text: str, synthetic: bool):
     ax.set_title(f"{text}\n{SYNTHETIC_BANNER}" if synthetic else text, fontsize=10,
                  color="crimson" if synthetic else "black")
@@ -45,10 +53,7 @@ def plot_best_per_generation(points: list[tuple[int, float]], path: Path, metric
     ax.set_xlabel("generation (0 = opposition-based initialisation)")
     ax.set_ylabel(f"best {metric} so far")
     _title(ax, "ODE: best fitness per generation", synthetic)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def plot_metric_vs_params(search: list[dict], final: list[dict], path: Path, synthetic: bool,
@@ -73,10 +78,7 @@ def plot_metric_vs_params(search: list[dict], final: list[dict], path: Path, syn
     ax.set_ylabel(metric.replace("_", " "))
     ax.legend(fontsize=8)
     _title(ax, f"{metric} vs parameters", synthetic)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def _ok(v) -> bool:
@@ -108,10 +110,7 @@ def plot_compression_front(rows: list[dict], base: dict, path: Path, synthetic: 
     ax.set_ylabel("test accuracy (1 - f2)")
     ax.legend(fontsize=7)
     _title(ax, "Compression search: objective space", synthetic)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def plot_time_vs_nonzero(rows: list[dict], base: dict, path: Path, synthetic: bool) -> Path:
@@ -130,10 +129,7 @@ def plot_time_vs_nonzero(rows: list[dict], base: dict, path: Path, synthetic: bo
     ax.set_ylabel("inference time, batch 128, CPU (ms)")
     ax.legend(fontsize=7)
     _title(ax, "Inference time vs sparsity", synthetic)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def plot_confusions(base, best, path: Path, synthetic: bool) -> Path:
@@ -152,7 +148,4 @@ def plot_confusions(base, best, path: Path, synthetic: bool) -> Path:
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         _title(ax, name, synthetic)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)

@@ -388,10 +388,7 @@ def plot_cell(genotype: dict, path, synthetic: bool, title: str = "IAC genotype"
     ax.set_ylim(0.0, 3.0)
     ax.axis("off")
     reports._title(ax, title, synthetic)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return reports.save_figure(fig, path, dpi=110)
 
 
 def plot_alpha_beta(history: list[dict], path, synthetic: bool):
@@ -421,10 +418,7 @@ def plot_alpha_beta(history: list[dict], path, synthetic: bool):
     a2.set_ylabel("softmax(alpha), mean over edges")
     a2.legend(fontsize=7)
     reports._title(a2, "alpha (operations)", synthetic)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return reports.save_figure(fig, path, dpi=110)
 
 
 def plot_dice_per_stage(summary: dict, stage3: list[dict], path, synthetic: bool):
@@ -455,10 +449,7 @@ def plot_dice_per_stage(summary: dict, stage3: list[dict], path, synthetic: bool
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7)
     reports._title(ax, "Dice per stage (val_dt unless noted)", synthetic)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return reports.save_figure(fig, path, dpi=110)
 
 
 def _best_model(ctx: RunContext, best: dict):
@@ -512,7 +503,4 @@ def plot_slices(ctx: RunContext, best: dict, path, synthetic: bool, n: int = 4):
         ax.axis("off")
         reports._title(ax, f"val slice {int(order[j])}", synthetic)
     fig.suptitle("ground truth (white), Stage I U-Net (red), best IAC (green)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return reports.save_figure(fig, path, dpi=110)

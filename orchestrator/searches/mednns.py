@@ -262,7 +262,7 @@ def _record(row: dict, info, supernet_ref: str) -> ModelRecord:
 
 def plot_fid(encodings, path: Path, synthetic: bool) -> Path:
     """FID between every pair of datasets (paper Fig. 1), with the extractor named."""
-    from orchestrator.reports import _plt, _title
+    from orchestrator.reports import _plt, _title, save_figure
 
     plt = _plt()
     names = list(encodings.fid.index)
@@ -275,15 +275,12 @@ def plot_fid(encodings, path: Path, synthetic: bool) -> Path:
             ax.text(j, i, f"{encodings.fid.iat[i, j]:.1f}", ha="center", va="center", color="w", fontsize=8)
     fig.colorbar(im, ax=ax, label="FID")
     _title(ax, f"FID between datasets ({encodings.extractor})", synthetic)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def plot_curves(loo: list, path: Path, synthetic: bool) -> Path:
     """Test accuracy per fine-tuning epoch: T1/T5/T10 against scratch and the fixed ResNet."""
-    from orchestrator.reports import _plt, _title
+    from orchestrator.reports import _plt, _title, save_figure
 
     plt = _plt()
     fig, axes = plt.subplots(1, len(loo), figsize=(4 * len(loo), 3.2), squeeze=False)
@@ -295,10 +292,7 @@ def plot_curves(loo: list, path: Path, synthetic: bool) -> Path:
         ax.set_ylabel("test accuracy")
         ax.legend(fontsize=7)
         _title(ax, f"held out: {e['target']}", synthetic)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def plot_tsne(space, encodings, zoo_rows, target: str, path: Path, synthetic: bool, seed: int,
@@ -308,7 +302,7 @@ def plot_tsne(space, encodings, zoo_rows, target: str, path: Path, synthetic: bo
     import numpy as np
     from sklearn.manifold import TSNE
 
-    from orchestrator.reports import _plt, _title
+    from orchestrator.reports import _plt, _title, save_figure
 
     plt = _plt()
     rng = np.random.default_rng(seed)
@@ -330,7 +324,4 @@ def plot_tsne(space, encodings, zoo_rows, target: str, path: Path, synthetic: bo
         ax.scatter(*p, marker="*" if n == target else "s", s=160 if n == target else 60, c="red", edgecolors="k")
         ax.annotate(n + (" (held out)" if n == target else ""), p, fontsize=8)
     _title(ax, f"meta-space without {target}: models and datasets (t-SNE)", synthetic)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)

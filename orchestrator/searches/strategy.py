@@ -516,10 +516,7 @@ def plot_learning_curves(rows, curves, best, metrics, metric: str, path: Path, s
     ax.set_ylabel(key)
     ax.legend(fontsize=7)
     reports._title(ax, "learning curves: best strategies vs the default recipe", synthetic)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return reports.save_figure(fig, path, dpi=120)
 
 
 def plot_importances(values: dict, path: Path, synthetic: bool) -> Path:
@@ -530,10 +527,7 @@ def plot_importances(values: dict, path: Path, synthetic: bool) -> Path:
         ax.barh(names, [imp[n] for n in names], color="steelblue")
         ax.set_xlabel(f"importance for {objective}")
         reports._title(ax, "Optuna parameter importances (fANOVA)", synthetic)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return reports.save_figure(fig, path, dpi=120)
 
 
 def plot_pareto(rows, study, metrics, path: Path, synthetic: bool) -> Path:
@@ -552,7 +546,4 @@ def plot_pareto(rows, study, metrics, path: Path, synthetic: bool) -> Path:
     ax.set_ylabel(metrics[1])
     ax.legend(fontsize=7)
     reports._title(ax, "two objectives: early vs final accuracy", synthetic)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return reports.save_figure(fig, path, dpi=120)
