@@ -291,8 +291,8 @@ class StrategySearch(Search):
                     row.update({f"value_{k}": v for k, v in zip(metrics, ot.values)})
             rows.append(row)
             if df is not None and len(df):
-                keep = [c for c in ("epoch", "train_loss", "val_loss", "val_acc", "val_auc", "best_val_acc",
-                                    "best_val_auc", *metrics) if c in df]
+                keep = [c for c in dict.fromkeys(("epoch", "train_loss", "val_loss", "val_acc", "val_auc",
+                                                  "best_val_acc", "best_val_auc", *metrics)) if c in df]
                 for rec in df[keep].to_dict("records"):
                     curves.append({"trial_id": tid, "optuna_number": number, **rec})
         rows.sort(key=lambda r: (r["optuna_number"] is None, r["optuna_number"] or 0))
