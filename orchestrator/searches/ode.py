@@ -98,21 +98,29 @@ class ODESearch(Search):
                 rec["reason"] = errors[rec["trial_id"]]
         ctx.state["searcher"] = searcher
 
-    def retrain(self, ctx: RunContext) -> None:
+    def _full_data_trial(self, ctx: RunContext):
+        """The trainable and resources of a full-data training (the retrained picks and the
+        baseline): the retrain's recipe, seed and epochs, weights kept."""
         from ray import tune
 
         from trainables.ode_trial import train_candidate
+
+        cfg = ctx.cfg
+        trainable = tune.with_parameters(train_candidate, data=ctx.data, keep_weights=True,
+                                         fit_config=cfg.fit.fit_config(cfg.seed, cfg.retrain_epochs))
+        return trainable, ctx.trial_resources(self._memory(ctx, self._cost(ctx, ctx.data)))
+
+    def retrain(self, ctx: RunContext) -> None:
+        from ray import tune
 
         cfg = ctx.cfg
         top = top_architectures(ctx.state["searcher"].history, cfg.top_k)
         ctx.state["top"], ctx.state["retrained"] = top, {}
         if not top:
             return
-        cost = self._cost(ctx, ctx.data)
-        trainable = tune.with_parameters(train_candidate, data=ctx.data, keep_weights=True,
-                                         fit_config=cfg.fit.fit_config(cfg.seed, cfg.retrain_epochs))
+        trainable, resources = self._full_data_trial(ctx)
         grid = ctx.run_tuner(
-            RETRAIN_NAME, trainable, resources=ctx.trial_resources(self._memory(ctx, cost)),
+            RETRAIN_NAME, trainable, resources=resources,
             param_space={"architecture": tune.grid_search([r["config"]["architecture"] for r in top]), "rank": 0},
             tune_config=tune.TuneConfig(max_concurrent_trials=cfg.resources.max_concurrent or None, reuse_actors=True),
             metric=f"best_{cfg.fit.metric}")
@@ -131,17 +139,13 @@ class ODESearch(Search):
         seed and epochs. Its own experiment, so a resumed run restores it like the others."""
         from ray import tune
 
-        from trainables.ode_trial import train_candidate
-
         cfg = ctx.cfg
         ctx.state["baseline"] = None
         if cfg.baseline == "none":
             return
-        cost = self._cost(ctx, ctx.data)
-        trainable = tune.with_parameters(train_candidate, data=ctx.data, keep_weights=True,
-                                         fit_config=cfg.fit.fit_config(cfg.seed, cfg.retrain_epochs))
+        trainable, resources = self._full_data_trial(ctx)
         grid = ctx.run_tuner(
-            BASELINE_NAME, trainable, resources=ctx.trial_resources(self._memory(ctx, cost)),
+            BASELINE_NAME, trainable, resources=resources,
             param_space={"baseline": cfg.baseline}, metric=f"best_{cfg.fit.metric}",
             tune_config=tune.TuneConfig(num_samples=1))
         errors = trial_errors(grid)
