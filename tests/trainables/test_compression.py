@@ -291,14 +291,9 @@ def test_load_base_missing_path_is_a_clear_error(tmp_path):
 def test_train_base_and_compress_trial_under_tuner(ray_local, blood, tmp_path):
     from ray import tune
 
-    class Collect(tune.Callback):  # the driver-side view of every tune.report
-        def __init__(self):
-            self.rows = []
+    from tests.tune_results import CollectResults
 
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            self.rows.append(result)
-
-    collect = Collect()
+    collect = CollectResults()
     train = tune.Tuner(
         tune.with_resources(tune.with_parameters(ct.train_base, data=blood), {"cpu": 2}),
         param_space={"model": "resnet18", "epochs": 2, "batch_size": 32, "stem": "imagenet", "seed": 0},

@@ -155,14 +155,9 @@ def test_tiny_stage1_and_baselines_under_tune(ray_local, seg, tmp_path):
 
     from trainables.unet_trial import SKIPS_FILE, load_unet, train_skips, train_unet
 
-    class Collect(tune.Callback):  # the driver-side view of every tune.report
-        def __init__(self):
-            self.rows = []
+    from tests.tune_results import CollectResults
 
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            self.rows.append(result)
-
-    collect = Collect()
+    collect = CollectResults()
     stage1 = tune.Tuner(
         tune.with_resources(tune.with_parameters(train_unet, data=seg), {"cpu": 1}),
         param_space={"backbone": "unet", "epochs": 2, "batch_size": 8, "unet_kwargs": TINY["unet"]},
