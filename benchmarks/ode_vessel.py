@@ -39,7 +39,8 @@ def search_config(args, seed: int, out: Path):
         pop_size=args.pop_size, fraction=args.fraction, val_fraction=args.val_fraction,
         max_gflops=args.max_gflops, min_gflops=args.min_gflops, top_k=3, retrain_epochs=args.max_epochs, seed=seed, baseline="tiny_cnn",
         resume=(run_dir / "run.json").exists(), resources=Resources(cpus_per_trial=1, max_concurrent=1),
-        fit=FitOptions(max_epochs=args.search_epochs or args.max_epochs, metric=args.metric))
+        fit=FitOptions(max_epochs=args.search_epochs or args.max_epochs, metric=args.metric,
+                       head_bias=args.head_bias))
 
 
 def train_reference(name: str, data, cfg, seed: int) -> dict:
@@ -77,6 +78,8 @@ def main():
     p.add_argument("--max-gflops", type=float, default=0.13)
     p.add_argument("--min-gflops", type=float, default=0.06, help="FLOPs floor: keeps stem-only cells out")
     p.add_argument("--metric", default="val_auc", choices=["val_acc", "val_auc"])
+    p.add_argument("--head-bias", choices=["default", "prior"], default="default",
+                   help="output bias at the start (FitOptions.head_bias), for every model of the run")
     p.add_argument("--resnet-seeds", type=int, default=1, help="seeds (the first N) to train ResNet-18 3D for")
     p.add_argument("--only", choices=["ode", "resnet18"], default=None,
                    help="run only the searches (with their tiny CNN) or only ResNet-18, e.g. as two processes; "

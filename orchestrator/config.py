@@ -64,6 +64,9 @@ class FitOptions:
     weight_decay: float = opt(0.0, "Adam L2 penalty")
     metric: str = opt("val_acc", "validation metric that ranks candidates and selects epochs",
                       choices=("val_acc", "val_auc"))
+    head_bias: str = opt("default", "output-layer bias at the start: PyTorch's default, or 'prior' (the train "
+                         "split's class log-odds, so an imbalanced split does not rank classes backwards "
+                         "in the first epochs)", choices=("default", "prior"))
 
     def check(self, prefix: str = "fit."):
         for name in ("max_epochs", "batch_size"):
@@ -77,13 +80,15 @@ class FitOptions:
             raise ConfigError(f"must be >= 0, got {self.weight_decay}", prefix + "weight_decay")
         if self.metric not in ("val_acc", "val_auc"):
             raise ConfigError(f"must be val_acc or val_auc, got {self.metric}", prefix + "metric")
+        if self.head_bias not in ("default", "prior"):
+            raise ConfigError(f"must be default or prior, got {self.head_bias!r}", prefix + "head_bias")
 
     def fit_config(self, seed: int, epochs: int | None = None) -> dict:
         """The keyword arguments of ``trainables.fit.FitConfig``."""
         max_epochs = epochs or self.max_epochs
         return {"max_epochs": max_epochs, "lr": self.lr, "weight_decay": self.weight_decay,
                 "batch_size": self.batch_size, "patience": self.patience or max_epochs,
-                "select_metric": self.metric, "seed": seed}
+                "select_metric": self.metric, "seed": seed, "head_bias": self.head_bias}
 
 
 @dataclass

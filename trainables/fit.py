@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from medcore.errors import ConfigError
+from trainables.initializers import HEAD_BIAS, prior_bias
 from trainables.tasks import make_task
 
 
@@ -54,6 +55,7 @@ class FitConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # mixed precision, on CUDA only
+    head_bias: str = "default"  # "prior": output bias = the train split's class prior (initializers.prior_bias)
 
 
 @dataclass
@@ -320,6 +322,10 @@ def fit(model: nn.Module, data, cfg: FitConfig, report: Callable[[dict], None] |
     use_cuda = device.type == "cuda"
     if init_fn is not None and resume_state is None:
         init_fn(model)
+    if cfg.head_bias == "prior" and resume_state is None:
+        prior_bias(model, data.labels["train"], task.name)
+    elif cfg.head_bias not in HEAD_BIAS:
+        raise ConfigError(f"must be one of {', '.join(HEAD_BIAS)}, got {cfg.head_bias!r}", "head_bias")
     model = model.to(device)
     if use_cuda:
         model = model.to(memory_format=torch.channels_last_3d if data.info.spatial_dims == 3 else torch.channels_last)
