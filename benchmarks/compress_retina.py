@@ -273,8 +273,8 @@ def cmd_report(args) -> int:
             u = mannwhitneyu(hv["surrogate"], hv[m], alternative="greater")
             summary["tests"][f"surrogate > {m}"] = {"U": float(u.statistic), "p": float(u.pvalue)}
     fig, ax = plt.subplots(figsize=(5, 4))
-    names = {"surrogate": "Surrogate", "ctaea_20x5": "CTAEA1 (20x5)", "ctaea_10x10": "CTAEA2 (10x10)"}
-    ax.boxplot([hv[m] for m in methods], tick_labels=[names.get(m, m) for m in methods])
+    names = {m: "Surrogate" if m == "surrogate" else f"CTAEA ({m.split('_')[1]})" for m in methods}
+    ax.boxplot([hv[m] for m in methods], tick_labels=[names[m] for m in methods])
     for i, m in enumerate(methods, 1):
         ax.scatter(np.full(len(hv[m]), i) + np.linspace(-0.08, 0.08, len(hv[m])), hv[m], s=12, alpha=0.7)
     ax.axhline(attainable, ls="--", c="grey", lw=1, label=f"attainable {attainable:.4f}")

@@ -43,19 +43,21 @@ def search_config(args, seed: int, out: Path):
                        head_bias=args.head_bias))
 
 
-def train_reference(name: str, data, cfg, seed: int) -> dict:
-    """``name`` trained exactly as the search's ``--baseline`` stage trains it (full train split,
-    the retrain's fit config and seed, the val-selected epoch tested)."""
+def train_reference(name, data, cfg, seed: int) -> dict:
+    """``name`` (a baseline name, or a cell architecture as a dict) trained exactly as the search's
+    ``--baseline`` stage trains it (full train split, the retrain's fit config and seed, the
+    val-selected epoch tested)."""
     import torch
 
     from trainables.complexity import count_flops, count_params
     from trainables.fit import FitConfig, fit
-    from trainables.ode_trial import build_baseline
+    from trainables.ode_trial import build_baseline, build_network
 
     torch.set_num_threads(1)
     torch.manual_seed(seed)
     info = data.info
-    net = build_baseline(name, info.n_channels, info.n_outputs, info.spatial_dims)
+    build = build_network if isinstance(name, dict) else build_baseline
+    net = build(name, info.n_channels, info.n_outputs, info.spatial_dims)
     t = time.perf_counter()
     res = fit(net, data, FitConfig(**cfg.fit.fit_config(seed, cfg.retrain_epochs)), evaluate_test=True)
     return {"test_auc": res.test["test_auc"], "test_acc": res.test["test_acc"], "val_auc": res.best["val_auc"],
@@ -86,6 +88,10 @@ def main():
                         "each writes its own results file in --out")
     p.add_argument("--data-root", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "medmnist"))
     p.add_argument("--out", default="results/bench_ode_vessel")
+    p.add_argument("--cross", default=None, help="cross-dataset ablation: retrain each seed's best cell on this "
+                   "MedMNIST 3D flag beside --cross-own's best (paper Table 5), and stop")
+    p.add_argument("--cross-root", default="orchestrator/sample_data", help="data folder of --cross")
+    p.add_argument("--cross-own", default=None, help="summary.json of an ODE search run on --cross")
     p.add_argument("--table-only", action="store_true", help="print the table of <out>/results.json and stop")
     p.add_argument("--census", type=int, default=0,
                    help="decode N random genomes, print what the FLOPs window lets through, and stop (no training)")
@@ -101,6 +107,11 @@ def main():
     majority = float(np.bincount(labels).max() / len(labels))
     if args.census:
         census(data.info, args.census, args.min_gflops, args.max_gflops)
+        return
+    if args.cross:
+        if not args.cross_own:
+            p.error("--cross needs --cross-own SUMMARY_JSON (an ODE search on that dataset)")
+        cross_dataset(args, out)
         return
     if args.table_only:
         print_table(rows + others, majority)
@@ -138,6 +149,34 @@ def main():
             save({"model": "resnet18_3d", "seed": seed, **train_reference("resnet18", data, cfg, seed)})
     print_table(rows + others, majority)
     print_curves(out)
+
+
+def cross_dataset(args, out: Path) -> None:
+    """Paper Table 5's shape: each seed's best Vessel3D cell, retrained from scratch on
+    ``--cross`` (e.g. adrenalmnist3d), beside the best cell of a search run on that dataset
+    (``--cross-own``: its summary.json), both trained here with the same recipe and seed
+    (full train split, ``--max-epochs``, ``--head-bias``, val-selected epoch tested)."""
+    from orchestrator.data import load_medmnist
+
+    target = load_medmnist(args.cross, 28, args.cross_root)
+    cfg = search_config(args, 0, out)
+    log = out / f"results_cross_{args.cross}.json"
+    rows = json.loads(log.read_text())["rows"] if log.exists() else []
+    cells = [(f"{args.cross} search's own best", json.loads(Path(args.cross_own).read_text())["best"])]
+    cells += [(f"Vessel3D seed {s['config']['seed']} best", s["best"])
+              for s in (json.loads(f.read_text()) for f in sorted(out.glob("ode_seed*/summary.json")))]
+    for source, best in cells:
+        if any(r["source"] == source for r in rows):
+            continue
+        row = {"source": source, "architecture": best["description"], "searched_on_test_auc": best["test_auc"],
+               **train_reference(best["architecture"], target, cfg, args.seeds[0])}
+        rows.append(row)
+        log.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2, default=float))
+        print(json.dumps(row, default=float), flush=True)
+    print(f"\ntrained on {args.cross}, {args.max_epochs} epochs, seed {args.seeds[0]}, head bias {args.head_bias}")
+    print(f"{'cell':<34} {'test AUC':>8} {'test ACC':>8} {'params':>7}  architecture")
+    for r in rows:
+        print(f"{r['source']:<34} {r['test_auc']:>8.3f} {r['test_acc']:>8.3f} {r['params']:>7}  {r['architecture']}")
 
 
 def census(info, n: int, min_gflops: float, max_gflops: float, seed: int = 0) -> None:

@@ -9,6 +9,7 @@ feature maps. ``searchers.cell_space`` decodes genomes into :class:`CellArchitec
 """
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import asdict, dataclass
 
@@ -42,8 +43,21 @@ class CellArchitecture:
 
     @property
     def key(self) -> str:
-        """Identity used to train each distinct architecture only once."""
-        return json.dumps(self.to_config(), sort_keys=True)
+        """Identity used to train each distinct architecture only once: the same for isomorphic
+        cells (NAS-Bench-101 de-duplicates its space by graph isomorphism the same way), e.g. one
+        operation on node 2 or on node 3 of an otherwise empty cell builds the same network.
+
+        The canonical form is the smallest (operations, edges) over every relabelling of the kept
+        intermediate nodes (at most 5! = 120), input and output fixed."""
+        inner = [i for i, _ in self.nodes]
+        ops = dict(self.nodes)
+        best = None
+        for perm in itertools.permutations(range(1, len(inner) + 1)):
+            new = {INPUT: INPUT, OUTPUT: OUTPUT, **dict(zip(inner, perm))}
+            form = (sorted((new[i], ops[i]) for i in inner), sorted((new[i], new[j]) for i, j in self.edges))
+            best = form if best is None or form < best else best
+        return json.dumps({"nodes": best[0], "edges": best[1], "n_stacks": self.n_stacks,
+                           "n_modules": self.n_modules, "n_f_init": self.n_f_init}, sort_keys=True)
 
     def to_config(self) -> dict:
         d = asdict(self)

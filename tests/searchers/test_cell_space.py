@@ -83,6 +83,25 @@ def test_identical_architectures_share_a_key_and_round_trip():
     assert CellArchitecture.from_config(a.architecture.to_config()) == a.architecture
 
 
+def test_isomorphic_cells_share_a_key_and_different_cells_do_not():
+    def arch(nodes, edges):
+        return CellArchitecture(nodes=tuple(nodes), edges=tuple(edges), n_stacks=2, n_modules=1, n_f_init=8)
+
+    on2 = arch([(2, "conv3_in_mish")], [(0, 2), (0, 6), (2, 6)])
+    on3 = arch([(3, "conv3_in_mish")], [(0, 3), (0, 6), (3, 6)])
+    assert on2.key == on3.key and on2 != on3
+    # two parallel branches, their node labels swapped
+    a = arch([(1, "relu_conv3"), (2, "mish_conv5")], [(0, 1), (0, 2), (0, 6), (1, 6), (2, 6)])
+    b = arch([(1, "mish_conv5"), (2, "relu_conv3")], [(0, 1), (0, 2), (0, 6), (1, 6), (2, 6)])
+    assert a.key == b.key
+    # a chain is not the parallel form, the order of a chain matters, and so do ops and macro variables
+    chain = arch([(1, "relu_conv3"), (2, "mish_conv5")], [(0, 1), (1, 2), (0, 6), (2, 6)])
+    flipped = arch([(1, "mish_conv5"), (2, "relu_conv3")], [(0, 1), (1, 2), (0, 6), (2, 6)])
+    assert len({a.key, chain.key, flipped.key}) == 3
+    assert on2.key != arch([(2, "conv5_in_mish")], [(0, 2), (0, 6), (2, 6)]).key
+    assert on2.key != CellArchitecture(on2.nodes, on2.edges, 1, 1, 8).key
+
+
 def test_bad_genomes_are_refused():
     with pytest.raises(ValueError, match="29 genes"):
         cs.decode(np.zeros(28))
