@@ -27,9 +27,9 @@ def machine() -> dict:
 def sample_architectures(n: int, seed: int, max_gflops: float, info) -> list[dict]:
     """n distinct feasible cell architectures under a FLOPs cap, drawn from seeded genomes."""
     from searchers.cell_space import decode
-    from trainables.ode_trial import CandidateFlops
+    from trainables.ode_trial import CandidateCost
 
-    flops, rng, out, keys = CandidateFlops(info), np.random.default_rng(seed), [], set()
+    flops, rng, out, keys = CandidateCost(info, 128, 1).flops, np.random.default_rng(seed), [], set()
     while len(out) < n:
         d = decode(rng.random(29))
         if d.feasible and d.key not in keys:
