@@ -135,6 +135,10 @@ def main():
             s = run_search("ode", cfg, data)
             wall = time.perf_counter() - t
             b, ref = s["best"], s["baseline"]
+            if b is None:  # no candidate retrained: nothing to tabulate for this seed
+                print(f"seed {seed}: no retrained pick ({s['n_ok']} of {s['n_evaluated']} candidates ok, failures "
+                      f"{s['failure_reasons']}); see {cfg.out}/summary.json", flush=True)
+                continue
             top = [r for r in s["top"] if r["status"] == "ok"]
             save({"model": "ode", "seed": seed, "test_auc": b["test_auc"], "test_acc": b["test_acc"],
                   "params": b["params"], "flops": b["flops"], "wall_s": wall, "architecture": b["description"],
