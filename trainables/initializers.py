@@ -135,8 +135,9 @@ def prior_bias(model: nn.Module, labels, task: str) -> nn.Linear:
     ranks the classes backwards (test AUC < 0.5) until many more steps undo it.
     """
     from trainables.metrics import BINARY, MULTI_LABEL
+    from trainables.tasks import SEGMENTATION
 
-    if task == "segmentation":
+    if task == SEGMENTATION:
         raise ConfigError("--head-bias prior is for classification tasks, not segmentation", "head_bias")
     heads = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not heads or heads[-1].bias is None:
