@@ -132,6 +132,7 @@ def test_resume_loses_and_repeats_nothing(ray_local, tmp_path):
     searcher = make_searcher(cfg, parse_space(cfg.space))
     with pytest.raises(Exception, match="driver killed"):
         _tuner(tmp_path, cfg, searcher, FIFOScheduler(), epochs=2, callbacks=[CrashAfterThree()], sleep=0.5).fit()
+    started_before_crash = {json.loads(line)["trial"] for line in (tmp_path / "log.jsonl").read_text().splitlines()}
     saved = make_searcher(cfg, parse_space(cfg.space))
     saved.restore_from_dir(str(tmp_path / "tune" / "exp"))
     before = {t.number: (t.params, t.state.name, t.values) for t in saved._ot_study.trials}
@@ -152,10 +153,13 @@ def test_resume_loses_and_repeats_nothing(ray_local, tmp_path):
     starts = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     fresh = [s["trial"] for s in starts if s["first"] == 1]
     assert {r.metrics["trial_id"] for r in grid} <= set(fresh)
-    # trials finished before the crash never trained again; only the one in flight at the crash
-    # (started after Tune's last saved state, which the study follows) may be trained again
-    assert all(fresh.count(tid) == 1 for tid, n in number_of.items() if n in finished_before)
-    assert len(fresh) - BUDGET <= 1
+    # trials finished in the saved state never trained again; only trials started before the crash
+    # but not finished in Tune's last saved state (which the study follows) may train once more
+    saved_done = {tid for tid, n in number_of.items() if n in finished_before}
+    assert all(fresh.count(tid) == 1 for tid in saved_done)
+    unsaved = started_before_crash - saved_done
+    assert all(fresh.count(tid) <= 2 and (fresh.count(tid) == 1 or tid in unsaved) for tid in set(fresh))
+    assert len(fresh) - BUDGET <= len(unsaved) < BUDGET
 
 
 def test_tiny_strategy_search_end_to_end(ray_local, tmp_path):
