@@ -168,7 +168,7 @@ def cross_dataset(args, out: Path) -> None:
     rows = json.loads(log.read_text())["rows"] if log.exists() else []
     cells = [(f"{args.cross} search's own best", json.loads(Path(args.cross_own).read_text())["best"])]
     cells += [(f"Vessel3D seed {s['config']['seed']} best", s["best"])
-              for s in (json.loads(f.read_text()) for f in sorted(out.glob("ode_seed*/summary.json")))]
+              for s in (json.loads(f.read_text()) for f in sorted(out.glob("ode_seed*/summary.json"))) if s["best"]]
     for source, best in cells:
         if any(r["source"] == source for r in rows):
             continue

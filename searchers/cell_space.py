@@ -25,6 +25,10 @@ from medcore.cell_genotype import (INPUT, MAX_EDGES, N_F_INIT, N_MODULES, N_NODE
 N_GENES = 29
 EDGE_GENES = N_NODES * (N_NODES - 1) // 2  # 21
 
+# Violation of a cell over the edge limit: this base plus its excess share. Such a cell cannot be
+# costed, so it ranks behind any cell that can (a FLOPs violation is ln of a ratio: 10 = e^10).
+EDGE_VIOLATION_BASE = 10.0
+
 # (i, j) for gene g, row-major over the upper triangle.
 EDGE_INDEX = tuple((i, j) for i in range(N_NODES) for j in range(i + 1, N_NODES))
 
@@ -37,11 +41,13 @@ def interval_choice(value: float, choices: tuple):
 
 @dataclass(frozen=True)
 class Decoded:
-    """Result of decoding one genome: an architecture, or the reason it is infeasible."""
+    """Result of decoding one genome: an architecture, or the reason it is infeasible and by
+    how much it misses (``violation``, for the DE's feasibility rules; 0 when feasible)."""
 
     architecture: CellArchitecture | None
     feasible: bool
     reason: str = ""
+    violation: float = 0.0
 
     @property
     def key(self) -> str | None:
@@ -95,7 +101,8 @@ def decode(genome) -> Decoded:
         n_f_init=interval_choice(g[28], N_F_INIT),
     )
     if n_edges > MAX_EDGES:
-        return Decoded(None, False, f"{n_edges} edges after pruning exceed the limit of {MAX_EDGES}")
+        return Decoded(None, False, f"{n_edges} edges after pruning exceed the limit of {MAX_EDGES}",
+                       EDGE_VIOLATION_BASE + (n_edges - MAX_EDGES) / MAX_EDGES)
     return Decoded(arch, True)
 
 

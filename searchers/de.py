@@ -2,10 +2,29 @@
 
 Plain numpy functions on populations in the unit hypercube, maximising fitness; the ODE
 Searcher calls them, and tests check them on analytic functions in milliseconds.
+
+Selection follows Deb's feasibility rules (Deb 2000, "An efficient constraint handling method
+for genetic algorithms"): a feasible candidate beats an infeasible one, two feasible ones
+compare by fitness, two infeasible ones by how far they miss (``violation``, 0 when
+feasible). The paper only says infeasible cells are not trained; with every infeasible
+candidate at the same worst fitness, a population far from a narrow feasible region has no
+direction to move in. With all candidates feasible the rules are plain DE selection.
 """
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import numpy as np
+
+
+@dataclass(frozen=True)
+class Infeasible:
+    """Why a candidate cannot be trained, and by how much it misses (> 0, unitless; summed
+    over constraints, e.g. ln(FLOPs / cap)); ``inf`` when the amount is unknown."""
+
+    reason: str
+    violation: float = math.inf
 
 
 def opposite(x: np.ndarray, lower, upper) -> np.ndarray:
@@ -47,13 +66,21 @@ def repair_bounds(x: np.ndarray, rng: np.random.Generator, lower: float = 0.0, u
     return x
 
 
-def best_indices(fitness: np.ndarray, n: int) -> np.ndarray:
-    """Indices of the n fittest (maximisation), ties broken by position: deterministic."""
-    return np.argsort(-np.asarray(fitness, dtype=float), kind="stable")[:n]
+def best_indices(fitness: np.ndarray, n: int, violation: np.ndarray | None = None) -> np.ndarray:
+    """Indices of the n best by Deb's rules (least violation, then highest fitness), ties
+    broken by position: deterministic."""
+    fitness = np.asarray(fitness, dtype=float)
+    violation = np.zeros_like(fitness) if violation is None else np.asarray(violation, dtype=float)
+    return np.lexsort((-fitness, violation))[:n]
 
 
-def select_survivors(parents: np.ndarray, parent_fit: np.ndarray, trials: np.ndarray,
-                     trial_fit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """DE's one-to-one selection: a trial replaces its parent when at least as fit."""
-    take = np.asarray(trial_fit) >= np.asarray(parent_fit)
-    return np.where(take[:, None], trials, parents), np.where(take, trial_fit, parent_fit)
+def select_survivors(parents: np.ndarray, parent_fit: np.ndarray, trials: np.ndarray, trial_fit: np.ndarray,
+                     parent_violation: np.ndarray | None = None, trial_violation: np.ndarray | None = None):
+    """DE's one-to-one selection under Deb's rules: a trial replaces its parent when it
+    violates less, or as little and is at least as fit. Returns (population, fitness, violation)."""
+    parent_fit, trial_fit = np.asarray(parent_fit, dtype=float), np.asarray(trial_fit, dtype=float)
+    pv = np.zeros_like(parent_fit) if parent_violation is None else np.asarray(parent_violation, dtype=float)
+    tv = np.zeros_like(trial_fit) if trial_violation is None else np.asarray(trial_violation, dtype=float)
+    take = (tv < pv) | ((tv == pv) & (trial_fit >= parent_fit))
+    return (np.where(take[:, None], trials, parents), np.where(take, trial_fit, parent_fit),
+            np.where(take, tv, pv))

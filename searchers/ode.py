@@ -9,14 +9,17 @@ Every batch (P u OP, one generation, or one jump) is suggested at once so its tr
 concurrently; the generation barrier is internal (``suggest`` returns None while a batch
 is still running). A genome whose decoded architecture was already evaluated reuses that
 fitness, an infeasible one gets the worst fitness without training; neither spends the
-evaluation budget. Results are applied only when a batch is complete and in batch order,
+evaluation budget. Selection uses Deb's feasibility rules (:mod:`searchers.de`), so infeasible
+candidates are ranked by how far they miss and the population moves towards the feasible region. Results are applied only when a batch is complete and in batch order,
 so a search is deterministic for a seed whatever order trials finish in.
 
 Restarts (not in the paper): because duplicates cost nothing, a population that has
 converged in architecture space proposes only known architectures and would end the search
 with budget unspent (measured: AdrenalMNIST3D seed 1 collapsed onto the stem-only network after
-9 of 24 evaluations). After ``RESTART_AFTER_IDLE`` consecutive batches with nothing new, the
+9 of 24 evaluations). After ``RESTART_AFTER_IDLE`` consecutive batches with nothing new to
+train and no move towards feasible (the population's summed violation did not fall), the
 population is re-initialised by opposition-based initialisation, keeping the best individual.
+The search ends after ``MAX_IDLE_BATCHES`` batches in a row with nothing new to train.
 """
 from __future__ import annotations
 
@@ -42,9 +45,9 @@ class ODESearcher(Searcher):
 
     ``space`` decodes genomes (``dims``, ``decode(genome) -> Decoded``, ``config(decoded)``);
     the default is the 29-gene 3D cell space. Fitness is ``result[metric]`` (maximised).
-    ``feasibility_fn(config)`` returns the reason a decoded candidate cannot be trained (a
-    FLOPs cap, training memory above the largest node), or None; such a candidate is
-    infeasible and costs no budget. The validated config (orchestrator.config) is the place
+    ``feasibility_fn(config)`` returns a :class:`searchers.de.Infeasible` saying why a decoded
+    candidate cannot be trained (a FLOPs cap, training memory above the largest node) and by how
+    much, or None; such a candidate is infeasible and costs no budget. The validated config (orchestrator.config) is the place
     for range checks; this class only refuses what it cannot run.
     """
 
@@ -67,12 +70,14 @@ class ODESearcher(Searcher):
         self.trial_to_record: dict[str, int] = {}
         self.population = None
         self.population_fitness = None
+        self.population_violation = None
         self.phase = "init"
         self.generation = 0
         self.n_trials = 0
-        self.idle_batches = 0
+        self.idle_batches = 0  # batches in a row with nothing new to train
+        self.stalled_batches = 0  # ... and with nothing closer to feasible either
         self.restarts = 0
-        self.elite = None  # (genome, fitness) carried over a restart
+        self.elite = None  # (genome, fitness, violation) carried over a restart
         self.batch: list[int] = []  # history indices of the current batch, in order
         self.queue: list[int] = []  # records of this batch waiting for a trial
         self.finished = False
@@ -124,6 +129,11 @@ class ODESearcher(Searcher):
     def restore(self, checkpoint_path: str):
         with open(checkpoint_path, "rb") as f:
             self.__dict__.update(pickle.load(f))
+        if self.population is not None and getattr(self, "population_violation", None) is None:
+            self.population_violation = np.zeros(len(self.population))  # state saved before the rules
+        if self.elite is not None and len(self.elite) == 2:
+            self.elite = (*self.elite, np.zeros(1))
+        self.__dict__.setdefault("stalled_batches", self.idle_batches)
 
     # ---- the ODE state machine ------------------------------------------------------
     def _start_batch(self, genomes: np.ndarray):
@@ -133,16 +143,17 @@ class ODESearcher(Searcher):
             decoded = self.space.decode(genome)
             rec = {"candidate": len(self.history), "generation": self.generation, "phase": self.phase,
                    "genome": [float(g) for g in genome], "key": decoded.key, "fitness": None,
-                   "status": "pending", "reason": decoded.reason, "trial_id": None, "metrics": {},
+                   "status": "pending", "reason": decoded.reason, "violation": decoded.violation,
+                   "trial_id": None, "metrics": {},
                    "config": self.space.config(decoded) if decoded.feasible else None}
             idx = len(self.history)
             self.history.append(rec)
             self.batch.append(idx)
             if decoded.feasible and self.feasibility_fn is not None and decoded.key not in self.record_by_key:
-                reason = self.feasibility_fn(rec["config"])
-                if reason:
-                    decoded = type(decoded)(None, False, reason)
-                    rec["reason"] = reason
+                refused = self.feasibility_fn(rec["config"])
+                if refused is not None:
+                    decoded = type(decoded)(None, False, refused.reason, refused.violation)
+                    rec["reason"], rec["violation"] = refused.reason, refused.violation
             if not decoded.feasible:
                 rec["status"], rec["fitness"] = INFEASIBLE, WORST
             elif decoded.key in self.record_by_key:
@@ -156,8 +167,8 @@ class ODESearcher(Searcher):
         self.idle_batches = 0 if self.queue else self.idle_batches + 1
         self._advance()
 
-    def _batch_fitness(self) -> np.ndarray | None:
-        """Fitness of the whole batch, or None while a trial of it is still running."""
+    def _batch_fitness(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(fitness, violation) of the whole batch, or None while a trial of it is still running."""
         values = []
         for idx in self.batch:
             rec = self.history[idx]
@@ -169,33 +180,41 @@ class ODESearcher(Searcher):
                     return None  # its original is still running in this batch
                 rec["fitness"] = fit
             values.append(WORST if rec["fitness"] is None else rec["fitness"])
-        return np.asarray(values, dtype=float)
+        violations = [self.history[idx].get("violation", 0.0) for idx in self.batch]
+        return np.asarray(values, dtype=float), np.asarray(violations, dtype=float)
 
     def _advance(self):
         """Close the batch if complete, update P, and open the next batch (or finish)."""
-        fitness = self._batch_fitness()
-        if fitness is None:
+        batch = self._batch_fitness()
+        if batch is None:
             return
+        fitness, violation = batch
+        before = None if self.population is None else _total(self.population_violation)
         genomes = np.asarray([self.history[i]["genome"] for i in self.batch])
         if self.phase == "init":
-            keep = de.best_indices(fitness, self.pop_size)
+            keep = de.best_indices(fitness, self.pop_size, violation)
             self.population, self.population_fitness = genomes[keep], fitness[keep]
+            self.population_violation = violation[keep]
         elif self.phase == "evolve":
-            self.population, self.population_fitness = de.select_survivors(
-                self.population, self.population_fitness, genomes, fitness)
+            self.population, self.population_fitness, self.population_violation = de.select_survivors(
+                self.population, self.population_fitness, genomes, fitness, self.population_violation, violation)
         else:  # jump: P u OP*; restart: the elite u P' u OP'
-            old, old_fit = (self.population, self.population_fitness) if self.phase == "jump" else self.elite
-            pool = np.vstack([old, genomes])
-            pool_fit = np.concatenate([old_fit, fitness])
-            keep = de.best_indices(pool_fit, self.pop_size)
-            self.population, self.population_fitness = pool[keep], pool_fit[keep]
+            old = (self.population, self.population_fitness, self.population_violation) \
+                if self.phase == "jump" else self.elite
+            pool = np.vstack([old[0], genomes])
+            pool_fit, pool_vio = np.concatenate([old[1], fitness]), np.concatenate([old[2], violation])
+            keep = de.best_indices(pool_fit, self.pop_size, pool_vio)
+            self.population, self.population_fitness, self.population_violation = \
+                pool[keep], pool_fit[keep], pool_vio[keep]
+        closer = before is not None and _total(self.population_violation) < before
+        self.stalled_batches = 0 if self.idle_batches == 0 or closer else self.stalled_batches + 1
         if self.n_trials >= self.budget or self.idle_batches >= MAX_IDLE_BATCHES:
             self.finished = True
             self.batch, self.queue = [], []
             return
-        if self.idle_batches and self.idle_batches % RESTART_AFTER_IDLE == 0:
-            best = de.best_indices(self.population_fitness, 1)
-            self.elite = (self.population[best], self.population_fitness[best])
+        if self.stalled_batches and self.stalled_batches % RESTART_AFTER_IDLE == 0:
+            best = de.best_indices(self.population_fitness, 1, self.population_violation)
+            self.elite = (self.population[best], self.population_fitness[best], self.population_violation[best])
             self.phase, self.restarts = "restart", self.restarts + 1
             self.generation += 1
             fresh = self.rng.random((self.pop_size, self.space.dims))
@@ -222,6 +241,11 @@ class ODESearcher(Searcher):
             best = max([best] + fits)
             out.append((gen, best))
         return out
+
+
+def _total(violation: np.ndarray) -> float:
+    """The population's summed violation (unknown amounts counted as large, finite)."""
+    return float(np.minimum(violation, 1e9).sum())
 
 
 def _is_metric(key: str, value) -> bool:

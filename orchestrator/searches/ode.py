@@ -19,6 +19,7 @@ from medcore.records import FAILED, INFEASIBLE, DUPLICATE, OK, ModelRecord
 from orchestrator import reports
 from orchestrator.config import ODESearchConfig
 from orchestrator.search import RunContext, Search, Stage, result_trial_id, trial_errors
+from searchers.de import Infeasible
 
 SEARCH_NAME, RETRAIN_NAME, BASELINE_NAME = "ode_search", "ode_retrain", "ode_baseline"
 FAMILY = "cell3d"
@@ -290,20 +291,24 @@ class FeasibilityRule:
         fixed = cfg.resources.memory_per_trial_gb or cfg.resources.autoscale
         self.max_memory = None if fixed else largest_node_memory()
 
-    def __call__(self, config: dict) -> str | None:
+    def __call__(self, config: dict) -> Infeasible | None:
+        """None, or why not and by how much (ln of the ratio to the bound it misses)."""
         if self.max_gflops:
             flops = self.cost.flops(config)
             if flops > self.max_gflops * 1e9:
-                return f"{flops / 1e9:.3g} GFLOPs exceeds the cap of {self.max_gflops:g}"
+                return Infeasible(f"{flops / 1e9:.3g} GFLOPs exceeds the cap of {self.max_gflops:g}",
+                                  math.log(flops / (self.max_gflops * 1e9)))
         if getattr(self, "min_gflops", 0.0):  # a rule pickled before the floor existed has none
             flops = self.cost.flops(config)
             if flops < self.min_gflops * 1e9:
-                return f"{flops / 1e9:.3g} GFLOPs is below the floor of {self.min_gflops:g}"
+                return Infeasible(f"{flops / 1e9:.3g} GFLOPs is below the floor of {self.min_gflops:g}",
+                                  math.log(self.min_gflops * 1e9 / flops))
         if self.max_memory:
             need = self.cost.memory(config)
             if need > self.max_memory:
-                return (f"needs about {need / 2**30:.1f} GB to train at batch {self.batch_size}; the largest "
-                        f"node offers {self.max_memory / 2**30:.1f} GB")
+                return Infeasible(f"needs about {need / 2**30:.1f} GB to train at batch {self.batch_size}; the "
+                                  f"largest node offers {self.max_memory / 2**30:.1f} GB",
+                                  math.log(need / self.max_memory))
         return None
 
 

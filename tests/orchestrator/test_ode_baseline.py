@@ -1,6 +1,7 @@
 """``--baseline NAME`` of the ODE search: a hand-made network trained like the retrained picks,
 reported in summary.json, the printed summary, the zoo and the AUC-vs-params plot; resumable."""
 import json
+import math
 
 import pytest
 
@@ -82,8 +83,11 @@ def test_flops_floor_makes_stem_only_cells_infeasible():
     cfg = ODESearchConfig(min_gflops=0.06, max_gflops=0.1, resources=Resources(memory_per_trial_gb=1))
     rule = FeasibilityRule(cfg, CandidateCost(load_sample().info, 128, 100))
     arch = {"nodes": [], "edges": [[0, 6]], "n_stacks": 1, "n_modules": 1, "n_f_init": 8}
-    reason = rule({"architecture": arch})
-    assert reason == "0.00948 GFLOPs is below the floor of 0.06" and _reason_kind(reason) == "GFLOPs is below the floor"
+    refused = rule({"architecture": arch})
+    assert refused.reason == "0.00948 GFLOPs is below the floor of 0.06"
+    assert _reason_kind(refused.reason) == "GFLOPs is below the floor"
+    assert refused.violation == pytest.approx(math.log(0.06 / 0.00948), rel=1e-3)  # ln(floor / FLOPs)
     one_op = dict(arch, nodes=[[1, "conv3_in_relu"]], edges=[[0, 1], [1, 6], [0, 6]])
     assert rule({"architecture": one_op}) is None
-    assert "exceeds the cap" in rule({"architecture": dict(one_op, n_stacks=2)})
+    over = rule({"architecture": dict(one_op, n_stacks=2)})
+    assert "exceeds the cap" in over.reason and over.violation > 0

@@ -39,10 +39,23 @@ def test_repair_redraws_out_of_bound_genes_only():
 
 def test_selection_and_best_indices():
     parents, trials = np.zeros((3, 2)), np.ones((3, 2))
-    pop, fit = de.select_survivors(parents, np.array([0.5, 0.5, 0.5]), trials, np.array([0.4, 0.5, 0.9]))
+    pop, fit, _ = de.select_survivors(parents, np.array([0.5, 0.5, 0.5]), trials, np.array([0.4, 0.5, 0.9]))
     np.testing.assert_array_equal(pop[:, 0], [0, 1, 1])
     np.testing.assert_array_equal(fit, [0.5, 0.5, 0.9])
     assert list(de.best_indices(np.array([0.1, 0.9, -np.inf, 0.9]), 3)) == [1, 3, 0]
+
+
+def test_feasibility_rules_rank_feasible_first_then_by_violation():
+    """Deb's rules: feasible beats infeasible whatever the fitness; infeasible by violation."""
+    inf = -np.inf
+    fit, vio = np.array([inf, 0.2, inf, inf, 0.1]), np.array([2.0, 0.0, 0.5, np.inf, 0.0])
+    assert list(de.best_indices(fit, 5, vio)) == [1, 4, 2, 0, 3]
+    parents, trials = np.zeros((4, 1)), np.ones((4, 1))
+    pop, fit, vio = de.select_survivors(parents, np.array([inf, inf, 0.5, 0.5]), trials, np.array([inf, inf, inf, 0.4]),
+                                        np.array([1.0, 1.0, 0.0, 0.0]), np.array([0.5, 2.0, 0.3, 0.0]))
+    # closer to feasible replaces; farther does not; infeasible never replaces feasible; then fitness
+    np.testing.assert_array_equal(pop[:, 0], [1, 0, 0, 0])
+    np.testing.assert_array_equal(vio, [0.5, 1.0, 0.0, 0.0])
 
 
 def test_population_too_small():
