@@ -17,6 +17,8 @@ import json
 import time
 from pathlib import Path
 
+from medcore.records import HEAD_BIAS
+
 
 def main() -> None:
     import torch
@@ -45,7 +47,7 @@ def main() -> None:
     rows = []
     for name, build in models.items():
         for seed in args.seeds:
-            for head_bias in ("default", "prior"):
+            for head_bias in HEAD_BIAS:
                 torch.manual_seed(seed)
                 curve, t = [], time.perf_counter()
                 res = fit(build(), data, FitConfig(max_epochs=args.epochs, patience=args.epochs, select_metric="val_auc",

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from medcore.records import HEAD_BIAS
+
 # PBC-NAS-3D paper, Table 2, VesselMNIST3D: (test AUC, test ACC)
 PAPER = {"ODE (Ours #3*, mean of 3)": (0.983, 0.963), "ResNet-18+3D": (0.874, 0.877),
          "ResNet-50+3D": (0.907, 0.918)}
@@ -80,7 +82,7 @@ def main():
     p.add_argument("--max-gflops", type=float, default=0.13)
     p.add_argument("--min-gflops", type=float, default=0.06, help="FLOPs floor: keeps stem-only cells out")
     p.add_argument("--metric", default="val_auc", choices=["val_acc", "val_auc"])
-    p.add_argument("--head-bias", choices=["default", "prior"], default="default",
+    p.add_argument("--head-bias", choices=HEAD_BIAS, default="default",
                    help="output bias at the start (FitOptions.head_bias), for every model of the run")
     p.add_argument("--resnet-seeds", type=int, default=1, help="seeds (the first N) to train ResNet-18 3D for")
     p.add_argument("--only", choices=["ode", "resnet18"], default=None,

@@ -17,6 +17,9 @@ STATUSES = (OK, FAILED, INFEASIBLE, DUPLICATE, NOT_EVALUATED)
 METRICS = ("val_loss", "val_acc", "val_auc", "test_acc", "test_auc", "val_dice", "test_dice", "dice",
            "params", "flops", "latency_ms", "size_mb", "epochs")
 
+# Where a fit recipe starts the output layer's bias: PyTorch's default, or the train labels' prior.
+HEAD_BIAS = ("default", "prior")
+
 # The reason recorded for a trial whose worker was killed for memory (Ray's memory monitor).
 OUT_OF_MEMORY = "out of memory"
 

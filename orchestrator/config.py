@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 
 from medcore.errors import ConfigError
+from medcore.records import HEAD_BIAS
 
 
 def opt(default=None, help: str = "", flag: str | None = None, choices=None, factory=None):
@@ -66,7 +67,7 @@ class FitOptions:
                       choices=("val_acc", "val_auc"))
     head_bias: str = opt("default", "output-layer bias at the start: PyTorch's default, or 'prior' (the train "
                          "split's class log-odds, so an imbalanced split does not rank classes backwards "
-                         "in the first epochs)", choices=("default", "prior"))
+                         "in the first epochs)", choices=HEAD_BIAS)
 
     def check(self, prefix: str = "fit."):
         for name in ("max_epochs", "batch_size"):
@@ -80,8 +81,8 @@ class FitOptions:
             raise ConfigError(f"must be >= 0, got {self.weight_decay}", prefix + "weight_decay")
         if self.metric not in ("val_acc", "val_auc"):
             raise ConfigError(f"must be val_acc or val_auc, got {self.metric}", prefix + "metric")
-        if self.head_bias not in ("default", "prior"):
-            raise ConfigError(f"must be default or prior, got {self.head_bias!r}", prefix + "head_bias")
+        if self.head_bias not in HEAD_BIAS:
+            raise ConfigError(f"must be one of {', '.join(HEAD_BIAS)}, got {self.head_bias!r}", prefix + "head_bias")
 
     def fit_config(self, seed: int, epochs: int | None = None) -> dict:
         """The keyword arguments of ``trainables.fit.FitConfig``."""

@@ -30,7 +30,8 @@ import torch
 from torch import nn
 
 from medcore.errors import ConfigError
-from trainables.initializers import HEAD_BIAS, prior_bias
+from medcore.records import HEAD_BIAS
+from trainables.initializers import prior_bias
 from trainables.tasks import make_task
 
 

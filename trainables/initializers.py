@@ -121,9 +121,6 @@ def apply_init(model: nn.Module, name: str, fallback: str = IDENTITY_FALLBACK) -
     return counts
 
 
-HEAD_BIAS = ("default", "prior")
-
-
 def prior_bias(model: nn.Module, labels, task: str) -> nn.Linear:
     """Start the output layer's bias at the training labels' prior (Lin et al. 2017, focal loss, 4.1).
 
