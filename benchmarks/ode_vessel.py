@@ -166,7 +166,7 @@ def cross_dataset(args, out: Path) -> None:
 
     target = load_medmnist(args.cross, 28, args.cross_root)
     cfg = search_config(args, 0, out)
-    log = out / f"results_cross_{args.cross}.json"
+    log = out / f"cross_{args.cross}.json"  # not results*.json: those are the Vessel3D table's rows
     rows = json.loads(log.read_text())["rows"] if log.exists() else []
     cells = [(f"{args.cross} search's own best", json.loads(Path(args.cross_own).read_text())["best"])]
     cells += [(f"Vessel3D seed {s['config']['seed']} best", s["best"])
