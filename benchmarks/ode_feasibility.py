@@ -42,7 +42,7 @@ def proxy_fitness(config: dict) -> float:
     return int(hashlib.sha256(key).hexdigest()[:8], 16) / 16**8
 
 
-def run(seed: int, budget: int, pop_size: int, tied: bool, rule, max_gflops: float) -> dict:
+def run(seed: int, budget: int, pop_size: int, tied: bool, rule) -> dict:
     from searchers.cell_space import CellSpace
     from searchers.ode import ODESearcher
 
@@ -85,7 +85,7 @@ def main(argv=None):
     rule = FeasibilityRule(cfg, CandidateCost(load_sample().info, cfg.fit.batch_size, 100))
     figures = {"budget": a.budget, "pop_size": a.pop_size, "window_gflops": [a.min_gflops, a.max_gflops]}
     for name, tied in (("violation_ranked", False), ("tied_worst", True)):
-        runs = [run(seed, a.budget, a.pop_size, tied, rule, a.max_gflops) for seed in range(a.seeds)]
+        runs = [run(seed, a.budget, a.pop_size, tied, rule) for seed in range(a.seeds)]
         figures[name] = {"budget_reached": sum(r["trained"] == a.budget for r in runs),
                          "trained_median": statistics.median(r["trained"] for r in runs),
                          "trained": [r["trained"] for r in runs],

@@ -10,8 +10,9 @@ concurrently; the generation barrier is internal (``suggest`` returns None while
 is still running). A genome whose decoded architecture was already evaluated reuses that
 fitness, an infeasible one gets the worst fitness without training; neither spends the
 evaluation budget. Selection uses Deb's feasibility rules (:mod:`searchers.de`), so infeasible
-candidates are ranked by how far they miss and the population moves towards the feasible region. Results are applied only when a batch is complete and in batch order,
-so a search is deterministic for a seed whatever order trials finish in.
+candidates are ranked by how far they miss and the population moves towards the feasible
+region. Results are applied only when a batch is complete and in batch order, so a search is
+deterministic for a seed whatever order trials finish in.
 
 Restarts (not in the paper): because duplicates cost nothing, a population that has
 converged in architecture space proposes only known architectures and would end the search
@@ -47,8 +48,8 @@ class ODESearcher(Searcher):
     the default is the 29-gene 3D cell space. Fitness is ``result[metric]`` (maximised).
     ``feasibility_fn(config)`` returns a :class:`searchers.de.Infeasible` saying why a decoded
     candidate cannot be trained (a FLOPs cap, training memory above the largest node) and by how
-    much, or None; such a candidate is infeasible and costs no budget. The validated config (orchestrator.config) is the place
-    for range checks; this class only refuses what it cannot run.
+    much, or None; such a candidate is infeasible and costs no budget. The validated config
+    (orchestrator.config) is the place for range checks; this class only refuses what it cannot run.
     """
 
     def __init__(self, space=None, metric: str = "best_val_acc", mode: str = "max", pop_size: int = 20,

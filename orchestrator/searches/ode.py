@@ -293,16 +293,14 @@ class FeasibilityRule:
 
     def __call__(self, config: dict) -> Infeasible | None:
         """None, or why not and by how much (ln of the ratio to the bound it misses)."""
-        if self.max_gflops:
-            flops = self.cost.flops(config)
-            if flops > self.max_gflops * 1e9:
-                return Infeasible(f"{flops / 1e9:.3g} GFLOPs exceeds the cap of {self.max_gflops:g}",
-                                  math.log(flops / (self.max_gflops * 1e9)))
-        if getattr(self, "min_gflops", 0.0):  # a rule pickled before the floor existed has none
-            flops = self.cost.flops(config)
-            if flops < self.min_gflops * 1e9:
-                return Infeasible(f"{flops / 1e9:.3g} GFLOPs is below the floor of {self.min_gflops:g}",
-                                  math.log(self.min_gflops * 1e9 / flops))
+        min_gflops = getattr(self, "min_gflops", 0.0)  # a rule pickled before the floor existed has none
+        flops = self.cost.flops(config) if self.max_gflops or min_gflops else None
+        if self.max_gflops and flops > self.max_gflops * 1e9:
+            return Infeasible(f"{flops / 1e9:.3g} GFLOPs exceeds the cap of {self.max_gflops:g}",
+                              math.log(flops / (self.max_gflops * 1e9)))
+        if min_gflops and flops < min_gflops * 1e9:
+            return Infeasible(f"{flops / 1e9:.3g} GFLOPs is below the floor of {min_gflops:g}",
+                              math.log(min_gflops * 1e9 / flops))
         if self.max_memory:
             need = self.cost.memory(config)
             if need > self.max_memory:
