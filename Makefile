@@ -26,12 +26,13 @@ demo: $(STAMP)
 	rm -rf results/demo
 	$(JEMALLOC) $(BIN)/medtune run examples/demo.yaml --out results/demo
 
+# PYTEST_ARGS: extra pytest options (CI adds --durations=25).
 test: $(STAMP)
-	$(JEMALLOC) $(BIN)/python -m pytest -q tests
+	$(JEMALLOC) $(BIN)/python -m pytest -q $(PYTEST_ARGS) tests
 
 # The fast tier: no Ray cluster (configs, data, searchers, trainables, zoo, spec).
 test-fast: $(STAMP)
-	$(JEMALLOC) $(BIN)/python -m pytest -q -m "not ray and not cluster" tests
+	$(JEMALLOC) $(BIN)/python -m pytest -q -m "not ray and not cluster" $(PYTEST_ARGS) tests
 
 clean:
 	rm -rf $(VENV) results runs

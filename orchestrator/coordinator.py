@@ -14,6 +14,11 @@ TYPE --config-json ...``, and the coordinator only starts, watches and records t
   them down. A search is stopped with SIGINT, the signal its driver turns into "save and exit
   130" (``ray.init`` replaces a driver's own SIGTERM handler with one that exits at once; Tune
   saves the experiment and searcher every 2 s either way, which is what resume relies on);
+- inside ``ray job submit`` (Ray sets ``RAY_ADDRESS`` to the job's cluster; likewise a
+  ``RAY_ADDRESS=host:port`` set by hand) no node is started: each search is a subprocess joined
+  to that cluster, inheriting the job's runtime environment (its ``--working-dir`` package
+  lives in that cluster's GCS, which a private node would not have), so trials spread over
+  the cluster's nodes;
 - with ``--address http://head:8265`` each search is a Ray job (Jobs SDK). Submission ids are
   ``medtune-<run>-<search>-<attempt>`` and recorded before submitting, so a resumed coordinator
   finds a job that is still running and waits for it instead of submitting it again. The run
@@ -120,7 +125,9 @@ def _free_port() -> int:
 
 def _auth_env() -> dict:
     """Ray 2.60 enables token auth by default; every process of the run uses the same mode."""
-    return {"RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
+    from orchestrator.runtime import TOKEN_MODE
+
+    return {"RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", TOKEN_MODE)}
 
 
 class LocalCluster:
@@ -140,6 +147,11 @@ class LocalCluster:
             raise
 
     def _start(self) -> "LocalCluster":
+        from orchestrator.runtime import ensure_auth_token
+
+        made = ensure_auth_token()  # `ray start` does not create one (ray.init does)
+        if made:
+            log(f"made Ray's auth token {made} (mode 0600; token auth, Ray's default)")
         ray = Path(sys.executable).with_name("ray")
         # short temp dir: Ray's socket paths live under it (and it keeps this node out of the
         # machine's "latest cluster" file that a plain ray.init() elsewhere would join)
@@ -480,7 +492,7 @@ def _drive(run_dir: Path, spec, manifest: Manifest, names: list[str], jobs: "Job
     jobs in ``attach``), write the report. Ctrl+C / SIGTERM stop every search cleanly."""
     from contextlib import nullcontext
 
-    from orchestrator.runtime import Terminated, sigterm_as_interrupt
+    from orchestrator.runtime import Terminated, job_cluster_address, sigterm_as_interrupt
 
     previous = (manifest.data.get("coordinator") or {}).get("ray_temp_dir")
     if previous and Path(previous).name.startswith(TEMP_PREFIX):  # a killed coordinator's node left it
@@ -488,14 +500,21 @@ def _drive(run_dir: Path, spec, manifest: Manifest, names: list[str], jobs: "Job
     manifest.data["coordinator"] = {"pid": os.getpid(), "host": socket.gethostname(), "state": RUNNING,
                                     "started": time.time(), "max_parallel": max_parallel}
     manifest.save()
+    joined = None if jobs else job_cluster_address()
+    if joined:
+        where = "inside a Ray job" if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ else "RAY_ADDRESS is set"
+        log(f"{where}: the searches run on that cluster ({joined}), not on a node of their own")
+        manifest.data["coordinator"]["cluster"] = joined
+        manifest.save()
     try:
-        with sigterm_as_interrupt(), (nullcontext() if jobs else LocalCluster(run_dir)) as cluster:
+        with sigterm_as_interrupt(), (nullcontext() if jobs or joined else LocalCluster(run_dir)) as cluster:
             if jobs:
                 jobs.run_id = manifest.data["run"]
-            else:
+            elif not joined:
                 manifest.data["coordinator"]["ray_temp_dir"] = cluster.temp_dir
                 manifest.save()
-            coordinator = Coordinator(run_dir, spec, manifest, jobs or LocalLauncher(cluster.address), max_parallel)
+            launcher = jobs or LocalLauncher(joined or cluster.address)
+            coordinator = Coordinator(run_dir, spec, manifest, launcher, max_parallel)
             for name in attach:
                 coordinator.attach(name)
             coordinator.execute(names)

@@ -31,6 +31,67 @@ def worker_env(jemalloc: bool) -> dict:
     return env
 
 
+TOKEN_MODE = "token"
+
+
+def token_auth() -> bool:
+    """Whether this process and the run's Ray processes use token auth (Ray 2.60's default)."""
+    return os.environ.get("RAY_AUTH_MODE", TOKEN_MODE).lower() == TOKEN_MODE
+
+
+def default_token_path() -> Path:
+    """Where Ray reads the token when neither ``RAY_AUTH_TOKEN`` nor ``RAY_AUTH_TOKEN_PATH`` is set."""
+    return Path.home() / ".ray" / "auth_token"
+
+
+def ensure_auth_token() -> Path | None:
+    """Make the token a new local Ray node needs, the way ``ray.init()`` would, if none exists.
+
+    ``ray.init()`` creates ``~/.ray/auth_token`` when token auth is on and no token is found;
+    ``ray start --head`` does not and fails, so on a machine where no ``ray.init`` ever ran the
+    coordinator's node could not start. The token is 256 random bits (Ray's own generator)
+    written with mode 0600 in a 0700 folder. Returns the path written, or None when a token was
+    already given (``RAY_AUTH_TOKEN``, an existing file) or token auth is off. A
+    ``RAY_AUTH_TOKEN_PATH`` naming a missing file is refused: it names a token someone meant to give.
+    """
+    from medcore.errors import ConfigError
+
+    if not token_auth() or os.environ.get("RAY_AUTH_TOKEN"):
+        return None
+    named = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if named:
+        if not Path(named).expanduser().is_file():
+            raise ConfigError(f"RAY_AUTH_TOKEN_PATH names {named}, which does not exist; point it at the "
+                              f"cluster's token file or unset it")
+        return None
+    path = default_token_path()
+    if path.is_file():
+        return None
+    from ray._private.authentication.authentication_token_generator import generate_new_authentication_token
+
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process made it first: use theirs
+        return None
+    except OSError as exc:
+        raise ResourceError(f"cannot write Ray's auth token to {path} ({exc.strerror}); set RAY_AUTH_TOKEN "
+                            f"or RAY_AUTH_TOKEN_PATH") from None
+    with os.fdopen(fd, "w") as f:
+        f.write(generate_new_authentication_token())
+    return path
+
+
+def job_cluster_address() -> str | None:
+    """The cluster a ``ray job submit`` entrypoint runs on: Ray sets ``RAY_ADDRESS`` to its GCS
+    address (host:port) for the job's driver. None outside a job, or when ``RAY_ADDRESS`` is a
+    dashboard URL (that is what ``--address`` takes)."""
+    address = os.environ.get("RAY_ADDRESS", "").strip()
+    if not address or "://" in address and not address.startswith("ray://"):
+        return None
+    return address
+
+
 def _token_hint(address: str) -> str:
     if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
         return ""
@@ -195,6 +256,15 @@ def check_trial_fits(cpus: float, gpus: float, memory: float = 0.0, autoscale: b
         most = max((n.get("memory", 0) for n in nodes), default=0)
         raise ResourceError(f"a trial needs {memory / 2**30:.1f} GB of memory but the largest node offers "
                             f"{most / 2**30:.1f} GB to Ray; lower --memory-per-trial-gb or the batch size")
+
+
+def local_node_memory() -> float:
+    """The ``memory`` a new local Ray node offers its scheduler, known before it starts: Ray's
+    own rule (available memory less the object store's default share)."""
+    from ray._private import utils
+
+    available = utils.estimate_available_memory()
+    return float(available - utils.resolve_object_store_memory(available))
 
 
 def largest_node_memory() -> float:

@@ -218,6 +218,36 @@ def write_spec(path: Path, searches: list[dict]) -> Path:
     return path
 
 
+DEMO_TINY = {"ode": {"budget": 4, "pop_size": 4, "fraction": 0.05, "min_gflops": 0.0, "max_gflops": 0.05, "retrain_epochs": 1,
+                     "fit": {"max_epochs": 1, "metric": "val_auc", "head_bias": "prior"}},
+             "compress": {"model": "resnet10", "fit": {"max_epochs": 1}, "budget": 2, "initial": 2, "ctaea_gens": 2}}
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(1800)
+def test_the_demo_spec_runs_on_a_machine_where_ray_never_ran(tmp_path):
+    """``make demo`` on a new machine: HOME is an empty folder (no ~/.ray/auth_token; token auth
+    is Ray 2.60's default), the shipped demo spec with tiny budgets. `ray start` makes no token
+    (ray.init does), so the coordinator makes one, private to its owner."""
+    demo = yaml.safe_load((Path(__file__).resolve().parents[2] / "examples" / "demo.yaml").read_text())
+    for entry in demo["searches"]:
+        entry.update(DEMO_TINY[entry["type"]], data_root=str(SAMPLE_ROOT))
+    spec = write_spec(tmp_path / "demo.yaml", demo["searches"])
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in ENV.items() if not k.startswith("RAY_AUTH")}
+    env.update(HOME=str(home), XDG_CACHE_HOME=str(home / ".cache"), XDG_CONFIG_HOME=str(home / ".config"))
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", str(spec), "--out", str(tmp_path / "run")],
+                          capture_output=True, text=True, env=env, timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    token = home / ".ray" / "auth_token"
+    assert token.is_file() and len(token.read_text().strip()) == 64
+    assert token.stat().st_mode & 0o777 == 0o600 and token.parent.stat().st_mode & 0o077 == 0
+    assert f"made Ray's auth token {token}" in proc.stderr
+    manifest = json.loads((tmp_path / "run" / "run.json").read_text())["searches"]
+    assert {n: r["state"] for n, r in manifest.items()} == {"ode_adrenal": "done", "compress_adrenal": "done"}
+
+
 @pytest.mark.ray
 @pytest.mark.timeout(1800)  # Ray nodes and driver processes: minutes on a busy 2-core machine
 def test_run_status_report_failure_and_resume(tmp_path):
