@@ -13,7 +13,7 @@ import time
 import pandas as pd
 import pytest
 
-from tests.cluster.conftest import RAY, REPO, SAMPLE_ROOT, base_env
+from tests.cluster.conftest import RAY, REPO, SAMPLE_ROOT, LocalCluster, base_env, connected
 
 pytestmark = pytest.mark.cluster
 
@@ -96,3 +96,56 @@ def test_the_token_probe_passes_a_cluster_without_token_auth(monkeypatch):
         ray.shutdown()
         monkeypatch.undo()
         _reload_auth()
+
+
+@pytest.fixture(scope="module")
+def head_and_worker():
+    """A head with no CPUs (the dashboard, job drivers and Tune drivers need none) and a 2-CPU
+    worker node: every trial has to run on the worker."""
+    cluster = LocalCluster(token=secrets.token_hex(32))
+    try:
+        cluster.start_node(head=True, num_cpus=0, dashboard=True)
+        cluster.start_node(head=False, num_cpus=2)
+        with connected(cluster):
+            cluster.wait_for_nodes()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.mark.timeout(900)
+def test_a_spec_submitted_as_a_job_trains_on_the_jobs_cluster(head_and_worker, tmp_path):
+    """The README's cluster recipe: ``ray job submit --working-dir . -- medtune run spec.yaml``.
+    Inside the job the coordinator starts no Ray node of its own: its searches join the job's
+    cluster with the job's runtime environment (the working-dir package lives in that cluster's
+    GCS), so the trials run on the worker node."""
+    import yaml
+    from ray.job_submission import JobStatus, JobSubmissionClient
+    from ray.util.state import list_actors
+
+    cluster = head_and_worker
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"searches": [{
+        "name": "ode_job", "type": "ode", "dataset": "adrenalmnist3d", "data_root": str(SAMPLE_ROOT), "budget": 4,
+        "pop_size": 4, "fraction": 0.1, "max_gflops": 0.05, "top_k": 0, "fit": {"max_epochs": 1},
+        "resources": {"cpus_per_trial": 1, "max_concurrent": 2}}]}))
+    out = tmp_path / "run"
+    entry = [sys.executable, "-m", "orchestrator.cli", "run", str(spec), "--out", str(out)]
+    proc = submit(cluster.dashboard_url, cluster.env(), entry, "spec-job")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    client = JobSubmissionClient(cluster.dashboard_url, headers={"Authorization": f"Bearer {cluster.token}"})
+    deadline = time.time() + 600
+    while not client.get_job_status("spec-job").is_terminal():
+        assert time.time() < deadline, client.get_job_logs("spec-job")[-3000:]
+        time.sleep(1)
+    logs = client.get_job_logs("spec-job")
+    assert client.get_job_status("spec-job") == JobStatus.SUCCEEDED, logs[-3000:]
+    assert "inside a Ray job: the searches run on that cluster" in logs
+    assert json.loads((out / "run.json").read_text())["searches"]["ode_job"]["state"] == "done"
+    assert json.loads((out / "ode_job" / "summary.json").read_text())["n_ok"] >= 1
+    with connected(cluster):
+        actors = list_actors(address=cluster.dashboard_url, detail=True, limit=1000, raise_on_missing_output=False)
+    # trial actors hold a CPU of their placement group; the job's supervisor and drivers hold none
+    trials = [a for a in actors if any(k.startswith("CPU") for k in a.get("required_resources") or {})]
+    assert trials, [(a["class_name"], a.get("required_resources")) for a in actors]
+    assert {a["node_id"] for a in trials} == {cluster.workers[0].node_id}
