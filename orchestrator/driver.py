@@ -17,7 +17,8 @@ from medcore.errors import ConfigError, RunError, SearchFailed
 from orchestrator import atomic, registry, status
 from orchestrator.config import is_uri
 from orchestrator.runlock import RunLock
-from orchestrator.runtime import check_reachable, check_trial_fits, ray_session, sigterm_as_interrupt
+from orchestrator.runtime import (check_reachable, check_trial_fits, largest_node_memory, local_node_memory,
+                                  ray_session, sigterm_as_interrupt)
 from orchestrator.search import RunContext, Search
 
 MANIFEST = "run.json"
@@ -62,10 +63,14 @@ def _run(search: Search, cfg, data, out: Path, manifest: dict, started: float) -
     if data is None:
         data = search.load_data(cfg)
     ctx = RunContext(search=search, cfg=cfg, data=data, run_id=manifest["run"])
+    if not address:  # a local Ray: its memory is known before it starts
+        plan_memory(search, ctx, local_node_memory())
     # after ray.init: it installs a SIGTERM handler of its own that exits at once
     with ray_session(cfg.resources.address, cfg.resources.jemalloc), sigterm_as_interrupt():
         r = cfg.resources
         check_trial_fits(r.cpus_per_trial, r.gpus_per_trial, r.memory_per_trial_gb * 2**30, r.autoscale)
+        if address:
+            plan_memory(search, ctx, largest_node_memory())
         # the run exists from here on: everything before was a check that leaves nothing behind
         atomic.write_json(out / MANIFEST, manifest)
         for stage in search.stages(ctx):
@@ -75,11 +80,27 @@ def _run(search: Search, cfg, data, out: Path, manifest: dict, started: float) -
             status.update_status(out, stages={stage.name: {"state": status.DONE}})
     summary = search.summarize(ctx)
     summary.update(out=str(out), run=ctx.run_id, wall_time_s=round(time.time() - started, 1))
+    if ctx.memory:
+        summary["memory"] = {stage: plan.to_dict() for stage, plan in ctx.memory.items()}
     records = search.zoo_records(ctx)
     if records:
         summary["zoo"] = write_zoo(ctx, records)
     atomic.write_json(out / "summary.json", summary)
     return summary
+
+
+def plan_memory(search: Search, ctx: RunContext, node_memory: float) -> None:
+    """Size every stage's trials before any starts (:meth:`Search.plan_memory`) against the
+    largest node, or the fixed ``--memory-per-trial-gb`` when set; with ``--autoscale`` a larger
+    node may come, so nothing is capped. A lowered batch is said on stderr."""
+    import sys
+
+    r = ctx.cfg.resources
+    limit = r.memory_per_trial_gb * 2**30 or (None if r.autoscale else node_memory)
+    ctx.memory = search.plan_memory(ctx, limit)
+    for plan in ctx.memory.values():
+        if plan.lowered:
+            print(f"medtune: {plan.describe()}", file=sys.stderr, flush=True)
 
 
 def write_zoo(ctx: RunContext, records) -> dict:

@@ -24,10 +24,9 @@ def worker_env(jemalloc: bool) -> dict:
     """Environment for trial workers. jemalloc with decay off keeps freed pages mapped, which
     removes most page-fault time of CPU training under glibc malloc (benchmarks/jemalloc.py)."""
     env = {"PYTHONUNBUFFERED": "1"}
-    if jemalloc:
-        lib = jemalloc_path()
-        if lib:
-            env.update({"LD_PRELOAD": lib, "MALLOC_CONF": JEMALLOC_CONF})
+    lib = jemalloc_path() if jemalloc else None
+    # without it, also drop a preload the workers would inherit (`make` preloads it for the driver)
+    env.update({"LD_PRELOAD": lib, "MALLOC_CONF": JEMALLOC_CONF} if lib else {"LD_PRELOAD": "", "MALLOC_CONF": ""})
     return env
 
 

@@ -71,6 +71,14 @@ class Search:
     def zoo_records(self, ctx: "RunContext") -> list[ModelRecord]:
         return []
 
+    def plan_memory(self, ctx: "RunContext", limit: float | None) -> dict:
+        """Stage -> :class:`~trainables.memory.TrialMemory` of its trials, before any trial starts:
+        the estimated peak RSS requested as Ray's ``memory``, the batch lowered where the search
+        allows it so a trial fits ``limit`` (the largest node's memory; None: no cap), refused in
+        one line (ResourceError) where nothing fits. Searches that size each candidate on their
+        own (ODE) return nothing here."""
+        return {}
+
     def failure_counts(self, summary: dict) -> tuple[int, int, dict]:
         """(evaluated, succeeded, reasons -> count) of a summary, to refuse an all-failed run."""
         return summary.get("n_evaluated", 0), summary.get("n_ok", 0), summary.get("failure_reasons", {})
@@ -93,11 +101,19 @@ class RunContext:
     data: object
     run_id: str
     state: dict = field(default_factory=dict)  # stage outputs for later stages and summarize
+    memory: dict = field(default_factory=dict)  # stage -> TrialMemory (Search.plan_memory)
     stage: str | None = None  # the stage running now (set by the driver)
 
     @property
     def out(self) -> Path:
         return self.cfg.out_dir
+
+    def stage_memory(self, stage: str, default_batch: int):
+        """(batch size, Ray resources) of ``stage``'s trials from the memory plan."""
+        plan = self.memory.get(stage)
+        if plan is None:
+            return default_batch, self.trial_resources()
+        return plan.batch_size, self.trial_resources(plan.bytes)
 
     def experiment_path(self, name: str) -> str:
         return str(Path(self.cfg.storage_path) / name)

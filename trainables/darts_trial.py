@@ -190,3 +190,49 @@ def build_skip_model(unet_build: dict, skip: str, skip_kwargs: dict | None = Non
     factory = discrete_skip if skip == IAC else BASELINES[skip]
     model.set_skips(model.make_skips(factory, **dict(skip_kwargs or {})))
     return model
+
+
+def worst_genotype() -> Genotype:
+    """The discrete cell that keeps the most activations: a separable 5x5 convolution (two
+    stacked depthwise-separable blocks) on every edge. Stage III's genotypes are known only
+    after Stage II; this bounds them all for the memory plan."""
+    return Genotype(edges=tuple(("sep_conv_5x5", i) for _ in range(4) for i in (0, 1)))
+
+
+def memory_estimates(data, backbone: str, unet_kwargs: dict, k: int, baselines=(), jemalloc: bool = False) -> dict:
+    """Stage -> :class:`~trainables.memory.BatchEstimate` of one trial of each IAC stage on
+    ``backbone``, simulated on the meta device: Stage I trains the whole U-Net; Stage II the
+    continuous cells of every skip (14 mixed edges x 8 operations per level: most of the memory,
+    and the bilevel step runs its two forward/backward passes one after the other); Stage III
+    the heaviest discrete cell (:func:`worst_genotype`) or skip baseline on the frozen U-Net.
+    ``jemalloc``: the trial workers preload it (the search's default is glibc, see its config)."""
+    from trainables.memory import batch_estimate, held_bytes
+    from trainables.nets.skip_baselines import BASELINES
+    from trainables.nets.unets import build_unet
+
+    info = data.info
+    held = held_bytes(data)
+    shape = tuple(info.input_shape)
+
+    def unet():
+        with torch.device("meta"):
+            return build_unet(backbone, info.spatial_dims, info.n_channels, info.n_outputs, **dict(unet_kwargs))
+
+    def frozen_with(factory, **kwargs):
+        model = unet().freeze()
+        with torch.device("meta"):
+            model.set_skips(model.make_skips(factory, **kwargs))
+        return model
+
+    def searching():
+        model = unet()
+        with torch.device("meta"):
+            cells = search_cells(model.skip_channels(), ArchParameters(), int(k), info.spatial_dims)
+        return implant(model, cells)
+
+    stage3 = [frozen_with(discrete_skip, genotype=worst_genotype().to_dict())]
+    stage3 += [frozen_with(BASELINES[name]) for name in baselines]
+    third = [batch_estimate(m, shape, held, jemalloc=jemalloc) for m in stage3]
+    return {"stage1": batch_estimate(unet(), shape, held, jemalloc=jemalloc),
+            "stage2": batch_estimate(searching(), shape, held, jemalloc=jemalloc),
+            "stage3": lambda batch: max(e(batch) for e in third)}

@@ -130,8 +130,18 @@ def _memory_format(x: torch.Tensor):
     return torch.channels_last
 
 
+EVAL_BATCH = 256
+
+
+def eval_batch_size(train_batch: int) -> int:
+    """The batch fit() evaluates at: up to 256, and at most twice the training batch, so a batch
+    lowered to fit a trial's memory lowers evaluation too (a no-grad forward of 2b samples keeps
+    less alive than a training step of b)."""
+    return max(1, min(EVAL_BATCH, 2 * int(train_batch)))
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, split: DeviceSplit, task, batch_size: int = 256,
+def evaluate(model: nn.Module, split: DeviceSplit, task, batch_size: int = EVAL_BATCH,
              channels_last: bool = False) -> dict:
     """Loss and the task's metrics of ``model`` on one split.
 
@@ -372,7 +382,7 @@ def fit(model: nn.Module, data, cfg: FitConfig, report: Callable[[dict], None] |
                 raise NonFiniteLoss(f"non-finite training loss at epoch {epoch}")
             running += loss * len(y)
             seen += len(y)
-        v = evaluate(model, val, task, channels_last=use_cuda)
+        v = evaluate(model, val, task, eval_batch_size(cfg.batch_size), channels_last=use_cuda)
         if not math.isfinite(v["loss"]):
             raise NonFiniteLoss(f"non-finite validation loss at epoch {epoch}")
         row = {"epoch": epoch, "train_loss": running / seen, "val_loss": v["loss"],
@@ -409,7 +419,7 @@ def fit(model: nn.Module, data, cfg: FitConfig, report: Callable[[dict], None] |
         result.state_dict = best_state if keep_state else None
     if evaluate_test:
         t = evaluate(model, DeviceSplit(data.images["test"], data.labels["test"], device), task,
-                     channels_last=use_cuda)
+                     eval_batch_size(cfg.batch_size), channels_last=use_cuda)
         result.test = {"test_loss": t["loss"], **{f"test_{m}": t[m] for m in task.metric_names}}
     return result
 

@@ -31,18 +31,20 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from trainables.fit import FLOAT_PRELOAD_BYTES
+from trainables.fit import EVAL_BATCH, FLOAT_PRELOAD_BYTES, eval_batch_size
 
 # Peak RSS of a trial worker before it trains: interpreter, torch, MONAI, Ray's worker.
 BASELINE_BYTES = 700 * 2**20
 # Measured peak RSS / simulated peak tensors, with margin (benchmarks/memory_estimate.py).
 SAFETY = 1.5
+# What a worker on glibc malloc holds beyond that (per-thread arenas, heap fragmentation): up to
+# 173 MiB measured at small batches (IAC stages, benchmarks/memory_estimate.py), with margin.
+GLIBC_EXTRA_BYTES = 256 * 2**20
 # Parameter-sized buffers besides the gradients (which the simulation counts): the weights,
 # Adam's two moments and fit()'s copy of the best epoch's weights; with per-epoch checkpoints
 # (fit's save_state) the snapshot copies the weights, the moments and the best weights again.
 PARAMETER_COPIES = 4
 CHECKPOINT_COPIES = 4
-EVAL_BATCH = 256  # trainables.fit.evaluate's batch size
 
 
 class _LiveTensors(TorchDispatchMode):
@@ -217,3 +219,109 @@ def estimate_training_bytes(model_or_builder: nn.Module | Callable[[], nn.Module
     >= the measured peak and within about 2x of it (benchmarks/memory_estimate.py)."""
     return estimate_memory(model_or_builder, input_shape, batch_size, n_train, n_eval, dtype_bytes,
                            eval_batch_size, checkpoint).total
+
+
+# ---- per-trial plans: every trainable's request, and its batch lowered to fit ----------------
+
+MIN_BATCH = 2  # BatchNorm needs two samples per batch in training
+
+
+def held_bytes(data) -> int:
+    """Bytes of the arrays a trial holds of ``data`` (``images`` / ``labels`` dicts of numpy
+    arrays): each array once however many split names alias it or view into it, plus the
+    float32 copy :class:`~trainables.fit.DeviceSplit` makes of a uint8 image split that fits
+    ``FLOAT_PRELOAD_BYTES`` (float images, as segmentation volumes, are used as they are)."""
+    seen: dict = {}
+    for group in (getattr(data, "images", {}), getattr(data, "labels", {})):
+        for array in group.values():
+            base = array
+            while getattr(base, "base", None) is not None and hasattr(base.base, "nbytes"):
+                base = base.base
+            seen[id(base)] = int(base.nbytes)
+    floats = sum(4 * a.size for name, a in getattr(data, "images", {}).items()
+                 if name in ("train", "val", "test") and a.dtype.kind == "u" and 4 * a.size <= FLOAT_PRELOAD_BYTES)
+    return sum(seen.values()) + int(floats)
+
+
+@dataclass(frozen=True)
+class BatchEstimate:
+    """A trainable's peak RSS as a function of its batch size ``b``: the fixed terms of
+    :class:`MemoryEstimate` plus ``SAFETY x max(training peak per sample x b, eval peak per
+    sample x min(eval_batch, eval_batch_size(b)))`` (fit evaluates at up to twice the training
+    batch). Activation memory is linear in the batch (saved activations and their gradients are
+    all batch-sized), so one simulated step at a small batch prices every batch."""
+
+    fixed: int  # baseline + parameter copies + held data
+    train_per_sample: float
+    eval_per_sample: float
+    eval_batch: int  # the largest evaluation batch (0: no evaluation)
+
+    def __call__(self, batch_size: int) -> int:
+        evaluation = self.eval_per_sample * min(self.eval_batch, eval_batch_size(batch_size))
+        return int(self.fixed + SAFETY * max(self.train_per_sample * batch_size, evaluation))
+
+
+def batch_estimate(model_or_builder, input_shape: tuple, data_bytes: int, eval_batch: int = EVAL_BATCH,
+                   checkpoint: bool = True, probe_batch: int = 4, extra_parameter_copies: int = 0,
+                   jemalloc: bool = True) -> BatchEstimate:
+    """:class:`BatchEstimate` of training ``model_or_builder`` on ``input_shape`` samples with
+    ``data_bytes`` of data held (:func:`held_bytes`), evaluating at ``eval_batch`` (0: no eval).
+    ``extra_parameter_copies``: parameter-sized buffers the trainable keeps besides fit's (e.g. a
+    frozen teacher). Only trainable parameters get optimizer moments; frozen ones count once.
+    ``jemalloc``: the worker preloads Ray's jemalloc (else glibc's malloc: ``GLIBC_EXTRA_BYTES``)."""
+    model = _meta_model(model_or_builder)
+    per_sample = simulate_peak_bytes(model, input_shape, probe_batch, train=True) / probe_batch
+    eval_per_sample = simulate_peak_bytes(model, input_shape, probe_batch, train=False) / probe_batch
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad) * 4
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad) * 4
+    copies = PARAMETER_COPIES + (CHECKPOINT_COPIES if checkpoint else 0) + extra_parameter_copies
+    # frozen weights: themselves, fit's best-epoch copy of the state dict [, the checkpoint's]
+    frozen_copies = 2 + (1 if checkpoint else 0) + extra_parameter_copies
+    allocator = 0 if jemalloc else GLIBC_EXTRA_BYTES
+    return BatchEstimate(fixed=int(BASELINE_BYTES + allocator + copies * trainable + frozen_copies * frozen
+                                   + data_bytes),
+                         train_per_sample=per_sample, eval_per_sample=eval_per_sample if eval_batch else 0.0,
+                         eval_batch=int(eval_batch))
+
+
+@dataclass(frozen=True)
+class TrialMemory:
+    """What one stage's trials get: the batch they train at (``requested_batch`` lowered until
+    the estimate fits) and the bytes they request as Ray's ``memory`` resource."""
+
+    what: str
+    batch_size: int
+    requested_batch: int
+    bytes: int
+
+    @property
+    def lowered(self) -> bool:
+        return self.batch_size < self.requested_batch
+
+    def to_dict(self) -> dict:
+        return {"what": self.what, "batch_size": self.batch_size, "requested_batch": self.requested_batch,
+                "gb": round(self.bytes / 2**30, 2)}
+
+    def describe(self) -> str:
+        text = f"{self.what}: {self.bytes / 2**30:.1f} GB per trial at batch {self.batch_size}"
+        return text + (f" (lowered from {self.requested_batch} to fit)" if self.lowered else "")
+
+
+def plan_batch(what: str, estimate: Callable[[int], int], batch_size: int, limit: float | None, settings: str,
+               lowerable: bool = True, min_batch: int = MIN_BATCH) -> TrialMemory:
+    """The largest batch among ``batch_size, batch_size // 2, ...`` (down to ``min_batch``; only
+    ``batch_size`` unless ``lowerable``) whose estimate fits ``limit`` bytes (None: no limit).
+    Refused in one line naming ``settings`` (what the user can lower) when none fits."""
+    from medcore.errors import ResourceError
+
+    need = estimate(batch_size)
+    if limit is None or need <= limit:
+        return TrialMemory(what, batch_size, batch_size, need)
+    batch = batch_size
+    while lowerable and batch > min_batch:
+        batch = max(min_batch, batch // 2)
+        if estimate(batch) <= limit:
+            return TrialMemory(what, batch, batch_size, estimate(batch))
+    least = f"; {estimate(batch) / 2**30:.1f} GB even at batch {batch}" if batch != batch_size else ""
+    raise ResourceError(f"{what} needs {need / 2**30:.1f} GB at batch {batch_size}{least}, but the largest node "
+                        f"offers {limit / 2**30:.1f} GB to Ray; lower {settings}")

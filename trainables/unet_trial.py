@@ -27,7 +27,8 @@ from torch import nn
 
 from medcore.errors import ConfigError, MedtuneError
 from trainables.checkpointing import TuneCheckpointing, resume_state
-from trainables.fit import DeviceSplit, FitConfig, FitResult, evaluate, fit, pick_device, set_threads_from_ray
+from trainables.fit import (DeviceSplit, FitConfig, FitResult, eval_batch_size, evaluate, fit, pick_device,
+                            set_threads_from_ray)
 from trainables.nets.skip_baselines import BASELINES
 from trainables.nets.unets import SkipUNet, build_unet, rebuild_unet
 from trainables.tasks import SegmentationTask
@@ -66,11 +67,13 @@ def _dataset_meta(data) -> dict:
             "path": i.path}
 
 
-def _test_dice(model: nn.Module, data) -> float:
-    """The selected weights on ``val_dt`` (the held-out split; see module docstring)."""
+def _test_dice(model: nn.Module, data, batch_size: int) -> float:
+    """The selected weights on ``val_dt`` (the held-out split; see module docstring), at fit's
+    evaluation batch for training batch ``batch_size``."""
     device = pick_device("auto")
     split = DeviceSplit(data.images[TEST_SPLIT], data.labels[TEST_SPLIT], device)
-    return float(evaluate(model.to(device), split, dice_task(), channels_last=False)["dice"])
+    return float(evaluate(model.to(device), split, dice_task(), eval_batch_size(batch_size),
+                          channels_last=False)["dice"])
 
 
 def _report_checkpoint(final: dict, files: dict) -> None:
@@ -125,7 +128,7 @@ def train_unet(config: Mapping, data) -> None:
                       resume=resume_state())
     final = {**tag, "final": True, "epoch": result.epochs_run, "best_epoch": result.best_epoch,
              "val_dice": result.best["val_dice"], "best_val_dice": result.best["val_dice"],
-             "test_dice": _test_dice(model, data), "test_split": TEST_SPLIT,
+             "test_dice": _test_dice(model, data, int(c["batch_size"])), "test_split": TEST_SPLIT,
              "params": sum(p.numel() for p in model.parameters())}
     meta = {"build": model.build, "dataset": _dataset_meta(data), "metrics": final,
             "recipe": {k: c[k] for k in STAGE1_DEFAULTS}}
@@ -225,7 +228,7 @@ def train_skips(config: Mapping, data, unet_state, skip_factory: Callable | None
     base = unet.val_dice
     best = result.best["val_dice"]
     final = {**tag, "final": True, "epoch": result.epochs_run, "best_epoch": result.best_epoch,
-             "val_dice": best, "best_val_dice": best, "test_dice": _test_dice(model, data),
+             "val_dice": best, "best_val_dice": best, "test_dice": _test_dice(model, data, int(c["batch_size"])),
              "test_split": TEST_SPLIT, "baseline_dice": base, "dice_gain": best - base,
              "skip_params": sum(p.numel() for p in model.skips.parameters())}
     meta = {"unet_build": unet.build, "skip": name, "skip_kwargs": kwargs, "dataset": _dataset_meta(data),

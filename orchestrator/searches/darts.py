@@ -43,6 +43,24 @@ class DartsSearch(Search):
 
         return load_segmentation(cfg.data, cfg.size, cfg.spatial_dims, cfg.max_cases or None, seed=cfg.seed)
 
+    def plan_memory(self, ctx: RunContext, limit: float | None) -> dict:
+        """Every stage's trials sized before Ray starts: per stage the largest backbone's
+        estimate (:func:`trainables.darts_trial.memory_estimates`), the batch halved until it
+        fits the largest node (the stage's trials all train at that batch)."""
+        from trainables.darts_trial import memory_estimates
+        from trainables.memory import plan_batch
+
+        cfg = ctx.cfg
+        per_backbone = [memory_estimates(ctx.data, b, {"features": cfg.features()} if cfg.features() and b == "unet"
+                                         else {}, cfg.k, cfg.baseline_names(), cfg.resources.jemalloc)
+                        for b in cfg.backbones()]
+        what = {"stage1": "a Stage I U-Net trial", "stage2": "a Stage II search trial",
+                "stage3": "a Stage III cell or baseline trial"}
+        return {stage: plan_batch(f"{what[stage]} ({cfg.size} px)",
+                                  lambda batch, stage=stage: max(e[stage](batch) for e in per_backbone),
+                                  cfg.batch_size, limit, "--batch-size, --size or --max-cases")
+                for stage in what}
+
     def stages(self, ctx: RunContext) -> list[Stage]:
         return [Stage("stage1", self.stage1), Stage("stage2", self.stage2), Stage("stage3", self.stage3)]
 
@@ -54,9 +72,11 @@ class DartsSearch(Search):
 
         cfg = ctx.cfg
         features = cfg.features()
-        grid = ctx.run_tuner(STAGE1, tune.with_parameters(train_unet, data=ctx.data), metric="val_dice", param_space={
+        batch, resources = ctx.stage_memory("stage1", cfg.batch_size)
+        grid = ctx.run_tuner(STAGE1, tune.with_parameters(train_unet, data=ctx.data), metric="val_dice",
+                             resources=resources, param_space={
             "backbone": tune.grid_search(cfg.backbones()), "epochs": cfg.stage1_epochs, "lr": 1e-3,
-            "batch_size": cfg.batch_size, "seed": cfg.seed,
+            "batch_size": batch, "seed": cfg.seed,
             "unet_kwargs": tune.sample_from(
                 lambda spec: {"features": features} if features and spec.config.backbone == "unet" else {})})
         errors = trial_errors(grid)
@@ -82,11 +102,12 @@ class DartsSearch(Search):
         from trainables.darts_trial import search_trial
 
         cfg, unets = ctx.cfg, ctx.state["unets"]
+        batch, resources = ctx.stage_memory("stage2", cfg.batch_size)
         grid = ctx.run_tuner(STAGE2, tune.with_parameters(search_trial, data=ctx.data, unets=unets),
-                             metric="val_dice", param_space={
+                             metric="val_dice", resources=resources, param_space={
                                  "backbone": tune.grid_search(sorted(unets)), "epochs": cfg.search_epochs,
                                  "warmup": cfg.warmup, "k": cfg.k, "tan_beta": cfg.tan_beta,
-                                 "batch_size": cfg.batch_size, "seed": cfg.seed})
+                                 "batch_size": batch, "seed": cfg.seed})
         errors = trial_errors(grid)
         history, failed = [], {}
         for r in grid:
@@ -133,10 +154,11 @@ class DartsSearch(Search):
 
         cfg = ctx.cfg
         runs = self.candidates(ctx)
+        batch, resources = ctx.stage_memory("stage3", cfg.batch_size)
         grid = ctx.run_tuner(STAGE3, tune.with_parameters(skips_trial, data=ctx.data, unets=ctx.state["unets"]),
-                             metric="val_dice", param_space={
+                             metric="val_dice", resources=resources, param_space={
                                  "run": tune.grid_search(runs), "epochs": cfg.stage3_epochs,
-                                 "batch_size": cfg.batch_size, "lr": 1e-3},
+                                 "batch_size": batch, "lr": 1e-3},
                              tune_config=tune.TuneConfig(max_concurrent_trials=cfg.resources.max_concurrent or None))
         errors = trial_errors(grid)
         rows = []

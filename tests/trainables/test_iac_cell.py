@@ -253,3 +253,20 @@ def test_frozen_unet_is_bit_identical_after_search_and_the_search_resumes(tiny_s
                              resume_state=states[0][0])
     assert torch.allclose(step2.arch.alphas, step.arch.alphas, atol=1e-6)
     assert torch.allclose(step2.arch.betas, step.arch.betas, atol=1e-6)
+
+
+def test_mixed_op_skips_the_zero_op_without_changing_its_value_or_gradients():
+    from trainables.nets.iac_cell import MixedOp, channel_shuffle
+
+    torch.manual_seed(0)
+    op = MixedOp(8, 4, 2)
+    x = torch.randn(3, 8, 6, 6, requires_grad=True)
+    w = torch.softmax(torch.randn(len(PRIMITIVES)), 0).requires_grad_()
+    out = op(x, w)
+    part, rest = x[:, :2], x[:, 2:]
+    reference = channel_shuffle(torch.cat([sum(wi * o(part) for wi, o in zip(w, op.ops)), rest], 1), 4)
+    assert torch.allclose(out, reference)
+    g_out = torch.autograd.grad(out.square().sum(), (x, w))
+    g_ref = torch.autograd.grad(reference.square().sum(), (x, w))
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g_out, g_ref))
+    assert g_out[1][PRIMITIVES.index("zero")] == 0

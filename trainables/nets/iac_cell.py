@@ -158,7 +158,11 @@ class MixedOp(nn.Module):
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         part, rest = x[:, :self.c_part], x[:, self.c_part:]
-        mixed = sum(w * op(part) for w, op in zip(weights, self.ops))
+        # the zero op adds w * 0 (and its weight's gradient is 0): skipping it saves two
+        # partial-width tensors per edge (one kept for backward) and changes no value
+        mixed = sum(w * op(part) for w, op in zip(weights, self.ops) if not isinstance(op, Zero))
+        if not torch.is_tensor(mixed):  # every primitive is zero
+            mixed = part.mul(0.0)
         return channel_shuffle(torch.cat([mixed, rest], dim=1), self.k)
 
 
