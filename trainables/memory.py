@@ -255,10 +255,11 @@ class BatchEstimate:
     train_per_sample: float
     eval_per_sample: float
     eval_batch: int  # the largest evaluation batch (0: no evaluation)
+    train_fixed: float = 0.0  # the step's batch-independent tensors (parameter gradients)
 
     def __call__(self, batch_size: int) -> int:
         evaluation = self.eval_per_sample * min(self.eval_batch, eval_batch_size(batch_size))
-        return int(self.fixed + SAFETY * max(self.train_per_sample * batch_size, evaluation))
+        return int(self.fixed + SAFETY * max(self.train_fixed + self.train_per_sample * batch_size, evaluation))
 
 
 def batch_estimate(model_or_builder, input_shape: tuple, data_bytes: int, eval_batch: int = EVAL_BATCH,
@@ -270,7 +271,12 @@ def batch_estimate(model_or_builder, input_shape: tuple, data_bytes: int, eval_b
     frozen teacher). Only trainable parameters get optimizer moments; frozen ones count once.
     ``jemalloc``: the worker preloads Ray's jemalloc (else glibc's malloc: ``GLIBC_EXTRA_BYTES``)."""
     model = _meta_model(model_or_builder)
-    per_sample = simulate_peak_bytes(model, input_shape, probe_batch, train=True) / probe_batch
+    # two probes split the step's peak into a per-sample slope and what does not grow with the
+    # batch (parameter gradients: counted once, not once per sample)
+    small = simulate_peak_bytes(model, input_shape, probe_batch, train=True)
+    large = simulate_peak_bytes(model, input_shape, 2 * probe_batch, train=True)
+    per_sample = max(0.0, (large - small) / probe_batch)
+    train_fixed = max(0.0, small - per_sample * probe_batch)
     eval_per_sample = simulate_peak_bytes(model, input_shape, probe_batch, train=False) / probe_batch
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad) * 4
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad) * 4
@@ -281,7 +287,7 @@ def batch_estimate(model_or_builder, input_shape: tuple, data_bytes: int, eval_b
     return BatchEstimate(fixed=int(BASELINE_BYTES + allocator + copies * trainable + frozen_copies * frozen
                                    + data_bytes),
                          train_per_sample=per_sample, eval_per_sample=eval_per_sample if eval_batch else 0.0,
-                         eval_batch=int(eval_batch))
+                         eval_batch=int(eval_batch), train_fixed=train_fixed)
 
 
 @dataclass(frozen=True)
