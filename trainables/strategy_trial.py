@@ -10,6 +10,9 @@ worker died resumes at its last epoch. Each row carries ``val_acc@K`` (the value
 NaN before; MedNNS section 3 compares accuracy at epochs 10 and 100) and ``val_acc@final``
 (this epoch's), and ``finished`` (True on the trial's last epoch: a trial that ends on a row
 with ``finished=False`` was stopped by the scheduler and reaches Optuna as pruned).
+
+:func:`memory_cost` prices a trial before it starts (its batch size and normalisation), for the
+search's memory plan and each trial's Ray ``memory`` request.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import json
 import math
 import os
 import tempfile
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -25,7 +29,9 @@ from torch import nn
 from medcore.errors import ConfigError
 from trainables.checkpointing import resume_state, save_state_file
 from trainables.complexity import count_params
-from trainables.fit import DeviceSplit, FitConfig, NonFiniteLoss, evaluate, fit, pick_device, set_threads_from_ray
+from trainables.fit import (DeviceSplit, FitConfig, NonFiniteLoss, eval_batch_size, evaluate, fit, pick_device,
+                            set_threads_from_ray)
+from trainables.memory import TrialMemory
 from trainables.strategy import Strategy, insert_dropout, replace_norm
 
 MODELS = ("tiny_cnn", "cell", "resnet10", "resnet18", "resnet34", "resnet50")
@@ -127,7 +133,7 @@ def train_strategy(strategy: Strategy, data, net: dict, fit_options: dict, *, pr
         history.append(dict(row))
         row = with_objectives(row, history, objectives)
         if test is not None:
-            t = evaluate(model, test, info.task)
+            t = evaluate(model, test, info.task, eval_batch_size(cfg.batch_size))  # as fit() evaluates
             row.update(test_acc=t["acc"], test_auc=t["auc"])
         return row
 
@@ -207,3 +213,124 @@ def retrain_trial(config: dict, strategies: dict, **kwargs) -> None:
     label = config["label"]
     strategy_trial(dict(strategies[label], label=label, **({"seed": config["seed"]} if "seed" in config else {})),
                    retrain=True, **kwargs)
+
+
+# ---- memory: each trial's peak RSS before it starts -------------------------------------------------
+@dataclass(frozen=True)
+class StrategyCost:
+    """A strategy trial's peak RSS (bytes) by its normalisation and batch size.
+
+    One :class:`~trainables.memory.BatchEstimate` per normalisation choice of the space: the
+    norm decides the activations more than any other structural choice (``none`` keeps about
+    half of a ResNet's), so each trial can request what its own strategy needs, and the batch
+    checks use the heaviest. ``labels``: the retrain's ``(label, batch_size, norm)`` -- its trial
+    config names only a label."""
+
+    by_norm: tuple  # ((norm, BatchEstimate), ...)
+    labels: tuple = ()
+
+    def __call__(self, batch_size: int, norm: str | None = None) -> int:
+        estimates = dict(self.by_norm)
+        if norm in estimates:
+            return estimates[norm](batch_size)
+        return max(e(batch_size) for e in estimates.values())
+
+    def for_labels(self, strategies: dict) -> "StrategyCost":
+        """The retrain's pricing: ``strategies`` maps each label to the strategy it trains."""
+        return replace(self, labels=tuple((label, int(s["batch_size"]), s.get("norm"))
+                                          for label, s in strategies.items()))
+
+    def request(self, config: dict) -> int:
+        """Bytes a trial of ``config`` requests (a strategy, or a retrain's ``{"label": ...}``)."""
+        for label, batch, norm in self.labels:
+            if config.get("label") == label:
+                return self(batch, norm)
+        return self(int(config["batch_size"]), config.get("norm"))
+
+
+def _largest(spec) -> float:
+    """The largest value a space option (:func:`trainables.strategy.parse_space`) can take."""
+    return float(max(spec[1])) if spec[0] == "choice" else float(spec[2])
+
+
+def memory_cost(data, net: dict, space: dict, pretrained: dict | None = None, retrain: bool = False) -> StrategyCost:
+    """:class:`StrategyCost` of a trial of :func:`strategy_trial` on ``data``, simulated on the
+    meta device (:func:`trainables.memory.batch_estimate`; nothing is computed or allocated).
+
+    Modelled as the trial runs: the network built from ``net`` as trials build it, with each
+    normalisation choice of ``space`` (:func:`~trainables.strategy.replace_norm`) and, when the
+    space allows any, dropout before the classifier (its mask is the only activation it adds);
+    Adam's two moments (the heaviest optimizer: SGD keeps one buffer, RMSprop two), fit's
+    best-epoch copy and the per-epoch checkpoint's copies; one more parameter-sized buffer when
+    L1 can be on (the penalty's per-weight terms and their gradients); evaluation at fit's batch
+    (:func:`~trainables.fit.eval_batch_size`: up to 256, at most twice the training batch; the
+    retrain's per-epoch test evaluation uses it too); the data the trial holds
+    (:func:`~trainables.memory.held_bytes`) plus the ``pretrained`` weights every trial receives;
+    a ``retrain`` trial evaluates the test split every epoch and once more at the end (a second
+    float copy of it). Initialisation, learning rate, schedule and augmentation (a few
+    input-sized tensors before the forward, far below the step's activations) do not change the
+    peak. A norm the network cannot train with on this data (instance norm on a 1x1 map) is left
+    out: its trials fail on their own."""
+    from trainables.fit import FLOAT_PRELOAD_BYTES
+    from trainables.memory import EVAL_BATCH, batch_estimate, held_bytes
+
+    info = data.info
+    shape = tuple(int(v) for v in info.input_shape)
+    held = held_bytes(data) + sum(int(v.numel() * v.element_size()) for v in (pretrained or {}).values()
+                                  if isinstance(v, torch.Tensor))
+    test = data.images.get("test")
+    if retrain and test is not None and test.dtype.kind == "u" and 4 * test.size <= FLOAT_PRELOAD_BYTES:
+        held += 4 * int(test.size)
+    n_eval = max([len(data.labels[s]) for s in ("val", "test") if s in data.labels] or [EVAL_BATCH])
+    dropout, l1 = _largest(space["dropout"]), _largest(space["l1"]) > 0
+    by_norm, failures = [], []
+    for norm in dict.fromkeys(space["norm"][1]):
+        with torch.device("meta"):
+            model = call_builder(net)
+            replace_norm(model, norm, info.spatial_dims)
+            if dropout > 0 and any(isinstance(m, nn.Linear) for m in model.modules()):
+                insert_dropout(model, dropout)
+        try:
+            by_norm.append((norm, batch_estimate(model, shape, held, eval_batch=min(EVAL_BATCH, n_eval),
+                                                 checkpoint=True, extra_parameter_copies=int(l1))))
+        except (RuntimeError, ValueError) as exc:
+            failures.append(f"norm '{norm}': {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+    if not by_norm:
+        raise ConfigError(f"the network cannot train on {tuple(shape)} inputs with any normalisation of the space "
+                          f"({failures[0]})", "model")
+    return StrategyCost(tuple(by_norm))
+
+
+@dataclass(frozen=True)
+class StrategyMemory(TrialMemory):
+    """A stage's memory plan when each trial trains at its own strategy's batch size.
+
+    ``batches``: every batch its trials may train at; ``dropped``: the space's choices that fit
+    no node (left out of the space); ``cost``: what each trial requests
+    (:meth:`StrategyCost.request`); ``bytes``: the largest request, at the heaviest
+    normalisation. ``batch_size`` / ``requested_batch``: the search's largest batch that fits /
+    the space's largest; the retrain's default recipe at the batch it gets / at --batch-size."""
+
+    batches: tuple = ()
+    dropped: tuple = ()
+    cost: object = field(default=None, compare=False, repr=False)
+
+    @property
+    def lowered(self) -> bool:
+        return bool(self.dropped) or super().lowered
+
+    def to_dict(self) -> dict:
+        gb = {str(b): round(self.cost(b) / 2**30, 2) for b in self.batches} if self.cost is not None else {}
+        return {**super().to_dict(), "batches": list(self.batches), "dropped_batches": list(self.dropped),
+                "gb_by_batch": gb, "per_trial": True}
+
+    def describe(self) -> str:
+        low = self.cost(self.batches[0]) if self.cost is not None and self.batches else self.bytes
+        span = f"batch {self.batches[0]}-{self.batches[-1]}" if len(self.batches) > 1 else f"batch {self.batch_size}"
+        text = f"{self.what}: {low / 2**30:.1f}-{self.bytes / 2**30:.1f} GB per trial at {span}, each its own request"
+        if self.dropped:
+            return text + f" (batch {', '.join(map(str, self.dropped))} dropped from the space to fit)"
+        if super().lowered:
+            return text + (f" (the default recipe's batch lowered from {self.requested_batch} to {self.batch_size} "
+                           "to fit)")
+        return text

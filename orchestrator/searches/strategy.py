@@ -17,6 +17,15 @@ Stages: ``search`` -> ``retrain``.
 * ``retrain``: the best strategy and the default recipe trained again with test evaluation at
   every epoch; the best's weights go to the zoo.
 
+Memory (:meth:`StrategySearch.plan_memory`, before Ray starts): every trial trains at the batch
+size its own strategy names, so each trial requests its own estimate as Ray's ``memory``
+(:func:`trainables.strategy_trial.memory_cost`: its batch and normalisation; whole GiB, so
+equal requests reuse a worker) and Ray packs trials by their real need. The space's batch
+choices are checked at the heaviest normalisation: none fits -> refused in one line; the
+largest does not -> the choices that do not fit are dropped from the space (said on stderr and
+in ``summary["memory"]``), since a trial that fits no node would wait forever. The default
+recipe's ``--batch-size`` is halved until its retrain fits, like the other searches' batches.
+
 Outputs in ``--out``: ``trials.csv`` (every trial's strategy, Optuna state, values),
 ``curves.csv`` (every trial's per-epoch metrics), ``summary.json``, ``learning_curves.png``
 (best strategies vs the default recipe), ``param_importances.png`` (Optuna's fANOVA) and, for
@@ -75,12 +84,13 @@ def optuna_space(space: dict) -> dict:
     return out
 
 
-def default_strategy(cfg: StrategySearchConfig) -> dict:
+def default_strategy(cfg: StrategySearchConfig, batch_size: int | None = None) -> dict:
     """The default recipe (:class:`trainables.strategy.Strategy` defaults, with --lr,
-    --batch-size and --weight-decay)."""
+    --batch-size and --weight-decay); ``batch_size``: the memory plan's, when it lowered --batch-size."""
     from trainables.strategy import Strategy
 
-    return Strategy(lr=cfg.fit.lr, batch_size=cfg.fit.batch_size, l2=cfg.fit.weight_decay).check().to_dict()
+    return Strategy(lr=cfg.fit.lr, batch_size=batch_size or cfg.fit.batch_size,
+                    l2=cfg.fit.weight_decay).check().to_dict()
 
 
 def in_space(point: dict, space: dict) -> bool:
@@ -103,7 +113,10 @@ def objective_setup(cfg: StrategySearchConfig) -> tuple[list[str], list[str]]:
     return (keys, ["max"] * len(keys)) if keys else ([f"best_{cfg.fit.metric}"], ["max"])
 
 
-def make_searcher(cfg: StrategySearchConfig, space: dict, storage_url: str | None = None, study_name: str = "strategy"):
+def make_searcher(cfg: StrategySearchConfig, space: dict, storage_url: str | None = None, study_name: str = "strategy",
+                  default: dict | None = None):
+    """The Optuna searcher over ``space``; ``default`` (the default recipe, :func:`default_strategy`
+    unless given) is its first trial when the space holds it."""
     import optuna
 
     metrics, modes = objective_setup(cfg)
@@ -115,7 +128,7 @@ def make_searcher(cfg: StrategySearchConfig, space: dict, storage_url: str | Non
         sampler = optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=min(10, max(2, cfg.budget // 3)))
         metric, mode = metrics[0], modes[0]
     storage = optuna.storages.RDBStorage(storage_url) if storage_url else None
-    default = default_strategy(cfg)
+    default = default or default_strategy(cfg)
     points = [default] if in_space(default, space) else []
     return _optuna_search_cls()(space=optuna_space(space), metric=metric, mode=mode, sampler=sampler,
                                 storage=storage, study_name=study_name, points_to_evaluate=points)
@@ -133,6 +146,11 @@ def strategy_encoding(strategy: dict) -> list[float]:
             math.log10(s["l1"] or 1e-12), math.log10(s["l2"] or 1e-12), math.log10(s["lr"]), float(s["batch_size"])]
 
 
+# What to lower when a strategy trial cannot fit: the sampled batch sizes, or the default recipe's.
+SPACE_SETTINGS = "the batch_size choices of --space (e.g. '{\"batch_size\": [16, 32]}'), --size or the network"
+DEFAULT_SETTINGS = "--batch-size, --size or the network"
+
+
 class StrategySearch(Search):
     name = "strategy"
     description = "Optuna (TPE + ASHA, or NSGA-II) over training strategies: init, norm, dropout, L1/L2, optimizer, augmentation"
@@ -141,13 +159,70 @@ class StrategySearch(Search):
 
     # ---- setup ---------------------------------------------------------------------------
     def stages(self, ctx: RunContext) -> list[Stage]:
+        from trainables.strategy_trial import StrategyMemory
+
+        self._prepare(ctx)
+        plan = ctx.memory.get("search")
+        if isinstance(plan, StrategyMemory) and plan.dropped:  # Optuna samples only batches that fit
+            ctx.state["space"] = dict(ctx.state["space"], batch_size=("choice", tuple(plan.batches)))
+        return [Stage("search", self.search), Stage("retrain", self.retrain)]
+
+    def _prepare(self, ctx: RunContext) -> None:
+        """The network to train, its pretrained weights and the space, once (the memory plan
+        needs them before the stages)."""
         from trainables.strategy import parse_space
 
-        cfg = ctx.cfg
+        if "net" in ctx.state:
+            return
         net, pretrained, source = self._network(ctx)
         ctx.state.update(net=net, pretrained=pretrained, source=source,
-                         space=parse_space(cfg.space, pretrained_available=pretrained is not None))
-        return [Stage("search", self.search), Stage("retrain", self.retrain)]
+                         space=parse_space(ctx.cfg.space, pretrained_available=pretrained is not None))
+
+    def plan_memory(self, ctx: RunContext, limit: float | None) -> dict:
+        """The search's and the retrain's trials sized before Ray starts
+        (:func:`trainables.strategy_trial.memory_cost`, the network as trials build it).
+
+        ``search``: a batch choice of the space fits when its retrain, at the heaviest
+        normalisation, fits ``limit`` (the best strategy is retrained at it); the smallest not
+        fitting is refused in one line naming the space, the largest not fitting drops the
+        choices that do not (rather than training a trial at another batch than Optuna sampled).
+        ``retrain``: the default recipe at --batch-size, halved until it fits. Trials of both
+        request their own strategy's estimate (:meth:`_resources`)."""
+        from trainables.memory import plan_batch
+        from trainables.strategy_trial import StrategyMemory, memory_cost
+
+        self._prepare(ctx)
+        cfg, space, info = ctx.cfg, ctx.state["space"], ctx.data.info
+        net, pretrained = ctx.state["net"], ctx.state["pretrained"]
+        search_cost = memory_cost(ctx.data, net, space, pretrained)
+        retrain_cost = memory_cost(ctx.data, net, space, pretrained, retrain=True)
+        label = f"{network_label(ctx.state['source'])}, {info.size} px"
+        batches = sorted({int(b) for b in space["batch_size"][1]})
+        plan_batch(f"a strategy trial ({label})", retrain_cost, batches[0], limit, SPACE_SETTINGS, lowerable=False)
+        fits = tuple(b for b in batches if limit is None or retrain_cost(b) <= limit)
+        dropped = tuple(b for b in batches if b not in fits)
+        search = StrategyMemory(f"a strategy search trial ({label})", fits[-1], batches[-1], search_cost(fits[-1]),
+                                batches=fits, dropped=dropped, cost=search_cost)
+        default = plan_batch(f"the default recipe's retrain ({label})", retrain_cost, cfg.fit.batch_size, limit,
+                             DEFAULT_SETTINGS)
+        retrain = StrategyMemory(f"a retrain trial ({label})", default.batch_size, default.requested_batch,
+                                 max(retrain_cost(b) for b in (*fits, default.batch_size)),
+                                 batches=tuple(sorted({*fits, default.batch_size})), cost=retrain_cost)
+        return {"search": search, "retrain": retrain}
+
+    def _resources(self, ctx: RunContext, stage: str, strategies: dict | None = None):
+        """Ray resources of ``stage``'s trials: each requests its own strategy's estimate (a
+        callable of the trial config; ``strategies``: the retrain's label -> strategy)."""
+        plan = ctx.memory.get(stage)
+        cost = getattr(plan, "cost", None)
+        if cost is None:
+            return ctx.trial_resources(plan.bytes if plan is not None else None)
+        return ctx.trial_resources((cost.for_labels(strategies) if strategies else cost).request)
+
+    def _default(self, ctx: RunContext) -> dict:
+        """The default recipe at the batch the memory plan gave it."""
+        plan = ctx.memory.get("retrain")
+        return default_strategy(ctx.cfg, plan.batch_size if plan is not None else None)
 
     def _network(self, ctx: RunContext):
         """(build recipe, pretrained state dict or None, description) of the network to train."""
@@ -240,7 +315,8 @@ class StrategySearch(Search):
 
         cfg = ctx.cfg
         metrics, modes = objective_setup(cfg)
-        searcher = make_searcher(cfg, ctx.state["space"], self.storage_url(ctx), study_name=ctx.run_id)
+        searcher = make_searcher(cfg, ctx.state["space"], self.storage_url(ctx), study_name=ctx.run_id,
+                                 default=self._default(ctx))
         if len(metrics) == 1 and cfg.scheduler == "asha":
             scheduler = ASHAScheduler(time_attr="epoch", metric=metrics[0], mode=modes[0], max_t=cfg.fit.max_epochs,
                                       grace_period=min(cfg.grace_period, cfg.fit.max_epochs),
@@ -248,10 +324,11 @@ class StrategySearch(Search):
         else:
             scheduler = FIFOScheduler()
         grid = ctx.run_tuner(SEARCH_NAME, self._trainable(ctx, retrain=False), metric=metrics[0], mode=modes[0],
-                             tune_config=tune.TuneConfig(
+                             resources=self._resources(ctx, "search"), tune_config=tune.TuneConfig(
                                  search_alg=searcher, scheduler=scheduler, num_samples=cfg.budget, reuse_actors=True,
                                  max_concurrent_trials=cfg.resources.max_concurrent or None))
-        searcher = make_searcher(cfg, ctx.state["space"], self.storage_url(ctx), study_name=ctx.run_id)
+        searcher = make_searcher(cfg, ctx.state["space"], self.storage_url(ctx), study_name=ctx.run_id,
+                                 default=self._default(ctx))
         searcher.restore_from_dir(ctx.experiment_path(SEARCH_NAME))
         ctx.state["study"], ctx.state["ot_numbers"] = searcher._ot_study, {
             tid: t.number for tid, t in searcher._ot_trials.items()}
@@ -282,7 +359,7 @@ class StrategySearch(Search):
             epochs = int(df["epoch"].max()) if df is not None and "epoch" in df and len(df) else 0
             row = {"trial_id": tid, "optuna_number": number, "optuna_state": state, "status": status,
                    "reason": errors.get(tid, m.get("reason", "")), "epochs": epochs,
-                   "default_recipe": strategy == default_strategy(cfg), **strategy,
+                   "default_recipe": strategy == self._default(ctx), **strategy,
                    **{k: m.get(k) for k in ("best_val_acc", "best_val_auc", "best_epoch", "val_acc", "val_auc")},
                    **{k: m.get(k) for k in metrics if k not in ("best_val_acc", "best_val_auc")}}
             if ot is not None and ot.state == TrialState.COMPLETE:
@@ -321,14 +398,15 @@ class StrategySearch(Search):
         cfg = ctx.cfg
         best = self.best_row(ctx)
         ctx.state["best"], ctx.state["retrained"] = best, {}
-        strategies = {"default": default_strategy(cfg)}
+        strategies = {"default": self._default(ctx)}
         if best is not None:
             strategies["best"] = {k: best[k] for k in DEFAULT_SPACE}
         labels = ["default"] if strategies.get("best") in (None, strategies["default"]) else ["best", "default"]
         ctx.state["retrain_strategies"] = strategies
         grid = ctx.run_tuner(RETRAIN_NAME, self._trainable(ctx, retrain=True), param_space={
-            "label": tune.grid_search(labels)}, metric="test_auc", tune_config=tune.TuneConfig(
-                max_concurrent_trials=cfg.resources.max_concurrent or None))
+            "label": tune.grid_search(labels)}, metric="test_auc",
+            resources=self._resources(ctx, "retrain", strategies),
+            tune_config=tune.TuneConfig(max_concurrent_trials=cfg.resources.max_concurrent or None))
         errors = trial_errors(grid)
         for result in grid:
             if not result.config:
@@ -399,7 +477,7 @@ class StrategySearch(Search):
                 "val_acc": (final_best or {}).get("val_acc"), "val_auc": (final_best or {}).get("val_auc"),
                 "test_acc": (final_best or {}).get("test_acc"), "test_auc": (final_best or {}).get("test_auc"),
                 "retrained": final_best},
-            "default": {"strategy": default_strategy(cfg), "retrained": final_default,
+            "default": {"strategy": ctx.state["retrain_strategies"]["default"], "retrained": final_default,
                         "in_search": any(r["default_recipe"] for r in rows)},
             "importances": importances, "plots": plots,
             "optuna_storage": str(out / STORAGE_FILE) if cfg.optuna_storage else None,
@@ -455,6 +533,15 @@ class StrategySearch(Search):
             print(f"best strategy: {json.dumps(best['strategy'])}")
             print(f"  test_acc={best.get('test_acc')} test_auc={best.get('test_auc')}; trial-epochs saved by "
                   f"early stopping: {summary['trial_epochs_saved']:.0%}")
+
+
+def network_label(source: dict) -> str:
+    """The trained network in a few words (memory messages): its name, zoo id or meta-space pick."""
+    if source.get("recommended"):
+        return f"meta-space model {source['recommended']}"
+    if source.get("from_zoo"):
+        return f"zoo model {source['from_zoo']}"
+    return str(source.get("model", "network"))
 
 
 def nn_linear():
