@@ -21,7 +21,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 from ray import tune
@@ -31,7 +31,9 @@ from medcore.compression_genome import CompressionGenome
 from medcore.errors import MedtuneError
 from trainables import compression
 from trainables.complexity import count_flops, count_params
-from trainables.fit import DeviceSplit, FitConfig, evaluate, fit, pick_device, set_threads_from_ray
+from trainables.fit import (FLOAT_PRELOAD_BYTES, DeviceSplit, FitConfig, eval_batch_size, evaluate, fit,
+                            pick_device, set_threads_from_ray)
+from trainables.memory import BatchEstimate
 from trainables.nets.resnet import build_resnet, default_stem
 
 ACCURACY_TOLERANCE = 0.96  # eq. (1): tau = 0.96 x base accuracy, i.e. at most 4 % accuracy loss
@@ -41,6 +43,19 @@ META_FILE = "base.json"
 # MedMNIST's training recipe, as adopted by the paper (section 4.2).
 BASE_DEFAULTS = {"model": "resnet50", "epochs": 100, "lr": 1e-3, "weight_decay": 1e-3,
                  "batch_size": 128, "seed": 0, "select_metric": "val_acc"}
+CALIBRATION_SAMPLES = 256  # train images that calibrate int8 quantization (config: calibration_samples)
+# What a candidate trial holds besides the worker, the data and the activations, in float32
+# copies of the base network's parameters (measured peak RSS of compress_trial, jemalloc with
+# decay off as trials run, ResNet-10/18/50 3D at 28 px; see candidate_estimate):
+# * pruning: torch's l1_unstructured (topk) needs 8-10x the tensor it prunes; over a whole ResNet
+#   12-15x the largest tensor (50-95 % pruned), pages the worker keeps;
+PRUNE_COPIES = 16  # x the largest prunable tensor
+# * a float candidate: the base as received (pruned in place) + model_size_mb's serialized
+#   state_dict, whose buffer grows by doubling (measured 1.9-2.0x);
+FLOAT_PATH_COPIES = 3
+# * an int8 candidate: the base + quantize()'s deep copy, prepare_fx's Conv+BN-fused copy and
+#   conversion (measured 2.6x) + the int8 model and its serialized state_dict (~0.5x).
+INT8_PATH_COPIES = 4.5
 
 
 @dataclass
@@ -50,6 +65,12 @@ class BaseCheckpoint:
     model: nn.Module
     build: dict  # keyword arguments of ``build_resnet``
     meta: dict  # dataset description and base metrics written by ``train_base``
+
+
+def base_build(model: str, info, stem: str | None = None) -> dict:
+    """Keyword arguments of ``build_resnet`` for base network ``model`` on a dataset described by ``info``."""
+    return {"name": str(model).lower(), "spatial_dims": info.spatial_dims, "in_channels": info.n_channels,
+            "n_outputs": info.n_outputs, "stem": stem or default_stem(info.spatial_dims)}
 
 
 def _dataset_meta(data) -> dict:
@@ -76,9 +97,7 @@ def train_base(config: Mapping, data) -> None:
     set_threads_from_ray()
     c = {**BASE_DEFAULTS, **dict(config)}
     info = data.info
-    build = {"name": str(c["model"]).lower(), "spatial_dims": info.spatial_dims,
-             "in_channels": info.n_channels, "n_outputs": info.n_outputs,
-             "stem": c.get("stem") or default_stem(info.spatial_dims)}
+    build = base_build(c["model"], info, c.get("stem"))
     torch.manual_seed(int(c["seed"]))  # the initial weights are part of the seeded recipe
     model = build_resnet(**build)
     epochs = int(c["epochs"])
@@ -91,7 +110,7 @@ def train_base(config: Mapping, data) -> None:
 
     def report(row: dict) -> None:
         # fit() calls this after validating, with the model at this epoch's weights.
-        t = evaluate(model, test, info.task, channels_last=device.type == "cuda")
+        t = evaluate(model, test, info.task, eval_batch_size(cfg.batch_size), channels_last=device.type == "cuda")
         tune.report({**row, "test_acc": t["acc"], "test_auc": t["auc"], **tag})
 
     result = fit(model, data, cfg, report=report, evaluate_test=True, keep_state=True)
@@ -108,6 +127,16 @@ def train_base(config: Mapping, data) -> None:
         torch.save(state, os.path.join(d, MODEL_FILE))
         Path(d, META_FILE).write_text(json.dumps(meta, indent=1, default=float))
         tune.report(final, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+def read_build(path) -> dict:
+    """The ``build_resnet`` arguments a :func:`train_base` checkpoint folder records (its
+    ``base.json``), without loading its weights: what the memory plan needs of ``--base-checkpoint``."""
+    directory = Path(os.fspath(path)).expanduser()
+    if not (directory / META_FILE).is_file():
+        raise MedtuneError(f"base checkpoint {directory} has no {META_FILE}; "
+                           f"expected a train_base checkpoint directory")
+    return dict(json.loads((directory / META_FILE).read_text())["build"])
 
 
 def _read_base(directory: Path) -> BaseCheckpoint:
@@ -161,7 +190,7 @@ def evaluate_candidate(model: nn.Module, data, config: Mapping, base_accuracy: f
     :func:`failed_result` with the exception as ``reason``.
     """
     cfg = CompressionGenome.from_config(config)
-    opts = {"calibration_samples": int(config.get("calibration_samples", 256)),
+    opts = {"calibration_samples": int(config.get("calibration_samples", CALIBRATION_SAMPLES)),
             "calibration_seed": int(config.get("calibration_seed", 0)),
             "inference_batch": int(config.get("inference_batch", 128)),
             "inference_repeats": int(config.get("inference_repeats", 5))}
@@ -199,3 +228,119 @@ def compress_trial(config: Mapping, data, base: BaseCheckpoint, base_accuracy: f
     base_flops = count_flops(base.model, tuple(data.images["test"].shape[1:]))
     config = {**(options or {}), **config}
     tune.report(evaluate_candidate(base.model, data, config, base_accuracy, base_flops))
+
+
+# ---- memory: what each trial of the search takes, before it starts --------------------------
+
+def _meta_base(build: dict) -> nn.Module:
+    with torch.device("meta"):
+        return build_resnet(**build)
+
+
+PROBE_BATCHES = (8, 32)  # simulated training steps that price the base's per-sample memory
+# Parameter-sized memory a base training trial holds beyond fit's copies and the simulated step:
+# measured up to 1.5x the weights at small batches (ResNet-10/18/50 3D, 28 px, jemalloc), where the
+# activations leave no margin; not attributed (kernel-side weight buffers, the optimizer step).
+BASE_EXTRA_COPIES = 2
+
+
+def base_estimate(build: dict, data, jemalloc: bool = True) -> BatchEstimate:
+    """Peak RSS of a :func:`train_base` trial as a function of its batch size (the base
+    network ``build`` trained by fit() with Adam on ``data``), simulated on the meta device: the
+    fixed terms of :func:`trainables.memory.batch_estimate` -- the weights, Adam's moments and
+    fit's best-epoch copy (no per-epoch checkpoint: the state is saved once, at the end), the
+    data as :func:`~trainables.memory.held_bytes` counts it plus a second float copy of the test
+    split (fit's final test evaluation makes its own while the trial's per-epoch one is alive),
+    :data:`BASE_EXTRA_COPIES` -- and the larger of one training step and one evaluation batch
+    (val and test, at fit's ``eval_batch_size``). ``jemalloc``: the workers preload Ray's
+    jemalloc (else glibc's malloc).
+
+    The training step is priced from two simulated steps (:data:`PROBE_BATCHES`): their
+    difference is the per-sample activation memory, the rest (the parameter gradients, as
+    large as the weights whatever the batch) is added once. A single probe's peak divided by
+    its batch, as ``batch_estimate`` prices it, counts the gradients once per sample: 4x the
+    measured peak of a ResNet-18 3D at batch 128 (28 px)."""
+    import dataclasses
+
+    from trainables.fit import EVAL_BATCH
+    from trainables.memory import SAFETY, batch_estimate, held_bytes, simulate_peak_bytes
+
+    model = _meta_base(build)
+    shape = tuple(data.images["train"].shape[1:])
+    test = data.images["test"]
+    second_test = 4 * test.size if test.dtype.kind == "u" and 4 * test.size <= FLOAT_PRELOAD_BYTES else 0
+    n_eval = max(len(data.labels["val"]), len(data.labels["test"]))
+    est = batch_estimate(model, shape, held_bytes(data) + second_test, eval_batch=min(EVAL_BATCH, n_eval),
+                         checkpoint=False, probe_batch=PROBE_BATCHES[0], extra_parameter_copies=BASE_EXTRA_COPIES,
+                         jemalloc=jemalloc)
+    small, large = PROBE_BATCHES
+    low, high = (simulate_peak_bytes(model, shape, b, train=True) for b in PROBE_BATCHES)
+    per_sample = max(0.0, (high - low) / (large - small))
+    once = max(0.0, low - small * per_sample)  # batch-independent: the parameter gradients
+    return dataclasses.replace(est, fixed=int(est.fixed + SAFETY * once), train_per_sample=per_sample)
+
+
+def _array_bytes(data) -> int:
+    """Bytes of the image and label arrays of ``data``, each array once however many split
+    names alias it or view into it (a candidate converts batches to float one at a time)."""
+    seen = {}
+    for group in (data.images, data.labels):
+        for array in group.values():
+            base = array
+            while getattr(base, "base", None) is not None and hasattr(base.base, "nbytes"):
+                base = base.base
+            seen[id(base)] = int(base.nbytes)
+    return sum(seen.values())
+
+
+def candidate_estimate(build: dict, data, calibration_samples: int = CALIBRATION_SAMPLES,
+                       jemalloc: bool = True) -> Callable[[int], int]:
+    """Peak RSS (bytes) of one :func:`compress_trial` on base network ``build`` as a function
+    of its timed ``inference_batch`` (B). A candidate trains nothing -- magnitude pruning of the
+    trained weights, post-training int8 calibration, then forward passes only -- so it counts
+
+        BASELINE_BYTES [+ GLIBC_EXTRA_BYTES without ``jemalloc``] + the data arrays as the trial
+        holds them (uint8, each once) + its uint8 copies of the calibration subset and of the
+        timed batch + PRUNE_COPIES x the largest prunable tensor + the larger of the two kinds
+        of candidate:
+        * float (x7 = 0): FLOAT_PATH_COPIES x the float32 parameters and buffers + SAFETY x the
+          simulated eval forward (no_grad, meta device) at the test prediction batch
+          (``PREDICT_BATCH``, at most the test split), plus at B when B is larger (a smaller
+          timed batch fits in what the prediction passes freed);
+        * int8 (x7 = 1): INT8_PATH_COPIES x the parameters + SAFETY x twice the float forward at
+          the calibration batch (``CALIBRATION_BATCH``; the histogram observers' temporaries) +
+          a quarter of the float forward at B (int8 activations take a byte).
+
+    Every candidate of the search is priced alike (pruning and quantization are what the
+    searcher varies), so one request covers them all. The copies are measured under jemalloc
+    with decay off (freed pages stay with the worker); glibc returns large blocks, so there
+    they overstate."""
+    from trainables.compression import CALIBRATION_BATCH, PREDICT_BATCH, prunable_layers
+    from trainables.memory import BASELINE_BYTES, GLIBC_EXTRA_BYTES, SAFETY, simulate_peak_bytes
+
+    model = _meta_base(build)
+    shape = tuple(data.images["test"].shape[1:])
+    sample = math.prod(shape)  # uint8 bytes of one image
+    n_calibration = min(int(calibration_samples), len(data.images["train"]))
+    weights = 4 * (sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers()))
+    layers = [m for _, m in prunable_layers(model, "linear") + prunable_layers(model, "conv")]
+    largest = 4 * max((t.numel() for m in layers for t in (m.weight, m.bias) if t is not None), default=0)
+    fixed = (BASELINE_BYTES + (0 if jemalloc else GLIBC_EXTRA_BYTES) + _array_bytes(data) + n_calibration * sample
+             + PRUNE_COPIES * largest)
+    predict_batch = min(PREDICT_BATCH, len(data.images["test"]))
+    calibration_batch = min(CALIBRATION_BATCH, n_calibration)
+    peaks = {}
+
+    def peak(batch: int) -> int:
+        if batch not in peaks:
+            peaks[batch] = simulate_peak_bytes(model, shape, batch, train=False)
+        return peaks[batch]
+
+    def estimate(inference_batch: int) -> int:
+        b = int(inference_batch)
+        timed = peak(b) if b > predict_batch else 0
+        floating = FLOAT_PATH_COPIES * weights + SAFETY * (peak(predict_batch) + timed)
+        int8 = INT8_PATH_COPIES * weights + SAFETY * (2 * peak(calibration_batch) + peak(b) / 4)
+        return int(fixed + b * sample + max(floating, int8))
+
+    return estimate

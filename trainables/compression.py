@@ -62,6 +62,10 @@ PRUNE_TENSORS = {0: ("weight",), 1: ("bias",), 2: ("weight", "bias")}
 SUBSET_KEEP_PROBABILITY = 0.5
 QUANTIZED_FLOP_WEIGHT = 8 / 32  # int8 multiply-accumulates weighted by bit width vs float32
 _QUANTIZED_MODULE_PREFIXES = ("torch.ao.nn.quantized", "torch.ao.nn.intrinsic.quantized")
+# Batches of the untimed forward passes: test-split prediction and int8 calibration (the memory
+# estimate of a candidate, trainables.compress_trial.candidate_estimate, sizes its passes by them).
+PREDICT_BATCH = 128
+CALIBRATION_BATCH = 64
 
 # The name trainables.compress_trial still uses; drop once it imports CompressionGenome from medcore.
 
@@ -195,8 +199,8 @@ def _is_quantized(module: nn.Module) -> bool:
     return type(module).__module__.startswith(_QUANTIZED_MODULE_PREFIXES)
 
 
-def quantize(model: nn.Module, calibration: np.ndarray, batch_size: int = 64, engine: str | None = None
-             ) -> tuple[nn.Module, list[str], list[str]]:
+def quantize(model: nn.Module, calibration: np.ndarray, batch_size: int = CALIBRATION_BATCH,
+             engine: str | None = None) -> tuple[nn.Module, list[str], list[str]]:
     """Static int8 post-training quantization (x7 = 1) of a copy of ``model`` on CPU.
 
     FX graph mode with the backend's default qconfig mapping (per-channel weights, histogram
@@ -251,7 +255,7 @@ def model_size_mb(model: nn.Module) -> float:
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, images: np.ndarray, batch_size: int = 128) -> torch.Tensor:
+def predict(model: nn.Module, images: np.ndarray, batch_size: int = PREDICT_BATCH) -> torch.Tensor:
     """Float logits of ``model`` (on CPU) for uint8 images, batched."""
     model.eval()
     out = [model(_to_float(images[s:s + batch_size])).float() for s in range(0, len(images), batch_size)]

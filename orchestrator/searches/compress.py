@@ -43,6 +43,28 @@ class CompressSearch(Search):
     config_cls = CompressSearchConfig
     stage_names = ("base", "search")
 
+    def plan_memory(self, ctx: RunContext, limit: float | None) -> dict:
+        """The base network's training trial (none with ``--base-checkpoint``) and every candidate
+        trial, sized before Ray starts (:func:`trainables.compress_trial.base_estimate` and
+        :func:`~trainables.compress_trial.candidate_estimate`). The base trains at ``--batch-size``
+        halved until it fits ``limit``; a candidate's batch is the timed inference batch, a measured
+        setting of the search (inference_ms, Fig. 2), so it is never lowered: refused in one line."""
+        from trainables.compress_trial import base_build, base_estimate, candidate_estimate, read_build
+        from trainables.memory import plan_batch
+
+        cfg, data = ctx.cfg, ctx.data
+        jemalloc = cfg.resources.jemalloc
+        build = read_build(cfg.base_checkpoint) if cfg.base_checkpoint else base_build(cfg.model, data.info)
+        where = f"{build['name']}, {data.info.size} px"
+        plans = {}
+        if not cfg.base_checkpoint:
+            plans["base"] = plan_batch(f"training the base network ({where})", base_estimate(build, data, jemalloc),
+                                       cfg.fit.batch_size, limit, "--batch-size, --size or --model")
+        candidate = candidate_estimate(build, data, jemalloc=jemalloc)
+        plans["search"] = plan_batch(f"a compression candidate ({where})", candidate, cfg.inference_batch, limit,
+                                     "--inference-batch or --size", lowerable=False)
+        return plans
+
     def stages(self, ctx: RunContext) -> list[Stage]:
         make_searcher(ctx.cfg)  # bad searcher settings fail before any training
         return [Stage("base", self.base), Stage("search", self.search)]
@@ -57,9 +79,11 @@ class CompressSearch(Search):
             ctx.state["base"], ctx.state["base_ref"] = load_base(cfg.base_checkpoint), str(cfg.base_checkpoint)
             return
         fit = cfg.fit
-        grid = ctx.run_tuner(BASE_NAME, tune.with_parameters(train_base, data=ctx.data), param_space={
+        batch, resources = ctx.stage_memory("base", fit.batch_size)
+        grid = ctx.run_tuner(BASE_NAME, tune.with_parameters(train_base, data=ctx.data), resources=resources,
+                             param_space={
             "model": cfg.model.lower(), "epochs": fit.max_epochs, "seed": cfg.seed, "lr": fit.lr,
-            "weight_decay": fit.weight_decay, "batch_size": fit.batch_size, "select_metric": fit.metric,
+            "weight_decay": fit.weight_decay, "batch_size": batch, "select_metric": fit.metric,
             "patience": fit.patience or fit.max_epochs}, metric="val_acc")
         result = grid[0]
         if result.error or result.checkpoint is None:
@@ -75,16 +99,19 @@ class CompressSearch(Search):
 
         cfg, base = ctx.cfg, ctx.state["base"]
         base_accuracy = float(base.meta["metrics"]["test_acc"])
+        # never lowered (plan_memory refuses instead): the timed batch is part of what is measured
+        batch, resources = ctx.stage_memory("search", cfg.inference_batch)
 
         def trainable():
             return tune.with_parameters(compress_trial, data=ctx.data, base=base, base_accuracy=base_accuracy,
-                                        options={"inference_batch": cfg.inference_batch,
+                                        options={"inference_batch": batch,
                                                  "inference_repeats": cfg.inference_repeats})
 
-        grid = ctx.run_tuner(BASE_EVAL_NAME, trainable(), param_space=dict(UNCOMPRESSED))
+        grid = ctx.run_tuner(BASE_EVAL_NAME, trainable(), resources=resources, param_space=dict(UNCOMPRESSED))
         ctx.state["base_eval"] = grid[0].metrics or {}
         searcher = make_searcher(cfg)
-        grid = ctx.run_tuner(SEARCH_NAME, trainable(), metric="accuracy", tune_config=tune.TuneConfig(
+        grid = ctx.run_tuner(SEARCH_NAME, trainable(), resources=resources, metric="accuracy",
+                             tune_config=tune.TuneConfig(
             search_alg=searcher, num_samples=-1, max_concurrent_trials=cfg.resources.max_concurrent or None,
             reuse_actors=True))
         ctx.state["measured"] = {r.metrics["trial_id"]: r.metrics for r in grid if r.metrics and "trial_id" in r.metrics}
