@@ -253,6 +253,12 @@ def _largest(spec) -> float:
     return float(max(spec[1])) if spec[0] == "choice" else float(spec[2])
 
 
+# What a strategy trial holds beyond the shared model (its own imports, the batched augmentation's
+# buffers): measured 52 MiB above it for the tiny CNN at batch 32 on BreastMNIST
+# (benchmarks/memory_estimate.py --cases strategy), with margin.
+STRATEGY_EXTRA_BYTES = 128 * 2**20
+
+
 def memory_cost(data, net: dict, space: dict, pretrained: dict | None = None, retrain: bool = False) -> StrategyCost:
     """:class:`StrategyCost` of a trial of :func:`strategy_trial` on ``data``, simulated on the
     meta device (:func:`trainables.memory.batch_estimate`; nothing is computed or allocated).
@@ -276,8 +282,9 @@ def memory_cost(data, net: dict, space: dict, pretrained: dict | None = None, re
 
     info = data.info
     shape = tuple(int(v) for v in info.input_shape)
-    held = held_bytes(data) + sum(int(v.numel() * v.element_size()) for v in (pretrained or {}).values()
-                                  if isinstance(v, torch.Tensor))
+    held = STRATEGY_EXTRA_BYTES + held_bytes(data) + sum(int(v.numel() * v.element_size())
+                                                        for v in (pretrained or {}).values()
+                                                        if isinstance(v, torch.Tensor))
     test = data.images.get("test")
     if retrain and test is not None and test.dtype.kind == "u" and 4 * test.size <= FLOAT_PRELOAD_BYTES:
         held += 4 * int(test.size)
