@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medcore.errors import ConfigError, DataError
+from medcore.errors import ConfigError, DataError, ResourceError
 from medcore.records import OK
 from orchestrator.atomic import read_json, write_json
 from trainables.metaspace_model import MetaSpaceOptions  # noqa: F401  (part of this module's API)
@@ -171,6 +171,8 @@ def _lengths(col: pd.Series) -> np.ndarray:
 
 def _fill_ragged(out: np.ndarray, col: pd.Series, lengths: np.ndarray, what: str) -> None:
     """Rows of a list column into ``out`` (N, width), zero-padded, one np.stack per length."""
+    from trainables.metaspace_model import FEATURE_CHUNK
+
     width = out.shape[1]
     if len(col) and lengths.max(initial=0) > width:
         raise DataError(f"a zoo row's {what} has {int(lengths.max())} values; this meta-space takes at most {width}")
@@ -179,8 +181,8 @@ def _fill_ragged(out: np.ndarray, col: pd.Series, lengths: np.ndarray, what: str
         if length == 0:
             continue
         rows = np.flatnonzero(lengths == length)
-        for start in range(0, len(rows), 65536):  # bounded temporaries on a 720k-row zoo
-            chunk = rows[start:start + 65536]
+        for start in range(0, len(rows), FEATURE_CHUNK):  # bounded temporaries on a 720k-row zoo
+            chunk = rows[start:start + FEATURE_CHUNK]
             out[chunk, :length] = np.stack([np.asarray(v, np.float32) for v in values[chunk]])
 
 
@@ -362,10 +364,63 @@ def _training_rows(zoo: pd.DataFrame, metric: str) -> pd.DataFrame:
     return rows.reset_index(drop=True)
 
 
+def available_memory() -> float:
+    """Bytes this machine can still give the process (psutil's ``available``): the meta-space
+    trains in the calling process, not in a Ray trial with a ``memory`` request."""
+    import psutil
+
+    return float(psutil.virtual_memory().available)
+
+
+TRAIN_SETTINGS = "--batch-size, or train on fewer pairs (a smaller --zoo, --only-encoded, --exclude)"
+KEPT_COLUMNS = ("model_id", "dataset", "family", "architecture", "build", "weights", "search")
+
+
+def _table_bytes(rows: pd.DataFrame, columns) -> int:
+    """What the trained :class:`MetaSpace` copies of ``columns``: the pandas copy's values (8
+    bytes a row) and the query's Arrow table (a string column's characters, measured on up to
+    1,000 evenly spaced rows, and its offsets; other columns their item size)."""
+    n = len(rows)
+    sample = rows.iloc[::max(1, n // 1000)]
+    per_row = 0.0
+    for c in columns:
+        col = sample[c]
+        if isinstance(col.dtype, np.dtype) and col.dtype != object:
+            per_row += 8 + col.dtype.itemsize
+        else:  # object or pandas' string dtype
+            lengths = [len(v.encode()) for v in col if isinstance(v, str)]
+            per_row += 16 + (sum(lengths) / len(col) if len(col) else 0.0)
+    return int(per_row * n)
+
+
+def check_memory(rows: pd.DataFrame, layout: FeatureLayout, n_datasets: int, dataset_dim: int,
+                 options: MetaSpaceOptions, limit: float | None = None, settings: str = TRAIN_SETTINGS) -> int:
+    """The bytes training on ``rows`` will add (:func:`~trainables.metaspace_model.metaspace_memory`),
+    refused in one line (:class:`ResourceError`) when they exceed ``limit`` (default: this
+    machine's :func:`available_memory`, read now, with the zoo already loaded), naming
+    ``settings``. The batch is never lowered on its own: it sets the optimiser steps per epoch
+    and the rank partners each step draws (a different meta-space), and the pair features, not
+    the batch, are most of the memory."""
+    from trainables.metaspace_model import metaspace_memory
+
+    keep = [c for c in KEPT_COLUMNS + (options.metric, "synthetic") if c in rows]
+    need = metaspace_memory(len(rows), layout.dim, dataset_dim, n_datasets, options, _table_bytes(rows, keep),
+                            max(layout.encoding_len, layout.functional_len))
+    limit = available_memory() if limit is None else float(limit)
+    if need > limit:
+        raise ResourceError(f"training the meta-space needs {need / 2**30:.1f} GB ({len(rows):,} pairs x "
+                            f"{layout.dim} features, batch {options.batch_size}), but this machine has "
+                            f"{limit / 2**30:.1f} GB available; lower {settings}")
+    return need
+
+
 def train_metaspace(zoo: pd.DataFrame, encodings: DatasetEncodings, options: MetaSpaceOptions | None = None,
-                    exclude: str | None = None) -> MetaSpace:
+                    exclude: str | None = None, memory_limit: float | None = None,
+                    settings: str = TRAIN_SETTINGS) -> MetaSpace:
     """Train a meta-space on every ok zoo row with ``options.metric``; ``exclude`` is the
-    leave-one-out target whose models, embedding and FID row stay out of training."""
+    leave-one-out target whose models, embedding and FID row stay out of training. Before
+    anything is built, :func:`check_memory` refuses a training that would not fit
+    ``memory_limit`` (default: the machine's available memory), naming ``settings``."""
     from trainables.metaspace_model import embed_in_batches, fit_metaspace
 
     options = options or MetaSpaceOptions()
@@ -394,15 +449,15 @@ def train_metaspace(zoo: pd.DataFrame, encodings: DatasetEncodings, options: Met
         raise DataError(f"dataset(s) {', '.join(missing)} in the zoo have no dataset encoding "
                         f"(encodings hold: {', '.join(encodings.names) or 'none'}); encode them first")
     layout = layout_of(rows)
-    model_x = model_features(rows, layout)
     dataset_x = np.stack([np.asarray(encodings.embeddings[n], np.float32) for n in names])
+    check_memory(rows, layout, len(names), dataset_x.shape[1], options, memory_limit, settings)
+    model_x = model_features(rows, layout)
     codes = pd.Categorical(rows["dataset"].astype(str), categories=names).codes.astype(np.int64)
     fid = encodings.fid.loc[names, names].to_numpy(np.float64) if options.use_fid else None
     perf = rows[options.metric].to_numpy(np.float64)
     fit = fit_metaspace(model_x, dataset_x, codes, perf, fid, options)
     embeddings = embed_in_batches(fit.net.embed_models, model_x)
-    keep = [c for c in ("model_id", "dataset", "family", "architecture", "build", "weights", "search",
-                        options.metric, "synthetic") if c in rows]
+    keep = [c for c in KEPT_COLUMNS + (options.metric, "synthetic") if c in rows]
     models = rows[keep].copy()
     for col in ("family", "architecture", "build", "weights"):
         if col not in models:

@@ -246,3 +246,78 @@ def embed_in_batches(fn, x: np.ndarray, batch_size: int = 65536) -> np.ndarray:
     out = [fn(torch.as_tensor(np.asarray(x[i:i + batch_size], np.float32))).numpy()
            for i in range(0, len(x), batch_size)]
     return np.concatenate(out, axis=0) if out else np.zeros((0, 0), np.float32)
+
+
+# ---- memory: what training keeps alive, before it starts -----------------------------------
+
+# Per pair, besides its feature row: fit_metaspace's dataset codes (int64), performance (float32
+# tensor), sort order (int64) and the epoch permutation (int64, the old one alive while the next
+# is drawn: 2x); train_metaspace's codes (int64) and performance (float64).
+PAIR_VECTOR_BYTES = 8 + 4 + 8 + 2 * 8 + 8 + 8
+EMBED_BATCH = 65536  # embed_in_batches' default rows per batch
+FEATURE_CHUNK = 65536  # rows of a ragged zoo column stacked at once into the feature matrix
+ROW_ARRAY_OVERHEAD = 112  # a numpy array object's own bytes (the per-row float32 arrays of a chunk)
+
+
+class _PairStep(nn.Module):
+    """One training step of :func:`fit_metaspace` as a module, for the meta-device simulation:
+    E_m on the gathered rows of the batch (the rows themselves, their rank partners and
+    contrastive positives), E_d on every training dataset, phi on the batch's pairs."""
+
+    def __init__(self, net: MetaSpaceNet, n_datasets: int, batch: int, options: MetaSpaceOptions):
+        super().__init__()
+        self.net, self.batch, self.options = net, int(batch), options
+        self.register_buffer("datasets", torch.zeros(n_datasets, net.dataset_mean.shape[0]))
+        self.register_buffer("row_dataset", torch.zeros(self.batch, dtype=torch.long))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d_emb = self.net.embed_datasets(self.datasets)[self.row_dataset]
+        parts = self.net.embed_models(x).split(self.batch)
+        out = [(p * d_emb).sum(-1) for p in parts]
+        if self.options.use_perf:
+            out.append(self.net.predict(parts[0], d_emb))
+        return torch.cat(out)
+
+
+class _Embed(nn.Module):
+    """E_m alone, standardisation included, as :func:`embed_in_batches` runs it."""
+
+    def __init__(self, net: MetaSpaceNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.embed_models(x)
+
+
+def metaspace_memory(n_pairs: int, model_dim: int, dataset_dim: int, n_datasets: int, options: MetaSpaceOptions,
+                     table_bytes: int = 0, ragged_width: int | None = None) -> int:
+    """Bytes that training a meta-space on ``n_pairs`` zoo rows adds to the process, before any
+    is allocated (the zoo itself is already in memory): the pair feature matrix E_m reads
+    (``n_pairs x model_dim`` float32, built once and indexed per batch) and the chunk its widest
+    ragged column (``ragged_width`` values a row) is stacked through, the per-pair vectors
+    (:data:`PAIR_VECTOR_BYTES`), the network with its gradients and Adam's two moments, the
+    model embeddings written after training (and their concatenated copy), ``table_bytes`` of
+    the query table, and ``SAFETY x`` the larger of one training step's tensors at
+    ``options.batch_size`` (a gather of 1 + rank + contrastive rows per pair) and one batch of
+    the final embedding pass, both simulated on the meta device. The phases' terms are summed,
+    not maxed: the allocator keeps what a phase freed (measured on the synthetic OFA-shaped zoo,
+    278 features: 160k pairs added 516 MB, this says 693 MB; 640k pairs 1,054 MB, this says
+    1,423 MB). The features dominate; the batch moves the step term only."""
+    from trainables.memory import SAFETY, simulate_peak_bytes
+
+    n = int(n_pairs)
+    batch = max(1, min(int(options.batch_size), n))
+    rows_per_pair = 1 + int(options.use_rank) + int(options.use_contrastive)
+    with torch.device("meta"):
+        step = _PairStep(MetaSpaceNet(model_dim, dataset_dim, options.hidden_dim, options.embedding_dim),
+                         n_datasets, batch, options)
+    params = sum(p.numel() for p in step.parameters()) * 4
+    step_peak = simulate_peak_bytes(step, (int(model_dim),), rows_per_pair * batch)
+    embed = EMBED_BATCH if n > EMBED_BATCH else n
+    embed_peak = simulate_peak_bytes(_Embed(step.net), (int(model_dim),), embed, train=False) if n else 0
+    embeddings = 2 * n * options.embedding_dim * 4
+    chunk = min(n, FEATURE_CHUNK)
+    stacking = chunk * (2 * 4 * int(model_dim if ragged_width is None else ragged_width) + ROW_ARRAY_OVERHEAD)
+    return int(n * model_dim * 4 + stacking + n * PAIR_VECTOR_BYTES + 4 * params + embeddings + int(table_bytes)
+               + SAFETY * max(step_peak, embed_peak))

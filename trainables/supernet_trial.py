@@ -37,7 +37,8 @@ from torch import nn
 
 from medcore.errors import ConfigError
 from trainables.complexity import count_flops, count_params
-from trainables.fit import DeviceSplit, FitConfig, TrainStep, evaluate, fit, pick_device, set_threads_from_ray
+from trainables.fit import (EVAL_BATCH, DeviceSplit, FitConfig, TrainStep, eval_batch_size, evaluate, fit, pick_device,
+                            set_threads_from_ray)
 from trainables.nets.ofa_resnet import OFAResNet, OFASpace, SubnetConfig, load_supernet, save_supernet, space_size
 
 ZOO_FILE = "zoo.json"
@@ -361,8 +362,8 @@ def run_candidates(candidates: list, data, options: Mapping) -> dict:
         return model
 
     def recorder(model, i):
-        def report(row):
-            t = evaluate(model, test, info.task)
+        def report(row):  # at fit's evaluation batch, which a lowered training batch lowers too
+            t = evaluate(model, test, info.task, eval_batch_size(cfg.batch_size))
             curves.setdefault(i, []).append(t["acc"])
         return report
 
@@ -416,3 +417,176 @@ def supernet_checkpoint_ref(checkpoint) -> str:
     if fs is not None and getattr(fs, "type_name", "local") != "local":
         return f"{fs.type_name}://{path}"
     return os.fspath(path)
+
+
+# ---- memory: what one trial of each stage keeps alive (planned by orchestrator.searches.mednns) ----
+#
+# Each stage runs one trial per dataset and every trial receives all datasets, so a stage is
+# sized once for all of them: the networks are built for the widest dataset (most channels and
+# outputs: a bound on each dataset's network, simulated once however many datasets there are)
+# and the data term is the largest any one trial holds.
+
+EXTRACT_BATCH = 256  # extract_zoo's BN-recalibration and evaluation batch (bn_batch, eval_batch)
+SPLITS = ("train", "val", "test")
+# What a worker that runs many distinct subnets keeps beyond their tensors: measured 70-100 MB
+# over the simulated terms after 200-800 supernet paths at batch 16-32 (jemalloc, as trials
+# run), most likely oneDNN's compiled primitive per convolution shape met (its cache is bounded).
+SUBNET_SHAPES_BYTES = 256 * 2**20
+
+
+def _float_copies(data, splits, fractions: Mapping | None = None) -> int:
+    """Bytes of the float32 copies :class:`~trainables.fit.DeviceSplit` makes of ``splits`` of
+    ``data``: uint8 image splits whose copy fits ``FLOAT_PRELOAD_BYTES`` (the rule
+    :func:`~trainables.memory.held_bytes` follows); ``fractions`` scales a split's rows."""
+    from trainables.fit import FLOAT_PRELOAD_BYTES
+
+    total = 0
+    for name in splits:
+        images = data.images.get(name)
+        if images is None or images.dtype.kind != "u":
+            continue
+        size = 4 * int(images.size * (fractions or {}).get(name, 1.0))
+        total += size if size <= FLOAT_PRELOAD_BYTES else 0
+    return total
+
+
+def received_bytes(datasets: Mapping, flag: str, float_splits=SPLITS, train_rows: Mapping | None = None) -> int:
+    """What a trial that receives all of ``datasets`` (one ``tune.with_parameters`` object)
+    holds while it works on ``flag``: every dataset's arrays once (:func:`~trainables.memory.held_bytes`
+    less the float copies it assumes of every split) plus the float32 copies made of
+    ``flag``'s ``float_splits`` only. ``train_rows`` (dataset -> rows): the train splits of a
+    fine-tuning subset, whose arrays are that share of the full split's."""
+    from trainables.memory import held_bytes
+
+    total, fractions = 0, {}
+    for name, data in datasets.items():
+        raw = held_bytes(data) - _float_copies(data, SPLITS)
+        n = (train_rows or {}).get(name)
+        if n is not None and n < len(data.labels["train"]):
+            fraction = n / len(data.labels["train"])
+            raw -= int((1 - fraction) * (data.images["train"].nbytes + data.labels["train"].nbytes))
+            if name == flag:
+                fractions["train"] = fraction
+        total += raw
+    return total + _float_copies(datasets[flag], float_splits, fractions)
+
+
+def _widest(datasets: Mapping, flags) -> tuple:
+    """(spatial_dims, channels, outputs, size) bounding every network of ``flags`` (one
+    dimensionality and size per search), and the input shape with those channels."""
+    infos = [datasets[f].info for f in flags]
+    channels, outputs = max(i.n_channels for i in infos), max(i.n_outputs for i in infos)
+    spatial = tuple(infos[0].input_shape[1:])
+    return (infos[0].spatial_dims, channels, outputs, infos[0].size), (channels, *spatial)
+
+
+def _eval_batch(datasets: Mapping, flags, batch: int = EVAL_BATCH) -> int:
+    """The largest evaluation batch :func:`~trainables.fit.evaluate` forms on a val or test split."""
+    n = max(max(len(datasets[f].labels["val"]), len(datasets[f].labels["test"])) for f in flags)
+    return max(1, min(int(batch), n))
+
+
+def _weight_bytes(model: nn.Module) -> int:
+    return 4 * sum(t.numel() for t in list(model.parameters()) + list(model.buffers()))
+
+
+def _meta_supernet(net_args: tuple) -> OFAResNet:
+    with torch.device("meta"):
+        return OFAResNet(*net_args)
+
+
+def _sample_bytes(datasets: Mapping, flags) -> int:
+    """Bytes of one uint8 train image of the widest dataset."""
+    return max(datasets[f].images["train"][:1].nbytes for f in flags)
+
+
+def simulate_recalibration_bytes(model: nn.Module, input_shape: tuple, n_images: int, batch_size: int) -> int:
+    """Peak bytes of live tensors while :func:`recalibrate_bn` runs over ``n_images`` uint8
+    images of ``input_shape`` at ``batch_size`` (its active subnet, BNs in training mode under
+    no_grad, the float64 moments its hooks accumulate), simulated on the meta device as
+    :func:`~trainables.memory.simulate_peak_bytes` simulates a step. The images themselves are
+    not counted (the trial holds them: count them with its data)."""
+    from trainables.memory import _LiveTensors, _meta_model, _RealKernels
+
+    model = _meta_model(model)
+    images = torch.empty((int(n_images), *input_shape), dtype=torch.uint8, device="meta")
+    mode = _LiveTensors(list(model.parameters()) + list(model.buffers()) + [images])
+    with _RealKernels(), mode:
+        recalibrate_bn(model, images, int(batch_size))
+    return int(mode.peak)
+
+
+def supernet_memory(datasets: Mapping, flags, epochs: int, full_epochs: int):
+    """:class:`~trainables.memory.BatchEstimate` (batch -> peak RSS) of a
+    :func:`train_supernet_for` trial on any of ``flags``. A step trains its paths one after the
+    other (sandwich or FairNAS: forward, backward, the graph freed before the next path), so
+    one path's tensors are alive at a time and the largest subnet -- the full network, whose
+    activations contain every path's -- bounds them; in the elastic phase
+    (``epochs > full_epochs``) the gradients accumulated from the earlier paths stay alive
+    through the later ones: one more parameter copy. fit holds train and val as float32,
+    evaluates val, and the trial checkpoints every epoch (TuneCheckpointing); the paths' many
+    shapes add :data:`SUBNET_SHAPES_BYTES`. Measured at 28 px under jemalloc (two epochs, the
+    second elastic): batch 128 peaked at 1.17 GB, this says 1.46 GB; batch 16 after 768 paths
+    0.94 GB, this says 1.02 GB."""
+    from trainables.memory import batch_estimate
+
+    net_args, shape = _widest(datasets, flags)
+    held = max(received_bytes(datasets, f, ("train", "val")) for f in flags) + SUBNET_SHAPES_BYTES
+    return batch_estimate(_meta_supernet(net_args), shape, held, eval_batch=_eval_batch(datasets, flags),
+                          checkpoint=True, extra_parameter_copies=int(int(epochs) > int(full_epochs)))
+
+
+def extraction_memory(datasets: Mapping, flags, bn_images: int, n_subnets: int, batch: int = EXTRACT_BATCH) -> int:
+    """Peak RSS of an :func:`extract_zoo` trial on any of ``flags``: the supernet loaded (its
+    saved state and the network: two weight copies) and one extracted subnet at a time (a
+    third, at most); val and test as float32 and the ``bn_images`` recalibration subset (uint8);
+    the rows kept for ``n_subnets`` subnets (a functional encoding of the widest stage each, as
+    a list and as JSON); ``SAFETY x`` the larger of the BN recalibration of the largest subnet
+    at ``batch`` (:func:`simulate_recalibration_bytes`) and its evaluation at ``batch``, and
+    :data:`SUBNET_SHAPES_BYTES` for the many subnets' shapes (measured: 100 subnets at 28 px
+    peaked at 1.11 GB, this says 1.19 GB)."""
+    from trainables.memory import BASELINE_BYTES, SAFETY, simulate_peak_bytes
+
+    net_args, shape = _widest(datasets, flags)
+    net = _meta_supernet(net_args)
+    n_bn = max(min(int(bn_images), len(datasets[f].labels["train"])) for f in flags)
+    recalibration = simulate_recalibration_bytes(net, shape, n_bn, min(int(batch), n_bn))
+    evaluation = simulate_peak_bytes(net, shape, _eval_batch(datasets, flags, batch), train=False)
+    rows = int(n_subnets) * (net.max_features * (32 + 24) + 1024)  # floats as a list (object + pointer), as JSON
+    held = max(received_bytes(datasets, f, ("val", "test")) for f in flags) + n_bn * _sample_bytes(datasets, flags)
+    return int(BASELINE_BYTES + SUBNET_SHAPES_BYTES + 3 * _weight_bytes(net) + held + rows
+               + SAFETY * max(recalibration, evaluation))
+
+
+def finetune_memory(datasets: Mapping, flags, baseline: str, k: int, bn_images: int,
+                    train_rows: Mapping | None = None):
+    """batch -> peak RSS of a :func:`finetune` trial on any target of ``flags``, which trains
+    every strategy one after the other on ``datasets`` (the fine-tuning subsets; ``train_rows``
+    their train rows). The recommended models are known only after the meta-space, so they are
+    bounded by the largest subnet (every zoo subnet and its scratch twin are within it; adapt()
+    gives them the target's stem and head), and the fixed ResNet ``baseline`` is sized as it is.
+    Tk keeps each of its ``k`` one-epoch states (weights, two Adam moments, the best weights)
+    while the next trains; building a recommended model loads its whole supernet and
+    recalibrates its BNs on ``bn_images`` at 256 (:func:`simulate_recalibration_bytes`).
+    fit holds train and val as float32, run_candidates test; all are evaluated. The worker
+    meets many subnet shapes before the ResNet trains: :data:`SUBNET_SHAPES_BYTES` (measured:
+    the ResNet-18 baseline alone at 28 px, batch 64, peaked at 1.25 GB; this says 1.45 GB)."""
+    from trainables.memory import BASELINE_BYTES, CHECKPOINT_COPIES, SAFETY, batch_estimate
+    from trainables.nets.ofa_resnet import ResNetSubnet
+    from trainables.nets.resnet import build_resnet
+
+    (dims, channels, outputs, size), shape = _widest(datasets, flags)
+    # the strategies' subnets (up to 1 + 5 + 10 + scratch) train in one worker before the ResNet
+    held = max(received_bytes(datasets, f, SPLITS, train_rows) for f in flags) + SUBNET_SHAPES_BYTES
+    with torch.device("meta"):
+        largest = ResNetSubnet(OFASpace().largest(), dims, channels, outputs, size)
+        resnet = build_resnet(baseline, dims, channels, outputs)
+    retained = (int(k) - 1) * CHECKPOINT_COPIES * _weight_bytes(largest) if k > 1 else 0
+    n_bn = max(min(int(bn_images), (train_rows or {}).get(f, len(datasets[f].labels["train"]))) for f in flags)
+    build = (BASELINE_BYTES + held + retained + 2 * _weight_bytes(_meta_supernet((dims, channels, outputs, size)))
+             + _weight_bytes(largest) + n_bn * _sample_bytes(datasets, flags)
+             + SAFETY * simulate_recalibration_bytes(largest, shape, n_bn, min(EXTRACT_BATCH, n_bn)))
+    evaluation = _eval_batch(datasets, flags)
+    subnet = batch_estimate(largest, shape, held + retained, eval_batch=evaluation, checkpoint=k > 1)
+    fixed = batch_estimate(resnet, shape, held, eval_batch=evaluation, checkpoint=False)
+    return lambda batch: int(max(build, subnet(batch), fixed(batch)))

@@ -37,6 +37,11 @@ def _family(spatial_dims: int) -> str:
     return f"ofa_resnet{spatial_dims}d"
 
 
+def _strategies(top_k: int) -> list[str]:
+    """The query strategies that run: Tk where k <= ``--top-k``."""
+    return [s for s, k in STRATEGY_K.items() if k <= top_k]
+
+
 class MedNNSSearch(Search):
     name = "mednns"
     description = "MedNNS: per-dataset supernets, their zoo, a leave-one-out meta-space and its recommendation"
@@ -49,6 +54,49 @@ class MedNNSSearch(Search):
         from orchestrator.data import load_medmnist
 
         return {flag: load_medmnist(flag, cfg.size, cfg.data_root) for flag in cfg.dataset_list()}
+
+    def plan_memory(self, ctx: RunContext, limit: float | None) -> dict:
+        """The Tune stages' trials sized before Ray starts, each stage at its heaviest dataset
+        (every trial receives all datasets: their arrays count in each; the networks are built
+        for the widest dataset, once):
+
+        * ``supernets``: the full OFA network (the largest subnet bounds every sandwich / FairNAS
+          path, trained one at a time) with the elastic phase's accumulated gradients
+          (:func:`~trainables.supernet_trial.supernet_memory`); the batch is halved until it fits.
+        * ``zoo``: the supernet, val/test and the ``--bn-images`` subset, the largest subnet's BN
+          recalibration and evaluation at 256 (:func:`~trainables.supernet_trial.extraction_memory`).
+          Not lowered: ``--batch-size`` does not reach extraction, and the recalibration batch
+          is part of the result (each batch is normalised with its own statistics while the
+          next BN's input moments accumulate, so a smaller one writes other BN statistics and
+          other zoo metrics); it is refused naming ``--bn-images`` instead.
+        * ``query``: fine-tuning the largest subnet (with Tk's retained states) or the fixed
+          ResNet on the ``--finetune-fraction`` subset
+          (:func:`~trainables.supernet_trial.finetune_memory`); the batch is halved until it fits.
+
+        The meta-space trains in the driver, not in a trial: :func:`orchestrator.metaspace.check_memory`
+        refuses it there when it would not fit the machine's available memory."""
+        from orchestrator.data import stratified_indices
+        from trainables.memory import plan_batch
+        from trainables.supernet_trial import EXTRACT_BATCH, extraction_memory, finetune_memory, supernet_memory
+
+        cfg = ctx.cfg
+        flags = [f for f in cfg.dataset_list() if f in ctx.data]
+        if not flags:  # stages() names the missing data
+            return {}
+        size = f"{cfg.size} px"
+        supernet = supernet_memory(ctx.data, flags, cfg.supernet_epochs, cfg.supernet_full_epochs)
+        zoo = extraction_memory(ctx.data, flags, cfg.bn_images, cfg.zoo_size, EXTRACT_BATCH)
+        k = max(STRATEGY_K[s] for s in _strategies(cfg.top_k))
+        rows = {f: len(stratified_indices(ctx.data[f].labels["train"], cfg.finetune_fraction, cfg.seed)) for f in flags}
+        finetuned = {f: ctx.data[f] for f in flags}  # the query stage's trials receive these flags' subsets
+        finetune = finetune_memory(finetuned, flags, cfg.baseline.lower(), k, cfg.bn_images, rows)
+        return {
+            "supernets": plan_batch(f"a supernet training trial ({size})", supernet, cfg.batch_size, limit,
+                                    "--batch-size, --size or --datasets"),
+            "zoo": plan_batch(f"a zoo extraction trial ({size})", lambda batch: zoo, EXTRACT_BATCH, limit,
+                              "--bn-images, --zoo-size, --size or --datasets", lowerable=False),
+            "query": plan_batch(f"a fine-tuning trial ({size})", finetune, cfg.batch_size, limit,
+                                "--batch-size, --size, --finetune-fraction or a smaller --baseline")}
 
     def stages(self, ctx: RunContext) -> list[Stage]:
         cfg = ctx.cfg
@@ -65,10 +113,12 @@ class MedNNSSearch(Search):
         from trainables.supernet_trial import train_supernet_for
 
         cfg = ctx.cfg
-        grid = ctx.run_tuner(SUPERNETS, tune.with_parameters(train_supernet_for, datasets=ctx.data), param_space={
+        batch, resources = ctx.stage_memory("supernets", cfg.batch_size)
+        grid = ctx.run_tuner(SUPERNETS, tune.with_parameters(train_supernet_for, datasets=ctx.data),
+                             resources=resources, param_space={
             "dataset": tune.grid_search(cfg.dataset_list()), "epochs": cfg.supernet_epochs,
             "full_epochs": cfg.supernet_full_epochs, "paths": cfg.supernet_paths, "sandwich": cfg.sandwich,
-            "lr": cfg.lr, "batch_size": cfg.batch_size, "seed": cfg.seed},
+            "lr": cfg.lr, "batch_size": batch, "seed": cfg.seed},
             tune_config=tune.TuneConfig(max_concurrent_trials=cfg.resources.max_concurrent or None, reuse_actors=True))
         ctx.state["supernets"] = _checkpoints(grid, "training the supernet")
         ctx.state["supernet_metrics"] = {r.config["dataset"]: r.metrics for r in grid if r.metrics}
@@ -77,12 +127,15 @@ class MedNNSSearch(Search):
         from ray import tune
 
         from orchestrator import zoo
-        from trainables.supernet_trial import extract_zoo, read_zoo_rows, supernet_checkpoint_ref
+        from trainables.supernet_trial import EXTRACT_BATCH, extract_zoo, read_zoo_rows, supernet_checkpoint_ref
 
         cfg = ctx.cfg
+        batch, resources = ctx.stage_memory("zoo", EXTRACT_BATCH)
         grid = ctx.run_tuner(ZOO, tune.with_parameters(extract_zoo, datasets=ctx.data, supernets=ctx.state["supernets"]),
+                             resources=resources,
                              param_space={"dataset": tune.grid_search(cfg.dataset_list()), "n": cfg.zoo_size,
-                                          "seed": cfg.seed, "bn_images": cfg.bn_images},
+                                          "seed": cfg.seed, "bn_images": cfg.bn_images, "bn_batch": batch,
+                                          "eval_batch": batch},
                              tune_config=tune.TuneConfig(max_concurrent_trials=cfg.resources.max_concurrent or None, reuse_actors=True))
         checkpoints = _checkpoints(grid, "extracting the zoo")
         rows, throughput = [], {}
@@ -119,7 +172,8 @@ class MedNNSSearch(Search):
             if cfg.resume and (folder / "metaspace.json").exists():
                 spaces[target] = MetaSpace.load(folder)
                 continue
-            spaces[target] = train_metaspace(zoo_rows, encodings, options, exclude=target)
+            spaces[target] = train_metaspace(zoo_rows, encodings, options, exclude=target,
+                                             settings="--zoo-size or --datasets (or a --zoo with fewer rows)")
             spaces[target].save(folder)
         ctx.state.update(encodings=encodings, metaspaces=spaces, zoo_rows=zoo_rows)
 
@@ -130,10 +184,11 @@ class MedNNSSearch(Search):
 
         cfg = ctx.cfg
         flags, k_max = cfg.dataset_list(), cfg.top_k
-        strategies = [s for s, k in STRATEGY_K.items() if k <= k_max]
+        strategies = _strategies(k_max)
+        batch, resources = ctx.stage_memory("query", cfg.batch_size)
         jobs, recommended = [], {}
         options = {"epochs": cfg.finetune_epochs, "report_epochs": cfg.report_list(), "lr": cfg.lr,
-                   "batch_size": cfg.batch_size, "seed": cfg.seed, "bn_images": cfg.bn_images}
+                   "batch_size": batch, "seed": cfg.seed, "bn_images": cfg.bn_images}
         for target in flags:
             info = ctx.data[target].info
             # rows of other searches may lack a build that carries weights: rank among the
@@ -156,7 +211,7 @@ class MedNNSSearch(Search):
             runs.append({"strategy": "resnet", "candidates": [resnet]})
             jobs.append({"target": target, "runs": runs, **options})
         data = {f: ctx.data[f].subset("train", cfg.finetune_fraction, cfg.seed) for f in flags}
-        grid = ctx.run_tuner(FINETUNE, tune.with_parameters(finetune, datasets=data),
+        grid = ctx.run_tuner(FINETUNE, tune.with_parameters(finetune, datasets=data), resources=resources,
                              param_space={"job": tune.grid_search(jobs)},
                              tune_config=tune.TuneConfig(max_concurrent_trials=cfg.resources.max_concurrent or None, reuse_actors=True))
         errors = trial_errors(grid)
