@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 
 # Statuses of an evaluated (or skipped) candidate, the same for every search.
@@ -15,7 +16,19 @@ STATUSES = (OK, FAILED, INFEASIBLE, DUPLICATE, NOT_EVALUATED)
 
 # The metric vocabulary: every search reports under these names where it measures them.
 METRICS = ("val_loss", "val_acc", "val_auc", "test_acc", "test_auc", "val_dice", "test_dice", "dice",
-           "params", "flops", "latency_ms", "size_mb", "epochs")
+           "params", "flops", "latency_ms", "size_mb", "epochs", "val_pred_classes", "test_pred_classes")
+
+
+def one_class(row) -> bool:
+    """True when a record (zoo row, summary entry, fit row) says its model predicts one class for
+    every case: ``test_pred_classes`` == 1, else ``val_pred_classes`` == 1 where only val was
+    measured. Such a model's ACC is the majority share; it is flagged wherever it is shown."""
+    for key in ("test_pred_classes", "val_pred_classes"):
+        value = row.get(key) if hasattr(row, "get") else None
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            continue
+        return int(value) == 1
+    return False
 
 # Where a fit recipe starts the output layer's bias: PyTorch's default, or the train labels' prior.
 HEAD_BIAS = ("default", "prior")

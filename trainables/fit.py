@@ -386,7 +386,7 @@ def fit(model: nn.Module, data, cfg: FitConfig, report: Callable[[dict], None] |
         if not math.isfinite(v["loss"]):
             raise NonFiniteLoss(f"non-finite validation loss at epoch {epoch}")
         row = {"epoch": epoch, "train_loss": running / seen, "val_loss": v["loss"],
-               **{f"val_{m}": v[m] for m in task.metric_names}}
+               **{f"val_{m}": v[m] for m in (*task.metric_names, *getattr(task, "flag_names", ()))}}
         score = row[select_key] if select_key != "val_loss" else -row["val_loss"]
         score = -math.inf if score is None or math.isnan(score) else score
         if best is None or score > best["score"] or (score == best["score"] and row["val_loss"] < best["val_loss"]):
@@ -420,6 +420,7 @@ def fit(model: nn.Module, data, cfg: FitConfig, report: Callable[[dict], None] |
     if evaluate_test:
         t = evaluate(model, DeviceSplit(data.images["test"], data.labels["test"], device), task,
                      eval_batch_size(cfg.batch_size), channels_last=use_cuda)
-        result.test = {"test_loss": t["loss"], **{f"test_{m}": t[m] for m in task.metric_names}}
+        result.test = {"test_loss": t["loss"],
+                       **{f"test_{m}": t[m] for m in (*task.metric_names, *getattr(task, "flag_names", ()))}}
     return result
 

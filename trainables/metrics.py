@@ -46,6 +46,23 @@ def auc(y_true: np.ndarray, y_score: np.ndarray, task: str) -> float:
     return value
 
 
+def predicted_classes(y_score: np.ndarray, task: str, threshold: float = 0.5) -> int:
+    """How many distinct predictions a model makes on a split, by the decision rule medmnist's
+    ``getACC`` uses (binary: score > 0.5; multi-label: each label's score > 0.5, a distinct label
+    vector counts once; otherwise argmax). 1 means it calls every case the same: its ACC is that
+    class's share and it has learned nothing a constant would not."""
+    y_score = np.asarray(y_score)
+    if len(y_score) == 0:
+        return 0
+    if task == BINARY:
+        y_pre = (y_score.reshape(len(y_score), -1)[:, -1] > threshold)[:, None]
+    elif task == MULTI_LABEL:
+        y_pre = y_score > threshold
+    else:
+        y_pre = np.argmax(y_score.reshape(len(y_score), -1), axis=-1)[:, None]
+    return int(len(np.unique(y_pre, axis=0)))
+
+
 def dice(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> float:
     """Mean Dice over the batch of binary masks (for the segmentation searches)."""
     pred, target = pred.float().flatten(1), target.float().flatten(1)

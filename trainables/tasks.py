@@ -27,6 +27,8 @@ class ClassificationTask:
     """A MedMNIST classification task, named by its task string (``info.task``)."""
 
     metric_names = ("acc", "auc")
+    # Reported beside the metrics but never selected on: distinct predictions (1 = one class for every case).
+    flag_names = ("pred_classes",)
     select_metric = "val_acc"
 
     def __init__(self, task: str):
@@ -56,7 +58,8 @@ class _ClassificationMetrics:
     def compute(self) -> dict:
         y_true = torch.cat(self.labels).cpu().numpy()
         y_score = metrics.scores(torch.cat(self.logits), self.task)
-        return {"acc": metrics.accuracy(y_true, y_score, self.task), "auc": metrics.auc(y_true, y_score, self.task)}
+        return {"acc": metrics.accuracy(y_true, y_score, self.task), "auc": metrics.auc(y_true, y_score, self.task),
+                "pred_classes": metrics.predicted_classes(y_score, self.task)}
 
 
 class SegmentationTask:
@@ -69,6 +72,7 @@ class SegmentationTask:
     """
 
     metric_names = ("dice",)
+    flag_names = ()
     select_metric = "val_dice"
     name = SEGMENTATION
 

@@ -110,4 +110,31 @@ def test_evaluate_takes_a_task_string_or_object_and_selection_defaults_to_the_ta
     split = DeviceSplit(synthetic_2d.images["val"], synthetic_2d.labels["val"], torch.device("cpu"))
     by_name = evaluate(net, split, synthetic_2d.info.task)
     by_object = evaluate(net, split, ClassificationTask(synthetic_2d.info.task))
-    assert by_name == by_object and set(by_name) == {"loss", "acc", "auc"}
+    assert by_name == by_object and set(by_name) == {"loss", "acc", "auc", "pred_classes"}
+
+
+def test_a_model_that_calls_every_case_one_class_is_counted_as_such():
+    """pred_classes follows getACC's decision rule; one_class reads it from test, else val."""
+    import numpy as np
+
+    from medcore.records import one_class
+    from trainables.metrics import predicted_classes
+
+    assert predicted_classes(np.array([[0.1], [0.4], [0.49]]), "binary-class") == 1
+    assert predicted_classes(np.array([[0.1], [0.6]]), "binary-class") == 2
+    assert predicted_classes(np.array([[0.7, 0.2, 0.1], [0.6, 0.3, 0.1]]), "multi-class") == 1
+    assert predicted_classes(np.array([[0.1, 0.2, 0.7], [0.6, 0.3, 0.1]]), "ordinal-regression") == 2
+    assert predicted_classes(np.array([[0.9, 0.1], [0.8, 0.2], [0.9, 0.7]]), "multi-label, binary-class") == 2
+    assert one_class({"test_pred_classes": 1.0, "val_pred_classes": 2.0})
+    assert not one_class({"test_pred_classes": float("nan"), "val_pred_classes": 2})
+    assert one_class({"val_pred_classes": 1}) and not one_class({}) and not one_class({"test_acc": 0.73})
+
+
+def test_fit_reports_how_many_classes_the_model_predicts(synthetic_2d):
+    """A net whose output is a constant predicts one class: val rows and the test dict say so."""
+    torch.manual_seed(0)
+    net = CellNet(small_arch(), 1, synthetic_2d.info.n_outputs, spatial_dims=2)
+    for p in net.parameters():  # every weight 0: the logits are the (zero) bias for every image
+        torch.nn.init.zeros_(p)
+    result = fit(net, synthetic_2d, FitConfig(max_epochs=1, lr=0.0, batch_size=16), evaluate_test=True)
+    assert result.history[0]["val_pred_classes"] == 1 and result.test["test_pred_classes"] == 1
