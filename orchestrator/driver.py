@@ -97,6 +97,7 @@ def plan_memory(search: Search, ctx: RunContext, node_memory: float) -> None:
 
     r = ctx.cfg.resources
     limit = r.memory_per_trial_gb * 2**30 or (None if r.autoscale else node_memory)
+    ctx.memory_limit = limit
     ctx.memory = search.plan_memory(ctx, limit)
     for plan in ctx.memory.values():
         if plan.lowered:

@@ -55,8 +55,64 @@ class FitConfig:
     select_metric: str | None = None
     seed: int = 0
     device: str = "auto"
-    amp: bool = True  # mixed precision, on CUDA only
+    amp: bool = True  # mixed precision where ``precision`` is "auto": fp16 AMP on CUDA, bf16 autocast on bf16 CPUs
     head_bias: str = "default"  # "prior": output bias = the train split's class prior (initializers.prior_bias)
+    precision: str = "auto"  # "auto" | "fp32" | "bf16" | "fp16" (CUDA): see resolve_precision
+    memory_format: str = "auto"  # "auto" | "channels_last" | "contiguous": see resolve_channels_last
+
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated
+    and slower than fp32."""
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # an older torch without the probes: assume not
+        return False
+
+
+def resolve_precision(cfg: FitConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of training and evaluation, or None for plain fp32.
+
+    "auto": fp16 AMP on CUDA (with ``cfg.amp``, as before), bf16 autocast on a CPU with native
+    bf16 (measured 1.3-3x faster per epoch with equal losses: benchmarks/train_speed.py), fp32
+    elsewhere. Weights, optimizer state and the loss stay fp32 (autocast casts per op).
+    """
+    p = cfg.precision
+    if p not in PRECISIONS:
+        raise ConfigError(f"must be one of {', '.join(PRECISIONS)}, got {p!r}", "precision")
+    if p == "auto":
+        if not cfg.amp:
+            return None
+        if device.type == "cuda":
+            return torch.float16
+        return torch.bfloat16 if device.type == "cpu" and cpu_has_bf16() else None
+    if p == "fp16" and device.type != "cuda":
+        raise ConfigError("fp16 autocast is for CUDA; use bf16 on a CPU", "precision")
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[p]
+
+
+def has_instance_norm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.instancenorm._InstanceNorm) for m in model.modules())
+
+
+def resolve_channels_last(cfg: FitConfig, model: nn.Module, device: torch.device) -> bool:
+    """Whether the model and its batches run channels-last (NDHWC / NHWC).
+
+    "auto": always on CUDA (as before); on a CPU, for every model without InstanceNorm --
+    channels-last is 1.4-1.7x faster for the 8-32-channel 3D convolutions of cell nets and the
+    tiny CNN, neutral for ResNets, but hits a slow path in InstanceNorm (its backward, and
+    Mish after it, ~6x slower), where the default layout wins (benchmarks/train_speed.py).
+    """
+    m = cfg.memory_format
+    if m not in MEMORY_FORMATS:
+        raise ConfigError(f"must be one of {', '.join(MEMORY_FORMATS)}, got {m!r}", "memory_format")
+    if m != "auto":
+        return m == "channels_last"
+    return device.type == "cuda" or not has_instance_norm(model)
 
 
 @dataclass
@@ -94,6 +150,21 @@ def set_threads_from_ray(default: int | None = None) -> int:
 FLOAT_PRELOAD_BYTES = int(os.environ.get("MEDTUNE_FLOAT_PRELOAD_MB", "1024")) * 2**20
 
 
+def _canonical(x: torch.Tensor) -> torch.Tensor:
+    """``x`` with row-major strides, also on its size-1 dimensions (no copy).
+
+    NumPy keeps any stride on a size-1 axis of a "contiguous" array (a subset built by fancy
+    indexing has one), and PyTorch then reads a one-channel volume as channels-last and runs
+    other kernels: an in-process run on such a subset timed 1.5x faster than the same trial
+    after Ray's serialisation. Layout is chosen explicitly (:func:`resolve_channels_last`).
+    """
+    strides, step = [], 1
+    for size in reversed(x.shape):
+        strides.append(step)
+        step *= max(size, 1)
+    return x.as_strided(x.shape, tuple(reversed(strides))) if x.is_contiguous() else x.contiguous()
+
+
 class DeviceSplit:
     """One split held on the device, scaled to [0, 1] float32 once when it fits
     :data:`FLOAT_PRELOAD_BYTES`, else as uint8 converted per batch."""
@@ -103,7 +174,7 @@ class DeviceSplit:
         # safe because batches are only read (shuffled batches are copies, see ``batches``).
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+            x = _canonical(torch.from_numpy(np.ascontiguousarray(images))).to(device)
             self.y = torch.from_numpy(np.ascontiguousarray(labels)).to(device)
         # uint8 images are scaled to [0, 1]; float images (segmentation volumes, normalised by
         # their loader) are used as they are.
@@ -142,22 +213,28 @@ def eval_batch_size(train_batch: int) -> int:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, split: DeviceSplit, task, batch_size: int = EVAL_BATCH,
-             channels_last: bool = False) -> dict:
+             channels_last: bool = False, amp_dtype: torch.dtype | None = None) -> dict:
     """Loss and the task's metrics of ``model`` on one split.
 
     ``task`` is a task string or object (:func:`trainables.tasks.make_task`): classification
-    gives ``loss``, ``acc``, ``auc`` (medmnist's definitions), segmentation ``loss``, ``dice``.
+    gives ``loss``, ``acc``, ``auc`` (medmnist's definitions) and ``pred_classes``, segmentation
+    ``loss``, ``dice``. ``amp_dtype``: an autocast dtype (default None: fp32). fit() evaluates in
+    fp32 even when it trains in bf16: bf16 logits (8 bits of mantissa) tie scores and blunt AUC.
+    The loss is summed on the device and read once, so a GPU is not synchronised per batch.
     """
     model.eval()
     task = make_task(task)
-    acc, total = task.accumulator(), 0.0
-    for x, y in split.batches(batch_size):
-        if channels_last:
-            x = x.contiguous(memory_format=_memory_format(x))
-        logits = model(x).float()
-        total += float(task.loss(logits, y)) * len(y)
-        acc.update(logits, y)
-    return {"loss": total / len(split), **acc.compute()}
+    acc, total = task.accumulator(), None
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    with torch.autocast(device.type, dtype=amp_dtype or torch.float16, enabled=amp_dtype is not None):
+        for x, y in split.batches(batch_size):
+            if channels_last:
+                x = x.contiguous(memory_format=_memory_format(x))
+            logits = model(x).float()
+            batch_loss = task.loss(logits, y).detach() * len(y)
+            total = batch_loss if total is None else total + batch_loss
+            acc.update(logits, y)
+    return {"loss": float(total) / len(split), **acc.compute()}
 
 
 def default_optimizer(params, cfg: FitConfig) -> torch.optim.Optimizer:
@@ -170,7 +247,8 @@ class StepContext:
     """What a :class:`TrainStep` may use besides the model and the batch.
 
     ``optimizer`` is the one ``optimizer_factory`` built over the model's parameters,
-    ``scaler`` the AMP grad scaler (a no-op off CUDA), ``epoch`` the current epoch (1-based).
+    ``scaler`` the AMP grad scaler (fp16 on CUDA only; a no-op for bf16 and fp32), ``amp_dtype``
+    the autocast dtype (None: fp32), ``epoch`` the current epoch (1-based).
     :meth:`next_batch` draws batches of another split (e.g. ``"val"`` for DARTS' architecture
     step), cycling through it in an order seeded by (seed, epoch, split), so a resumed run
     sees the same batches without storing iterator positions.
@@ -185,13 +263,14 @@ class StepContext:
     amp: bool
     channels_last: bool
     data: Any = None
+    amp_dtype: torch.dtype | None = None
     splits: dict = field(default_factory=dict)
     epoch: int = 0
     _iters: dict = field(default_factory=dict)
 
     def autocast(self):
-        """Mixed precision where enabled (CUDA with ``cfg.amp``), else a no-op context."""
-        return torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp)
+        """Mixed precision where enabled (:func:`resolve_precision`), else a no-op context."""
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float16, enabled=self.amp)
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.task.loss(logits, y)
@@ -232,7 +311,8 @@ class StepContext:
 
 
 class TrainStep:
-    """One optimisation step on one train batch; returns the batch's loss as a float.
+    """One optimisation step on one train batch; returns the batch's mean loss (a float, or a 0-dim
+    tensor, which the loop sums without a per-step host sync).
 
     The step owns zero_grad / backward / optimizer step, so a subclass can do several
     forward/backward passes before one step (FairNAS' strict fairness: m subnets, one
@@ -252,7 +332,7 @@ class TrainStep:
         ctx.optimizer.zero_grad(set_to_none=True)
         ctx.backward(loss)
         ctx.step()
-        return float(loss.detach())
+        return loss.detach()
 
     def state_dict(self) -> dict:
         return {}
@@ -338,15 +418,19 @@ def fit(model: nn.Module, data, cfg: FitConfig, report: Callable[[dict], None] |
     elif cfg.head_bias not in HEAD_BIAS:
         raise ConfigError(f"must be one of {', '.join(HEAD_BIAS)}, got {cfg.head_bias!r}", "head_bias")
     model = model.to(device)
-    if use_cuda:
+    amp_dtype = resolve_precision(cfg, device)
+    channels_last = resolve_channels_last(cfg, model, device)
+    if channels_last:
         model = model.to(memory_format=torch.channels_last_3d if data.info.spatial_dims == 3 else torch.channels_last)
+    if use_cuda:
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest kernels once
     train = DeviceSplit(data.images["train"], data.labels["train"], device)
     val = DeviceSplit(data.images["val"], data.labels["val"], device)
     opt = optimizer_factory(model.parameters(), cfg)
-    scaler = torch.amp.GradScaler("cuda", enabled=use_cuda and cfg.amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_cuda and amp_dtype == torch.float16)
     ctx = StepContext(model=model, optimizer=opt, scaler=scaler, task=task, cfg=cfg, device=device,
-                      amp=use_cuda and cfg.amp, channels_last=use_cuda, data=data,
-                      splits={"train": train, "val": val})
+                      amp=amp_dtype is not None, channels_last=channels_last, data=data,
+                      splits={"train": train, "val": val}, amp_dtype=amp_dtype)
     step = train_step if train_step is not None else TrainStep()
     step.setup(model, ctx)
     generators = {"batches": torch.Generator().manual_seed(cfg.seed)}
@@ -375,14 +459,15 @@ def fit(model: nn.Module, data, cfg: FitConfig, report: Callable[[dict], None] |
         for x, y in train.batches(cfg.batch_size, generators["batches"]):
             if augment is not None:
                 x, y = augment(x, y, generators["augment"])
-            if use_cuda:
+            if channels_last:
                 x = x.contiguous(memory_format=_memory_format(x))
-            loss = step(model, x, y, ctx)
-            if not math.isfinite(loss):
-                raise NonFiniteLoss(f"non-finite training loss at epoch {epoch}")
-            running += loss * len(y)
+            loss = step(model, x, y, ctx)  # a float or a 0-dim tensor: summed on the device, read once per epoch
+            running = running + (loss.detach() if isinstance(loss, torch.Tensor) else loss) * len(y)
             seen += len(y)
-        v = evaluate(model, val, task, eval_batch_size(cfg.batch_size), channels_last=use_cuda)
+        running = float(running)
+        if not math.isfinite(running):
+            raise NonFiniteLoss(f"non-finite training loss at epoch {epoch}")
+        v = evaluate(model, val, task, eval_batch_size(cfg.batch_size), channels_last)
         if not math.isfinite(v["loss"]):
             raise NonFiniteLoss(f"non-finite validation loss at epoch {epoch}")
         row = {"epoch": epoch, "train_loss": running / seen, "val_loss": v["loss"],
@@ -419,7 +504,7 @@ def fit(model: nn.Module, data, cfg: FitConfig, report: Callable[[dict], None] |
         result.state_dict = best_state if keep_state else None
     if evaluate_test:
         t = evaluate(model, DeviceSplit(data.images["test"], data.labels["test"], device), task,
-                     eval_batch_size(cfg.batch_size), channels_last=use_cuda)
+                     eval_batch_size(cfg.batch_size), channels_last)
         result.test = {"test_loss": t["loss"],
                        **{f"test_{m}": t[m] for m in (*task.metric_names, *getattr(task, "flag_names", ()))}}
     return result

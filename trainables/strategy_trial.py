@@ -124,6 +124,7 @@ def train_strategy(strategy: Strategy, data, net: dict, fit_options: dict, *, pr
     cfg = FitConfig(max_epochs=max_epochs, patience=int(fit_options.get("patience") or max_epochs),
                     select_metric=fit_options.get("select_metric", "val_acc"), seed=seed,
                     head_bias=fit_options.get("head_bias", "default"),
+                    precision=fit_options.get("precision", "auto"), memory_format=fit_options.get("memory_format", "auto"),
                     **strategy.fit_overrides())
     hooks = strategy.fit_hooks(info.spatial_dims, max_epochs, augment_backend)
     test = DeviceSplit(data.images["test"], data.labels["test"], pick_device(cfg.device)) if test_every_epoch else None

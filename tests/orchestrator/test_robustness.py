@@ -176,14 +176,30 @@ def test_two_drivers_on_one_out_folder_one_is_refused(tmp_path):
 
 
 # ---- memory: trials sized by their estimated memory; what cannot fit is never trained ---------
+def test_memory_requests_fall_in_few_buckets_and_never_below_the_estimate_or_above_the_node():
+    import math
+
+    from orchestrator.search import memory_bucket
+
+    gib = 2**30
+    estimates = [0.3, 0.9, 1.1, 1.7, 2.0, 2.6, 3.9, 4.1, 7.5]
+    buckets = [memory_bucket(e * gib) for e in estimates]
+    assert buckets == [g * gib for g in (1, 1, 2, 2, 2, 4, 4, 8, 8)]
+    assert all(b >= e * gib for b, e in zip(buckets, estimates))
+    # the 8 GiB bucket does not fit a 6.5 GiB node: the node's whole GiB, or the estimate where that is more
+    assert memory_bucket(4.1 * gib, limit=6.5 * gib) == 6 * gib
+    assert memory_bucket(6.2 * gib, limit=6.5 * gib) == math.ceil(6.2 * gib)
+    assert memory_bucket(1.5 * gib, limit=6.5 * gib) == 2 * gib
+
+
 def test_trial_resources_carry_the_memory_estimate(tmp_path):
     from orchestrator.config import Resources
     from orchestrator.search import RunContext
 
     ctx = RunContext(search=registry.get("ode"), cfg=ToyConfig(out=str(tmp_path)), data=None, run_id="r")
     per_trial = ctx.trial_resources(lambda config: int(2.2 * 2**30) if config["big"] else 2**29)
-    # requests are rounded up to whole GiB, so similar trials can reuse a worker
-    assert per_trial({"big": True}).required_resources == {"CPU": 1.0, "memory": 3 * 2**30}
+    # requests are rounded up to 1, 2, 4, ... GiB, so most trials share a bucket and reuse a worker
+    assert per_trial({"big": True}).required_resources == {"CPU": 1.0, "memory": 4 * 2**30}
     assert per_trial({"big": False}).required_resources["memory"] == 2**30
     ctx.cfg.resources = Resources(memory_per_trial_gb=2)  # a fixed request overrides the estimate
     assert ctx.trial_resources(lambda config: 1).required_resources["memory"] == 2 * 2**30

@@ -3,13 +3,12 @@ trials train, the choices that fit no node dropped from the space (said so), the
 batch halved to fit, a space whose smallest batch cannot fit refused in one line, and each trial's
 own request (its batch and normalisation) handed to Tune in both stages."""
 import json
-import math
 
 import pytest
 
 from medcore.errors import ResourceError
 from orchestrator.config import Resources, StrategySearchConfig
-from orchestrator.search import MEMORY_GRANULE, RunContext
+from orchestrator.search import RunContext, memory_bucket
 from orchestrator.searches.strategy import StrategySearch
 
 GB = 2**30
@@ -115,7 +114,7 @@ def test_each_trial_requests_its_own_strategy_in_both_stages(data, monkeypatch):
         assert bundle["CPU"] == ctx.cfg.resources.cpus_per_trial
         return bundle["memory"]
 
-    whole = lambda b: math.ceil(b / MEMORY_GRANULE) * MEMORY_GRANULE
+    whole = lambda b: memory_bucket(b, ctx.memory_limit)
     s_cost = ctx.memory["search"].cost
     assert granted(kw["resources"], {"batch_size": 64, "norm": "none"}) == whole(s_cost(64, "none"))
     assert granted(kw["resources"], {"batch_size": 32, "norm": "keep"}) == whole(s_cost(32, "keep"))
