@@ -266,6 +266,19 @@ def local_node_memory() -> float:
     return float(available - utils.resolve_object_store_memory(available))
 
 
+def local_node_cpus() -> float:
+    """The CPUs a new local Ray node offers (Ray's own count: container limits included)."""
+    from ray._private import utils
+
+    return float(utils.get_num_cpus())
+
+
+def largest_node_cpus() -> float:
+    """The CPUs of the node with the most memory (the node :func:`largest_node_memory` names)."""
+    nodes = node_capacities()
+    return float(max(nodes, key=lambda n: n.get("memory", 0)).get("CPU", 1)) if nodes else 1.0
+
+
 def largest_node_memory() -> float:
     """The most memory one node offers Ray's scheduler (bytes): the cap for any one trial."""
     return max((n.get("memory", 0) for n in node_capacities()), default=0.0)

@@ -91,16 +91,23 @@ class Search:
         print(f"results in {summary['out']}")
 
 
-def memory_bucket(nbytes: float, limit: float | None = None) -> int:
-    """A per-trial memory request rounded up to 1, 2, 4, 8, ... GiB.
+def memory_bucket(nbytes: float, limit: float | None = None, share: float | None = None) -> int:
+    """A per-trial memory request: the trial's fair ``share`` of a node where the estimate fits in
+    it, else the estimate rounded up to 1, 2, 4, 8, ... GiB.
 
     Tune reuses a trial's worker process (``reuse_actors``) only for a trial with the very same
-    resources; requests rounded to whole GiB differed between almost every pair of candidates,
-    so each started a fresh worker and imported torch again (3.3 s per trial). With a few
-    power-of-two buckets most candidates of a search share one. A bucket above ``limit`` (what
-    one trial may get on the largest node) falls back to ``limit`` in whole GiB, or to the
-    estimate itself where that is more; the request never drops below the estimate.
+    resources, and keeps one idle worker: requests rounded to whole GiB differed between most
+    consecutive candidates, so each started a fresh worker (torch imported, data fetched: ~10 s
+    each, benchmarks/ode_trial_overhead.py). A trial that fits in its share of the node (the
+    node's memory per CPU times the trial's CPUs) asks for exactly that share: every such trial
+    has one request and trials pack by CPUs, as they would anyway. Larger ones get power-of-two
+    buckets, so memory limits how many run at once. A bucket above ``limit`` (what one trial may
+    get on the largest node) falls back to ``limit`` in whole GiB, or to the estimate where that
+    is more; the request never drops below the estimate.
     """
+    whole_share = int(share // MEMORY_GRANULE * MEMORY_GRANULE) if share else 0
+    if whole_share and nbytes <= whole_share:
+        return whole_share
     granular = int(math.ceil(max(float(nbytes), 1.0) / MEMORY_GRANULE))
     bucket = 2 ** math.ceil(math.log2(granular)) * MEMORY_GRANULE
     if limit and bucket > limit:
@@ -119,6 +126,7 @@ class RunContext:
     state: dict = field(default_factory=dict)  # stage outputs for later stages and summarize
     memory: dict = field(default_factory=dict)  # stage -> TrialMemory (Search.plan_memory)
     memory_limit: float | None = None  # what one trial may request on the largest node (None: no cap)
+    memory_share: float | None = None  # a trial's fair share of that node: its CPUs' part of the memory
     stage: str | None = None  # the stage running now (set by the driver)
 
     @property
@@ -152,8 +160,8 @@ class RunContext:
 
         if fixed or not callable(memory_bytes):
             return tune.PlacementGroupFactory([bundle(fixed or int(memory_bytes or 0))])
-        limit = self.memory_limit
-        return lambda config: tune.PlacementGroupFactory([bundle(memory_bucket(memory_bytes(config), limit))])
+        limit, share = self.memory_limit, self.memory_share
+        return lambda config: tune.PlacementGroupFactory([bundle(memory_bucket(memory_bytes(config), limit, share))])
 
     def run_tuner(self, name: str, trainable, *, param_space=None, tune_config=None, resources=None,
                   metric: str | None = None, mode: str = "max"):

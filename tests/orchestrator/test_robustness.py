@@ -190,6 +190,10 @@ def test_memory_requests_fall_in_few_buckets_and_never_below_the_estimate_or_abo
     assert memory_bucket(4.1 * gib, limit=6.5 * gib) == 6 * gib
     assert memory_bucket(6.2 * gib, limit=6.5 * gib) == math.ceil(6.2 * gib)
     assert memory_bucket(1.5 * gib, limit=6.5 * gib) == 2 * gib
+    # a trial that fits in its share of the node asks for that share: one request, one reused worker
+    share = 11.3 * gib  # a 22.6 GiB node, 2 CPUs, 1 CPU per trial
+    assert {memory_bucket(e * gib, 22.6 * gib, share) for e in (0.3, 1.7, 3.9, 7.5)} == {11 * gib}
+    assert memory_bucket(11.2 * gib, 22.6 * gib, share) == 16 * gib > share  # above it: memory limits packing
 
 
 def test_trial_resources_carry_the_memory_estimate(tmp_path):
