@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
+import math
+import reprlib
 import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -19,12 +22,113 @@ from medcore.errors import ConfigError
 from medcore.records import HEAD_BIAS
 
 
-def opt(default=None, help: str = "", flag: str | None = None, choices=None, factory=None):
-    """A config field with its CLI help (and optional flag name and choices)."""
-    meta = {"help": help, "flag": flag, "choices": choices}
+# Seeds go to numpy's legacy RandomState and torch.manual_seed: numpy's range is the narrower.
+SEED_RANGE = (0, 2**32 - 1)
+# Every int field fits in 64 bits (torch and numpy hold them as int64); no config string needs more.
+INT_RANGE = (-(2**63), 2**63 - 1)
+MAX_STRING = 4096
+# At most this much of a user's value is quoted in an error line.
+QUOTE_LIMIT = 80
+
+
+def opt(default=None, help: str = "", flag: str | None = None, choices=None, factory=None, bounds=None):
+    """A config field with its CLI help (and optional flag name, choices, and inclusive ``bounds``
+    checked by :func:`check_values`)."""
+    meta = {"help": help, "flag": flag, "choices": choices, "bounds": bounds}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def quote(value, limit: int = QUOTE_LIMIT) -> str:
+    """``repr(value)`` for an error line, at most about ``limit`` characters: a long string is cut
+    with '…' and its length, a deep or long container shortened (a 5 MB value must not become
+    a 5 MB line)."""
+    if isinstance(value, str):
+        return repr(value) if len(value) <= limit else f"{value[:limit]!r}… ({len(value)} characters)"
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 3 * limit:
+        if value.bit_length() < 14000:  # str() refuses ints past 4300 digits
+            return f"a {len(str(abs(value)))}-digit number"
+        return f"a number of about {int(value.bit_length() * math.log10(2)) + 1} digits"
+    short = reprlib.Repr()
+    short.maxlevel, short.maxstring, short.maxother, short.maxlong = 3, limit, limit, limit
+    short.maxlist = short.maxtuple = short.maxdict = short.maxset = 6
+    try:
+        text = short.repr(value)
+    except (ValueError, RecursionError):  # an int past Python's str() digit limit inside a container
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def clip(text, limit: int = QUOTE_LIMIT) -> str:
+    """``str(text)`` unquoted (a path in a message), cut like :func:`quote` when long."""
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
+def key_text(key, limit: int = QUOTE_LIMIT) -> str:
+    """A mapping key as part of a field path (``fit.lr``), cut like :func:`quote` when long."""
+    return clip(key if isinstance(key, (str, int, float, bool)) or key is None else quote(key, limit), limit)
+
+
+def check_values(cfg) -> None:
+    """The checks every field gets from its declared type, before any search's own rules: a float
+    is finite (NaN compares false with every bound, so it would pass them all: ``max_gflops: .nan``
+    would mean "no cap"), an int fits in 64 bits, a string is at most :data:`MAX_STRING`
+    characters, and a field with ``bounds`` lies within them (seeds: :data:`SEED_RANGE`)."""
+    for path, parts, kind, bounds in _typed_leaves(type(cfg)):
+        value = cfg
+        for part in parts:
+            value = getattr(value, part)
+        if value is None or isinstance(value, bool):
+            continue
+        number = isinstance(value, (int, float))
+        if bounds is not None and number and not bounds[0] <= value <= bounds[1]:
+            raise ConfigError(f"must be in [{bounds[0]}, {bounds[1]}], got {quote(value)}", path)
+        if kind is float and number and not math.isfinite(value):
+            raise ConfigError(f"must be a finite number, got {value}", path)
+        if kind is int and isinstance(value, int) and not INT_RANGE[0] <= value <= INT_RANGE[1]:
+            raise ConfigError(f"must fit in 64 bits, got {quote(value)}", path)
+        if kind is str and isinstance(value, str) and len(value) > MAX_STRING:
+            raise ConfigError(f"longer than {MAX_STRING} characters: {quote(value)}", path)
+
+
+@functools.lru_cache(maxsize=None)
+def _typed_leaves(cls) -> tuple:
+    """``(path, attribute chain, scalar type, bounds)`` of every leaf of ``cls``, once per class."""
+    return tuple((path, tuple(path.split(".")), _scalar_type(tp), f.metadata.get("bounds"))
+                 for path, f, tp in leaves(cls))
+
+
+def seed_arg(text: str) -> int:
+    """An argparse ``type`` for a ``--seed`` that no config class holds (``medtune data synth``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {quote(text)}") from None
+    if not SEED_RANGE[0] <= value <= SEED_RANGE[1]:
+        raise argparse.ArgumentTypeError(f"must be in [{SEED_RANGE[0]}, {SEED_RANGE[1]}], got {quote(value)}")
+    return value
+
+
+def local_gpu_count() -> int:
+    """GPUs this machine offers a local run, without Ray: none when ``CUDA_VISIBLE_DEVICES`` hides
+    them all, else what torch sees (imported only when a run asks for GPUs)."""
+    import os
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1", "none", "NoDevFiles"):
+        return 0
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def local_memory_bytes() -> int:
+    """This machine's total memory (what a local Ray node runs on)."""
+    import psutil
+
+    return int(psutil.virtual_memory().total)
 
 
 @dataclass
@@ -53,6 +157,24 @@ class Resources:
         if self.max_concurrent < 0:
             raise ConfigError(f"must be >= 0, got {self.max_concurrent}", "resources.max_concurrent")
 
+    def check_machine(self, gpus: int | None = None, memory: int | None = None) -> None:
+        """Refuse what a run on this machine (a local Ray node, no ``--address``) can never give a
+        trial: GPUs it lacks, more memory than it has. Before anything starts; a cluster's own
+        nodes are checked once Ray is up. ``gpus`` / ``memory`` (bytes) default to this machine's."""
+        if self.autoscale:
+            return
+        if self.gpus_per_trial > 0:
+            gpus = local_gpu_count() if gpus is None else gpus
+            if gpus < min(self.gpus_per_trial, 1.0) or gpus < self.gpus_per_trial:
+                have = "no GPU" if not gpus else f"{gpus} GPU{'s' if gpus != 1 else ''}"
+                raise ConfigError(f"this machine has {have}, got {self.gpus_per_trial:g}; use 0, or run on a "
+                                  f"cluster with GPUs (--address)", "resources.gpus_per_trial")
+        if self.memory_per_trial_gb > 0:
+            memory = local_memory_bytes() if memory is None else memory
+            if self.memory_per_trial_gb * 2**30 > memory:
+                raise ConfigError(f"more than this machine's memory ({memory / 2**30:.1f} GB in all), got "
+                                  f"{self.memory_per_trial_gb:g}", "resources.memory_per_trial_gb")
+
 
 @dataclass
 class FitOptions:
@@ -68,6 +190,11 @@ class FitOptions:
     head_bias: str = opt("default", "output-layer bias at the start: PyTorch's default, or 'prior' (the train "
                          "split's class log-odds, so an imbalanced split does not rank classes backwards "
                          "in the first epochs)", choices=HEAD_BIAS)
+    precision: str = opt("auto", "arithmetic of training: auto (bf16 autocast on CPUs with native bf16, fp16 AMP on "
+                         "CUDA, else fp32), fp32, bf16 or fp16 (CUDA)", choices=("auto", "fp32", "bf16", "fp16"))
+    memory_format: str = opt("auto", "tensor layout: auto (channels-last unless the model has InstanceNorm, where "
+                             "it is slower on CPUs; always on CUDA), channels_last or contiguous",
+                             choices=("auto", "channels_last", "contiguous"))
 
     def check(self, prefix: str = "fit."):
         for name in ("max_epochs", "batch_size"):
@@ -80,16 +207,18 @@ class FitOptions:
         if self.weight_decay < 0:
             raise ConfigError(f"must be >= 0, got {self.weight_decay}", prefix + "weight_decay")
         if self.metric not in ("val_acc", "val_auc"):
-            raise ConfigError(f"must be val_acc or val_auc, got {self.metric}", prefix + "metric")
+            raise ConfigError(f"must be val_acc or val_auc, got {quote(self.metric)}", prefix + "metric")
         if self.head_bias not in HEAD_BIAS:
-            raise ConfigError(f"must be one of {', '.join(HEAD_BIAS)}, got {self.head_bias!r}", prefix + "head_bias")
+            raise ConfigError(f"must be one of {', '.join(HEAD_BIAS)}, got {quote(self.head_bias)}",
+                              prefix + "head_bias")
 
     def fit_config(self, seed: int, epochs: int | None = None) -> dict:
         """The keyword arguments of ``trainables.fit.FitConfig``."""
         max_epochs = epochs or self.max_epochs
         return {"max_epochs": max_epochs, "lr": self.lr, "weight_decay": self.weight_decay,
                 "batch_size": self.batch_size, "patience": self.patience or max_epochs,
-                "select_metric": self.metric, "seed": seed, "head_bias": self.head_bias}
+                "select_metric": self.metric, "seed": seed, "head_bias": self.head_bias,
+                "precision": self.precision, "memory_format": self.memory_format}
 
 
 @dataclass
@@ -103,11 +232,12 @@ class SearchConfig:
     storage: str | None = opt(None, "Tune storage path (default: <out>/tune)")
     zoo: str | None = opt(None, "model zoo folder the search adds to (default: <out>/zoo)")
     resume: bool = opt(False, "continue the run stored in --out")
-    seed: int = opt(0, "random seed of the search and its trainings")
+    seed: int = opt(0, "random seed of the search and its trainings", bounds=SEED_RANGE)
     resources: Resources = opt(factory=Resources)
 
     def validate(self):
         """Check every field once; raises ConfigError naming the field path. Returns self."""
+        check_values(self)
         if self.size not in (28, 64, 128, 224):
             raise ConfigError(f"must be 28, 64, 128 or 224, got {self.size}", "size")
         if not isinstance(self.dataset, str) or not self.dataset:
@@ -174,7 +304,7 @@ class ODESearchConfig(SearchConfig):
 
     def check(self):
         if self.baseline not in ODE_BASELINES:
-            raise ConfigError(f"unknown baseline '{self.baseline}'; known baselines: {', '.join(ODE_BASELINES)}",
+            raise ConfigError(f"unknown baseline {quote(self.baseline)}; known baselines: {', '.join(ODE_BASELINES)}",
                               "baseline")
         if self.pop_size < 4:
             raise ConfigError(f"must be at least 4 for DE/rand/1, got {self.pop_size}", "pop_size")
@@ -228,18 +358,24 @@ class CompressSearchConfig(SearchConfig):
     ctaea_gens: int = opt(1000, "CTAEA generations (pure CTAEA: 5 or 10)")
     inference_batch: int = opt(128, "batch of the timed CPU inference")
     inference_repeats: int = opt(5, "timed runs (median is kept)")
+    constraint_metric: str = opt("accuracy", "test metric of the constraint of eq. (1): a feasible candidate keeps "
+                                 "0.96 x the base's accuracy, auc or balanced_accuracy",
+                                 choices=("accuracy", "auc", "balanced_accuracy"))
     fit: BaseTrainOptions = opt(factory=BaseTrainOptions)
 
     def check(self):
         from medcore.networks import RESNET_NAMES
 
         if self.model.lower() not in RESNET_NAMES:
-            raise ConfigError(f"unknown model '{self.model}'; known models: {', '.join(RESNET_NAMES)}", "model")
+            raise ConfigError(f"unknown model {quote(self.model)}; known models: {', '.join(RESNET_NAMES)}", "model")
         if self.base_checkpoint is not None and not Path(self.base_checkpoint).expanduser().is_dir():
-            raise ConfigError(f"{self.base_checkpoint} not found (expected a train_base checkpoint folder)",
+            raise ConfigError(f"{clip(self.base_checkpoint)} not found (expected a train_base checkpoint folder)",
                               "base_checkpoint")
         if self.searcher not in ("surrogate", "ctaea"):
-            raise ConfigError(f"must be surrogate or ctaea, got {self.searcher}", "searcher")
+            raise ConfigError(f"must be surrogate or ctaea, got {quote(self.searcher)}", "searcher")
+        if self.constraint_metric not in ("accuracy", "auc", "balanced_accuracy"):
+            raise ConfigError(f"must be accuracy, auc or balanced_accuracy, got {self.constraint_metric}",
+                              "constraint_metric")
         for name, low in (("infill", 1), ("initial", 2), ("ctaea_pop", 2), ("ctaea_gens", 1),
                           ("inference_batch", 1), ("inference_repeats", 1), ("budget", 1)):
             if getattr(self, name) < low:
@@ -252,9 +388,15 @@ class CompressSearchConfig(SearchConfig):
 
 # ---- dataclass tree <-> flags and dicts -------------------------------------------------
 
+@functools.lru_cache(maxsize=None)
+def _hints(cls) -> dict:
+    """``typing.get_type_hints`` once per class (a spec of many searches builds many configs)."""
+    return typing.get_type_hints(cls)
+
+
 def leaves(cls, prefix: str = ""):
     """(path, field, owner class) of every non-dataclass field, depth first."""
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     for f in fields(cls):
         tp = hints[f.name]
         if is_dataclass(tp):
@@ -324,11 +466,12 @@ def from_dict(cls, data, path: str = ""):
     """
     if not isinstance(data, dict):
         raise ConfigError(f"expected a mapping, got {type(data).__name__}", path.rstrip(".") or None)
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     names = {f.name for f in fields(cls)}
     for key in data:
         if key not in names:
-            raise ConfigError(f"unknown field for {_label(cls)}; known: {', '.join(sorted(names))}", path + str(key))
+            raise ConfigError(f"unknown field for {_label(cls)}; known: {', '.join(sorted(names))}",
+                              path + key_text(key))
     kwargs = {}
     for f in fields(cls):
         if f.name not in data:
@@ -360,13 +503,16 @@ def _coerce(value, tp, path: str):
             return value
     elif kind is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:  # an int past float's range
+                raise ConfigError(f"must be a finite number, got {quote(value)}", path) from None
     elif kind is str:
         if isinstance(value, str):
             return value
     else:
         return value
-    raise ConfigError(f"expected {kind.__name__}, got {value!r}", path)
+    raise ConfigError(f"expected {kind.__name__}, got {quote(value)}", path)
 
 
 def replace(cfg, **changes):
@@ -415,20 +561,22 @@ class StrategySearchConfig(SearchConfig):
         from trainables.strategy_trial import MODELS
 
         if self.from_zoo is None and self.metaspace is None and self.model.lower() not in MODELS:
-            raise ConfigError(f"unknown model '{self.model}'; known models: {', '.join(MODELS)}", "model")
+            raise ConfigError(f"unknown model {quote(self.model)}; known models: {', '.join(MODELS)}", "model")
         if self.checkpoint is not None and not Path(self.checkpoint).expanduser().exists():
-            raise ConfigError(f"{self.checkpoint} not found (a folder holding model.pt, or a .pt file)", "checkpoint")
+            raise ConfigError(f"{clip(self.checkpoint)} not found (a folder holding model.pt, or a .pt file)",
+                              "checkpoint")
         for name, low in (("budget", 1), ("grace_period", 1), ("reduction_factor", 2)):
             if getattr(self, name) < low:
                 raise ConfigError(f"must be >= {low}, got {getattr(self, name)}", name)
         if self.scheduler not in ("asha", "fifo"):
-            raise ConfigError(f"must be asha or fifo, got {self.scheduler}", "scheduler")
+            raise ConfigError(f"must be asha or fifo, got {quote(self.scheduler)}", "scheduler")
         if self.augment_backend not in ("batched", "loop"):
-            raise ConfigError(f"must be batched or loop, got {self.augment_backend}", "augment_backend")
+            raise ConfigError(f"must be batched or loop, got {quote(self.augment_backend)}", "augment_backend")
         self.fit.check()
         parse_objectives(self.objectives, self.fit.max_epochs)
         if self.metaspace is not None and not Path(self.metaspace).expanduser().is_dir():
-            raise ConfigError(f"{self.metaspace} not found (a folder written by medtune metaspace train)", "metaspace")
+            raise ConfigError(f"{clip(self.metaspace)} not found (a folder written by medtune metaspace train)",
+                              "metaspace")
         if self.metaspace and self.from_zoo:
             raise ConfigError("give --from-zoo or --metaspace, not both", "metaspace")
         parse_space(self.space, pretrained_available=bool(self.from_zoo or self.checkpoint or self.metaspace))
@@ -471,6 +619,7 @@ class DartsSearchConfig(SearchConfig):
         return []  # --data names a Decathlon folder, its npz or "synthetic"; checked by validate
 
     def validate(self):
+        check_values(self)
         if self.size < 32 or self.size % 32:
             raise ConfigError(f"must be a multiple of 32 (>= 32), got {self.size}", "size")
         if not str(self.data).strip():
@@ -503,14 +652,18 @@ class DartsSearchConfig(SearchConfig):
             raise ConfigError("must name at least one backbone", "backbone")
         for b in self.backbones():
             if b not in BACKBONES:
-                raise ConfigError(f"unknown backbone '{b}'; known backbones: {', '.join(BACKBONES)}", "backbone")
+                raise ConfigError(f"unknown backbone {quote(b)}; known backbones: {', '.join(BACKBONES)}", "backbone")
         for b in self.baseline_names():
             if b not in BASELINES:
-                raise ConfigError(f"unknown baseline '{b}'; known baselines: {', '.join(BASELINES)}", "baselines")
+                raise ConfigError(f"unknown baseline {quote(b)}; known baselines: {', '.join(BASELINES)}",
+                                  "baselines")
         for name, low in (("stage1_epochs", 1), ("search_epochs", 1), ("stage3_epochs", 1), ("batch_size", 1),
                           ("k", 1), ("runs", 1), ("warmup", 0), ("max_cases", 0)):
             if getattr(self, name) < low:
                 raise ConfigError(f"must be >= {low}, got {getattr(self, name)}", name)
+        if self.seed + self.runs - 1 > SEED_RANGE[1]:
+            raise ConfigError(f"runs use seeds seed .. seed + runs - 1, which must be at most {SEED_RANGE[1]}; "
+                              f"got seed {self.seed}", "runs")
         if 0 < self.max_cases < 3:
             raise ConfigError(f"must be 0 (all) or at least 3 (one case per split), got {self.max_cases}",
                               "max_cases")
@@ -524,7 +677,7 @@ class DartsSearchConfig(SearchConfig):
             raise ConfigError(f"needs 6 comma-separated ints, got {len(features)}", "unet_features")
         data = str(self.data)
         if data != "synthetic" and not Path(data).expanduser().exists():
-            raise ConfigError(f"{data} not found; give a Decathlon folder (with dataset.json), an .npz copy, "
+            raise ConfigError(f"{clip(data)} not found; give a Decathlon folder (with dataset.json), an .npz copy, "
                               "or 'synthetic'", "data")
 
 
@@ -532,7 +685,7 @@ def _ints(text: str, name: str) -> list[int]:
     try:
         return [int(v) for v in str(text).split(",") if v.strip()]
     except ValueError:
-        raise ConfigError(f"expected comma-separated whole numbers, got {text!r}", name) from None
+        raise ConfigError(f"expected comma-separated whole numbers, got {quote(text)}", name) from None
 
 
 @dataclass
@@ -584,7 +737,8 @@ class MedNNSSearchConfig(SearchConfig):
         try:
             return sorted({int(e) for e in self.report_epochs.split(",") if e.strip()})
         except ValueError:
-            raise ConfigError(f"must be comma-separated epochs, got {self.report_epochs!r}", "report_epochs") from None
+            raise ConfigError(f"must be comma-separated epochs, got {quote(self.report_epochs)}",
+                              "report_epochs") from None
 
     def check(self):
         from orchestrator.data import known_flags
@@ -598,7 +752,8 @@ class MedNNSSearchConfig(SearchConfig):
         known = set(known_flags())
         for f in flags:
             if f not in known:
-                raise ConfigError(f"unknown MedMNIST flag '{f}'; known flags: {', '.join(sorted(known))}", "datasets")
+                raise ConfigError(f"unknown MedMNIST flag {quote(f)}; known flags: {', '.join(sorted(known))}",
+                                  "datasets")
         dims = {f: 3 if f.endswith("3d") else 2 for f in flags}
         if len(set(dims.values())) > 1:
             listing = ", ".join(f"{f} ({d}D)" for f, d in dims.items())
@@ -630,9 +785,10 @@ class MedNNSSearchConfig(SearchConfig):
                               f"{', '.join(self.MEDNNS_LOSSES)}", "losses")
         epochs = self.report_list()
         if epochs[0] < 1 or epochs[-1] > self.finetune_epochs:
-            raise ConfigError(f"must lie in 1..finetune_epochs ({self.finetune_epochs}), got {self.report_epochs}",
-                              "report_epochs")
+            raise ConfigError(f"must lie in 1..finetune_epochs ({self.finetune_epochs}), got "
+                              f"{quote(self.report_epochs)}", "report_epochs")
         from medcore.networks import RESNET_NAMES
 
         if self.baseline.lower() not in RESNET_NAMES:
-            raise ConfigError(f"unknown model '{self.baseline}'; known models: {', '.join(RESNET_NAMES)}", "baseline")
+            raise ConfigError(f"unknown model {quote(self.baseline)}; known models: {', '.join(RESNET_NAMES)}",
+                              "baseline")

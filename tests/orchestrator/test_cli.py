@@ -189,3 +189,154 @@ def test_a_search_that_stopped_early_is_refused_not_summarised(tmp_path):
         ctx.require_finished(searcher, "ode_search")
     searcher.finished = True
     ctx.require_finished(searcher, "ode_search")
+
+
+# ---- flags are never abbreviated; one schema for flags, --config-json and specs ----------------
+
+@pytest.mark.parametrize("args,flag", [
+    (["search", "ode", *SAMPLE, "--max-gflop", "1"], "--max-gflop"),
+    (["run", "spec.yaml", "--ou", "x"], "--ou"),
+    (["zoo", "list", "--zoo", "z", "--lim", "3"], "--lim"),
+])
+def test_flags_are_not_abbreviated(args, flag, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    assert info.value.code == 2 and f"unrecognized arguments: {flag}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--seed", "-1"], "--seed: must be in [0, 4294967295], got -1"),
+    (["--seed", str(2**32)], "--seed: must be in [0, 4294967295], got 4294967296"),
+    (["--max-gflops", "nan"], "--max-gflops: must be a finite number, got nan"),
+    (["--weight-decay", "inf"], "--weight-decay: must be a finite number, got inf"),
+    (["--cpus-per-trial", "nan"], "--cpus-per-trial: must be a finite number, got nan"),
+    (["--config-json", '{"fit": {"weight_decay": NaN}}'], "fit.weight_decay: must be a finite number, got nan"),
+    (["--config-json", '{"seed": -1}'], "seed: must be in [0, 4294967295], got -1"),
+    (["--config-json", "[" * 100_000], "--config-json is nested too deeply"),
+])
+def test_the_spec_checks_serve_the_flags(args, message, capsys, tmp_path):
+    assert main(["search", "ode", *SAMPLE, *args, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("medtune: error: ") and message in err and "\n" not in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_gpus_this_machine_lacks_are_refused_before_the_search_starts(capsys, tmp_path, monkeypatch):
+    from orchestrator import config
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(config, "local_gpu_count", lambda: 0)
+    assert main(["search", "ode", *SAMPLE, "--gpus-per-trial", "0.5", "--out", str(tmp_path / "o")]) == 2
+    assert "--gpus-per-trial: this machine has no GPU, got 0.5" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_seed_without_a_config_class_is_checked_too(capsys, tmp_path):
+    with pytest.raises(SystemExit) as info:
+        main(["data", "synth", "breastmnist", "--root", str(tmp_path), "--seed", "-1"])
+    assert info.value.code == 2 and "argument --seed: must be in [0, 4294967295], got -1" in capsys.readouterr().err
+
+
+# ---- an unexpected error: its traceback with the run, and the command that continues it ------
+
+@pytest.fixture
+def temp_dir(tmp_path, monkeypatch):
+    import tempfile
+
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+def _spec(tmp_path) -> Path:
+    path = tmp_path / "spec.yaml"
+    path.write_text(json.dumps({"searches": [{"name": "a", "type": "ode", "dataset": "adrenalmnist3d",
+                                              "data_root": str(SAMPLE_ROOT), "budget": 4, "pop_size": 4}]}))
+    return path
+
+
+def _unexpected(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("medtune: error: RuntimeError: boom (traceback in "), err
+    return err
+
+
+def test_a_run_that_started_keeps_its_traceback_and_names_medtune_resume(tmp_path, capsys, monkeypatch, temp_dir):
+    from orchestrator import coordinator
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(coordinator, "_drive", boom)  # after the run folder and its manifest exist
+    run_dir = (tmp_path / "run").resolve()
+    assert main(["run", str(_spec(tmp_path)), "--out", str(run_dir)]) == 1
+    err = _unexpected(capsys)
+    assert f"(traceback in {run_dir / 'medtune-error.log'})" in err
+    assert err.endswith(f"; everything evaluated is saved; `medtune resume {run_dir}` continues the run")
+    assert "--resume" not in err and "Traceback" in (run_dir / "medtune-error.log").read_text()
+    assert not list(temp_dir.iterdir())
+
+
+def test_a_run_that_never_started_has_no_resume_hint_and_no_folder(tmp_path, capsys, monkeypatch, temp_dir):
+    from orchestrator import spec
+
+    def boom(entries):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(spec, "topological_order", boom)
+    assert main(["run", str(_spec(tmp_path)), "--out", str(tmp_path / "run")]) == 1
+    err = _unexpected(capsys)
+    assert f"(traceback in {temp_dir / 'medtune-error.log'})" in err and err.endswith(".log)")
+    assert "medtune resume" not in err and "--resume" not in err and not (tmp_path / "run").exists()
+
+
+def test_an_interrupted_run_that_never_started_says_so(tmp_path, capsys, monkeypatch):
+    from orchestrator import spec
+
+    def interrupt(entries):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(spec, "topological_order", interrupt)
+    assert main(["run", str(_spec(tmp_path)), "--out", str(tmp_path / "run")]) == 130
+    assert capsys.readouterr().err.strip() == "medtune: interrupted; nothing had started"
+
+
+@pytest.mark.parametrize("started", [True, False])
+def test_a_search_names_resume_only_once_it_started(tmp_path, capsys, monkeypatch, temp_dir, started):
+    from orchestrator import driver
+
+    out = tmp_path / "o"
+
+    def boom(search, cfg):
+        out.mkdir()
+        if started:
+            (out / "run.json").write_text("{}")
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(driver, "run_search", boom)
+    assert main(["search", "ode", *SAMPLE, "--out", str(out)]) == 1
+    err = _unexpected(capsys)
+    assert f"(traceback in {out.resolve() / 'medtune-error.log'})" in err
+    assert err.endswith("; everything evaluated is saved; rerun with --resume to continue") == started
+    assert ("--resume" in err) == started and "medtune resume" not in err
+
+
+def test_a_search_started_by_medtune_run_names_medtune_resume(tmp_path, capsys, monkeypatch, temp_dir):
+    from orchestrator import driver
+
+    run_dir = (tmp_path / "run").resolve()
+    (run_dir / "a").mkdir(parents=True)
+    for name in ("run.json", "spec.yaml", "a/run.json"):
+        (run_dir / name).write_text("{}")
+
+    def boom(search, cfg):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(driver, "run_search", boom)
+    config = {"dataset": "adrenalmnist3d", "data_root": str(SAMPLE_ROOT), "out": str(run_dir / "a")}
+    assert main(["search", "ode", "--config-json", json.dumps(config)]) == 1
+    err = _unexpected(capsys)
+    assert f"(traceback in {run_dir / 'a' / 'medtune-error.log'})" in err
+    assert err.endswith(f"`medtune resume {run_dir}` continues the run") and "--resume" not in err
