@@ -633,7 +633,7 @@ def _alive(pid) -> bool:
 def run_status(run_dir: str | Path) -> dict:
     """The run's state from ``run.json`` and every search's ``status.json`` (read only: works
     while the coordinator runs and after)."""
-    from orchestrator.status import read_status
+    from orchestrator.status import is_baseline_experiment, read_status
 
     run_dir = Path(run_dir).expanduser().resolve()
     manifest = read_manifest(run_dir)
@@ -645,15 +645,23 @@ def run_status(run_dir: str | Path) -> dict:
     for name, rec in manifest["searches"].items():
         st = read_status(rec["out"]) or {}
         trials = {"done": 0, "running": 0, "pending": 0, "failed": 0}
-        best = None
+        best = baseline = None  # the latest stage's best; a baseline experiment's is shown as the baseline
+        one_class = 0
         for exp, entry in (st.get("experiments") or {}).items():
             for k in trials:
                 trials[k] += int(entry.get(k) or 0)
+            one_class += int(entry.get("one_class") or 0)
             if entry.get("best") is not None:
-                best = {"experiment": exp, "metric": entry.get("metric"), "value": entry["best"]}
+                found = {"experiment": exp, "metric": entry.get("metric"), "value": entry["best"],
+                         "one_class": bool(entry.get("best_one_class"))}
+                if is_baseline_experiment(exp, entry):
+                    baseline = found
+                else:
+                    best = found
         searches.append({"name": name, "type": rec["type"], "dataset": rec.get("dataset"), "state": rec["state"],
                          "reason": rec.get("reason", ""), "exit_code": rec.get("exit_code"),
                          "stage": st.get("stage"), "driver_state": st.get("state"), "trials": trials, "best": best,
+                         "baseline": baseline, "one_class_trials": one_class,
                          "pid": rec.get("pid"), "job_id": rec.get("job_id"), "out": rec["out"],
                          "log": str(Path(rec["out"]) / LOG_NAME)})
     return {"run": manifest.get("run"), "run_dir": str(run_dir), "zoo": manifest.get("zoo"),
@@ -661,6 +669,9 @@ def run_status(run_dir: str | Path) -> dict:
 
 
 def format_status(status: dict) -> str:
+    """The status table; a search's best leaves out its baseline experiment (shown beside it)."""
+    from orchestrator.zoo_commands import ONE_CLASS
+
     c = status["coordinator"]
     state = c.get("state", "not started")
     if state == "gone":
@@ -671,8 +682,12 @@ def format_status(status: dict) -> str:
     header = ("search", "type", "state", "stage", "done", "running", "failed", "best so far")
     rows = []
     for s in status["searches"]:
-        best = s["best"]
+        best, baseline = s["best"], s.get("baseline")
         best_text = f"{best['metric']} {best['value']:.4g} ({best['experiment']})" if best else "-"
+        best_text += f" {ONE_CLASS}" if best and best.get("one_class") else ""
+        if baseline:
+            best_text += (f"; baseline {baseline['value']:.4g}{f' {ONE_CLASS}' if baseline.get('one_class') else ''}"
+                          f" ({baseline['experiment']})")
         stage = s["stage"] or ("-" if s["driver_state"] in (None, DONE) else s["driver_state"])
         t = s["trials"]
         rows.append((s["name"], s["type"], s["state"], stage or "-", str(t["done"]), str(t["running"]),
@@ -683,6 +698,10 @@ def format_status(status: dict) -> str:
     for s in status["searches"]:
         if s["reason"] and s["state"] != DONE:
             lines.append(f"{s['name']}: {s['state']}: {s['reason']}")
+        if s.get("one_class_trials"):
+            n = s["one_class_trials"]
+            lines.append(f"{s['name']}: {n} trial{'s' if n != 1 else ''} predict{'s' if n == 1 else ''} one class "
+                         f"for every case")
     return "\n".join(lines)
 
 

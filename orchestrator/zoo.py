@@ -7,6 +7,11 @@ rows, and two writers never touch the same file. Files are written to a temporar
 starts with "." in the same folder, fsynced and renamed, so a crash never leaves a partial
 file where readers look (pyarrow's discovery skips names starting with "." or "_").
 Rows are de-duplicated by ``model_id`` on read, newest ``created`` first.
+
+``baseline`` marks hand-made reference models (the ODE ``--baseline``, the compression base,
+the default training strategy, DARTS' plain U-Nets and skip baselines), so rankings can tell a
+searched model from the reference it is compared with. Zoos written before the column existed
+read it as derived from ``search`` / ``stage`` / ``architecture`` (:func:`is_baseline`).
 """
 from __future__ import annotations
 
@@ -58,6 +63,7 @@ SCHEMA = pa.schema(
         pa.field("medtune_version", pa.string()),
         pa.field("synthetic", pa.bool_()),
         pa.field("created", pa.timestamp("us", tz="UTC")),
+        pa.field("baseline", pa.bool_()),  # a hand-made reference model; null in older zoos (derived on read)
     ],
     metadata={"medtune.zoo.schema": "1"},
 )
@@ -66,6 +72,46 @@ COLUMNS = tuple(SCHEMA.names)
 FILE_SCHEMA = SCHEMA.remove(SCHEMA.get_field_index("dataset"))
 
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+
+# (search, stage) of rows that are hand-made reference models, not searched ones ("*": any search).
+BASELINE_STAGES = frozenset({("*", "baseline"), ("compress", "base"), ("strategy", "retrain-default"),
+                             ("darts", "stage1")})
+# The metrics_extra key a search sets to say why a row keeps no weights.
+WEIGHTS_REASON = "weights_reason"
+
+
+def is_baseline(search, stage, architecture=None) -> bool:
+    """True for a reference model: a stage in :data:`BASELINE_STAGES`, or a DARTS Stage III
+    skip baseline (a row without a searched ``genotype``)."""
+    if ("*", stage) in BASELINE_STAGES or (search, stage) in BASELINE_STAGES:
+        return True
+    if search == "darts" and stage == "stage3":
+        if isinstance(architecture, str):
+            try:
+                architecture = json.loads(architecture)
+            except ValueError:
+                return False
+        return isinstance(architecture, dict) and not architecture.get("genotype")
+    return False
+
+
+def has_weights(value) -> bool:
+    """True when a ``weights`` value references stored weights (pandas reads a null string as NaN)."""
+    return isinstance(value, str) and bool(value.strip())
+
+
+def weights_reason(row) -> str:
+    """Why a row has no weights: the reason its search recorded, else a plain "no stored weights"."""
+    if has_weights(row.get("weights")):
+        return ""
+    extra = row.get("metrics_extra")
+    if isinstance(extra, str):
+        try:
+            extra = json.loads(extra)
+        except ValueError:
+            extra = None
+    reason = extra.get(WEIGHTS_REASON) if isinstance(extra, dict) else None
+    return str(reason) if reason else "no stored weights"
 
 
 def medtune_version() -> str:
@@ -109,6 +155,7 @@ def rows_from_records(records: list[ModelRecord], *, dataset: str, size: int, sp
             "build": json.dumps(finite(r.build), sort_keys=True, default=str) if r.build else None,
             "input_shape": [int(v) for v in input_shape], "task": task, "medtune_version": version,
             "synthetic": bool(synthetic), "created": created,
+            "baseline": bool(getattr(r, "baseline", None) or is_baseline(r.search, r.stage, r.architecture)),
         })
     return rows
 
@@ -239,8 +286,9 @@ def _read_table(zoo_path, keys=None, where=None, columns=None, selective: bool =
     if not _check_folder(fs, root, zoo_path):
         table = SCHEMA.empty_table()
     else:
+        derive = ["search", "stage", "architecture"] if columns is not None and "baseline" in columns else []
         load = COLUMNS if columns is None or where is not None else list(dict.fromkeys([*columns, "model_id",
-                                                                                          "created"]))
+                                                                                          "created", *derive]))
         try:
             partitioning = ds.partitioning(PARTITION, flavor="hive")
             dataset = ds.dataset(root, schema=SCHEMA, format="parquet", filesystem=fs, partitioning=partitioning)
@@ -251,10 +299,21 @@ def _read_table(zoo_path, keys=None, where=None, columns=None, selective: bool =
             table = dataset.to_table(filter=keys, columns=list(load))
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OSError) as exc:
             raise MedtuneError(f"unreadable Parquet in zoo {zoo_path}: {_first_line(exc)}") from None
-        table = _newest_per_model(table)
+        table = _fill_baseline(_newest_per_model(table))
         if where is not None:
             table = table.filter(where)
     return table.select(list(columns)) if columns is not None else table
+
+
+def _fill_baseline(table: pa.Table) -> pa.Table:
+    """Rows of zoos older than the ``baseline`` column get it derived by :func:`is_baseline`."""
+    if "baseline" not in table.column_names or table["baseline"].null_count == 0:
+        return table
+    marks = table["baseline"].to_pylist()
+    searches, stages = table["search"].to_pylist(), table["stage"].to_pylist()
+    archs = table["architecture"].to_pylist()
+    filled = [m if m is not None else is_baseline(se, st, a) for m, se, st, a in zip(marks, searches, stages, archs)]
+    return table.set_column(table.column_names.index("baseline"), "baseline", pa.array(filled, pa.bool_()))
 
 
 def _newest_per_model(table: pa.Table) -> pa.Table:
@@ -296,13 +355,38 @@ def _check_metric(metric: str) -> str:
     return metric
 
 
-def best(zoo_path, metric: str, dataset=None, n: int = 1) -> pd.DataFrame:
-    """The ``n`` status-ok rows with the best ``metric`` (lowest for cost-like metrics), NaN excluded."""
+def ranked(zoo_path, metric: str, dataset=None) -> pd.DataFrame:
+    """Every status-ok row with a ``metric``, best first (lowest for cost-like metrics), NaN excluded."""
     _check_metric(metric)
     where = _isin(status=OK) & ds.field(metric).is_valid() & ~pc.is_nan(ds.field(metric))
     df = _read_table(zoo_path, _isin(dataset=dataset), where).to_pandas()
     ascending = metric in LOWER_IS_BETTER
-    df = df.sort_values([metric, "model_id"], ascending=[ascending, True], kind="stable")
+    return df.sort_values([metric, "model_id"], ascending=[ascending, True], kind="stable").reset_index(drop=True)
+
+
+def usable(df: pd.DataFrame, weights: bool = True, baselines: bool = False) -> tuple[pd.DataFrame, dict]:
+    """The rows of ``df`` that can be used: with stored weights (unless ``weights`` is False) and
+    not baselines (unless ``baselines``); and how many of each kind were left out."""
+    skipped = {"without weights": 0, "baseline": 0}
+    if df.empty:
+        return df, skipped
+    keep = pd.Series(True, index=df.index)
+    no_weights = ~df["weights"].map(has_weights).astype(bool)
+    is_base = df["baseline"].eq(True)
+    if weights:
+        skipped["without weights"] = int((no_weights & keep).sum())
+        keep &= ~no_weights
+    if not baselines:
+        skipped["baseline"] = int((is_base & keep).sum())
+        keep &= ~is_base
+    return df[keep].reset_index(drop=True), skipped
+
+
+def best(zoo_path, metric: str, dataset=None, n: int = 1, *, weights: bool = False,
+         baselines: bool = True) -> pd.DataFrame:
+    """The ``n`` status-ok rows with the best ``metric`` (lowest for cost-like metrics), NaN excluded;
+    with ``weights`` only rows with stored weights, with ``baselines=False`` no baseline rows."""
+    df, _ = usable(ranked(zoo_path, metric, dataset), weights=weights, baselines=baselines)
     return df.head(max(int(n), 0)).reset_index(drop=True)
 
 

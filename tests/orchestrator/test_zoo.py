@@ -18,9 +18,11 @@ from orchestrator.zoo_commands import add_commands
 INPUT = (1, 28, 28, 28)
 
 
-def records(n, search="ode", stage="search", status="ok", metric=lambda i: {"val_auc": 0.5 + i / 100}):
+def records(n, search="ode", stage="search", status="ok", metric=lambda i: {"val_auc": 0.5 + i / 100},
+            weights=lambda i: None):
     return [ModelRecord(search=search, stage=stage, family="cell3d", architecture={"cell": i},
-                        encoding=[i / 10, 1.0 - i / 10], status=status, metrics=metric(i), trial_id=f"t{i}")
+                        encoding=[i / 10, 1.0 - i / 10], status=status, metrics=metric(i), trial_id=f"t{i}",
+                        weights=weights(i))
             for i in range(n)]
 
 
@@ -207,7 +209,8 @@ def cli(argv):
 
 @pytest.fixture
 def small_zoo(tmp_path):
-    recs = records(3, metric=lambda i: {"val_auc": [0.6, 0.9, 0.7][i], "params": 1000 * (i + 1)})
+    recs = records(3, metric=lambda i: {"val_auc": [0.6, 0.9, 0.7][i], "params": 1000 * (i + 1)},
+                   weights=lambda i: f"/ckpt/t{i}")
     zoo.write_rows(tmp_path, rows(recs) + rows(records(1), dataset="organmnist3d", synthetic=True), "r1-ode-search")
     return tmp_path, [r.model_id("adrenalmnist3d", 28, "r1") for r in recs]
 
@@ -260,3 +263,118 @@ def test_medtune_main_prints_one_line_errors(small_zoo, capsys):
     assert main(["zoo", "show", "nope", "--zoo", str(path)]) == 2
     err = capsys.readouterr().err
     assert err == f"medtune: error: model nope not found in zoo {path}\n"
+
+
+# --- usable rankings: weights, baselines, one-class models ---------------------------------------
+
+def mixed_zoo(path):
+    """The demo's shape: weightless search-stage rows rank highest on val, then the hand-made
+    baseline (weights), then the retrained models (weights); one retrained model predicts one class."""
+    search = records(3, stage="search", metric=lambda i: {"val_auc": 0.95 - i / 100})
+    baseline = [ModelRecord(search="ode", stage="baseline", family="baseline", architecture={"model": "tiny3d"},
+                            encoding=[], status="ok", metrics={"val_auc": 0.9}, weights="/ckpt/base", trial_id="b")]
+    retrain = records(2, stage="retrain", weights=lambda i: f"/ckpt/r{i}",
+                      metric=lambda i: {"val_auc": [0.85, 0.8][i], "test_pred_classes": [2, 1][i]})
+    zoo.write_rows(path, rows(search + baseline + retrain), "r1-ode")
+    ids = lambda recs: [r.model_id("adrenalmnist3d", 28, "r1") for r in recs]  # noqa: E731
+    return ids(search), ids(baseline)[0], ids(retrain)
+
+
+def test_pandas_null_weights_are_no_weights(tmp_path):
+    zoo.write_rows(tmp_path, rows(records(2, weights=lambda i: "/ckpt/t1" if i else None)), "r1")
+    df = zoo.read_zoo(tmp_path).sort_values("model_id")
+    missing = [w for w in df["weights"] if not isinstance(w, str)]
+    assert len(missing) == 1 and bool(missing[0])  # pandas reads a null string as NaN, which is truthy
+    assert sorted(df["weights"].map(zoo.has_weights)) == [False, True]
+    assert not zoo.has_weights(None) and not zoo.has_weights("") and not zoo.has_weights(float("nan"))
+
+
+def test_zoo_best_ranks_usable_rows_and_says_what_it_skipped(tmp_path, capsys):
+    search, baseline, retrain = mixed_zoo(tmp_path)
+    assert cli(["zoo", "best", "--zoo", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert [line.split()[0] for line in lines] == retrain  # the first id is a retrained model, with weights
+    assert all(line.split("  ")[3] == "weights" for line in lines)
+    assert "ONE CLASS" not in lines[0] and lines[1].endswith("weights  ONE CLASS")
+    assert err == "skipped 3 rows without weights and 1 baseline; --any / --baselines to include them\n"
+
+    assert cli(["zoo", "best", "--zoo", str(tmp_path), "--baselines"]) == 0
+    out, err = capsys.readouterr()
+    assert [line.split()[0] for line in out.splitlines()] == [baseline, *retrain]
+    assert out.splitlines()[0].endswith("ode/baseline baseline params=-  weights  BASELINE")
+    assert err == "skipped 3 rows without weights; --any to include them\n"
+
+    assert cli(["zoo", "best", "--zoo", str(tmp_path), "--any", "--n", "10"]) == 0
+    out, err = capsys.readouterr()
+    assert [line.split()[0] for line in out.splitlines()] == [*search, *retrain]
+    assert out.splitlines()[0].endswith("ode/search cell3d params=-  no weights (no stored weights)")
+    assert err == "skipped 1 baseline; --baselines to include them\n"
+
+    assert cli(["zoo", "best", "--zoo", str(tmp_path), "--any", "--baselines", "--n", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert out.split()[0] == search[0] and err == ""
+
+    # the library call keeps its old meaning (every ok row) unless asked
+    assert list(zoo.best(tmp_path, "val_auc", n=4)["model_id"]) == [*search, baseline]
+    assert list(zoo.best(tmp_path, "val_auc", n=4, weights=True, baselines=False)["model_id"]) == retrain
+
+
+def test_zoo_best_with_nothing_usable_is_one_line(tmp_path):
+    zoo.write_rows(tmp_path, rows(records(2)), "r1")
+    with pytest.raises(MedtuneError) as info:
+        cli(["zoo", "best", "--zoo", str(tmp_path), "--dataset", "adrenalmnist3d"])
+    assert str(info.value) == (f"no usable model with a val_auc for adrenalmnist3d in zoo {tmp_path}: "
+                               f"skipped 2 rows without weights; --any to include them")
+
+
+def test_a_recorded_reason_for_missing_weights_is_shown(tmp_path, capsys):
+    recs = records(1, search="compress", metric=lambda i: {"val_auc": 0.7, zoo.WEIGHTS_REASON: "int8 model not kept"})
+    zoo.write_rows(tmp_path, rows(recs), "r1")
+    [model_id] = [r.model_id("adrenalmnist3d", 28, "r1") for r in recs]
+    assert cli(["zoo", "best", "--zoo", str(tmp_path), "--any"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("no weights (int8 model not kept)")
+    assert cli(["zoo", "show", model_id, "--zoo", str(tmp_path)]) == 0
+    assert json.loads(capsys.readouterr().out)["no_weights"] == "int8 model not kept"
+
+
+def test_baseline_marker_written_and_derived_for_old_zoos(tmp_path):
+    assert zoo.is_baseline("ode", "baseline") and zoo.is_baseline("compress", "base")
+    assert zoo.is_baseline("strategy", "retrain-default") and not zoo.is_baseline("strategy", "retrain-best")
+    assert zoo.is_baseline("darts", "stage1") and zoo.is_baseline("darts", "stage3", '{"skip": "attention"}')
+    assert not zoo.is_baseline("darts", "stage3", {"skip": "iac", "genotype": [["conv", 0]]})
+    assert not zoo.is_baseline("ode", "search") and not zoo.is_baseline("ode", "retrain")
+
+    search, baseline, retrain = mixed_zoo(tmp_path / "new")
+    df = zoo.read_zoo(tmp_path / "new").set_index("model_id")
+    assert df["baseline"].dtype == bool and list(df.loc[[baseline, *retrain], "baseline"]) == [True, False, False]
+
+    # a zoo written before the column existed: the files lack it, the reader derives it
+    old = pq.read_table(next((tmp_path / "new").rglob("*.parquet"))).drop_columns(["baseline"])
+    folder = tmp_path / "old" / "dataset=adrenalmnist3d"
+    folder.mkdir(parents=True)
+    pq.write_table(old, folder / "r1-ode.parquet")
+    got = zoo.read_zoo(tmp_path / "old").set_index("model_id")
+    assert got["baseline"].to_dict() == df["baseline"].to_dict()
+    assert zoo.read_zoo(tmp_path / "old", columns=["model_id", "baseline"]).set_index("model_id")[
+        "baseline"].to_dict() == df["baseline"].to_dict()
+    assert zoo.get_model(tmp_path / "old", baseline)["baseline"] is True
+
+
+def test_one_class_models_are_flagged_in_list_and_show(tmp_path, capsys):
+    search, baseline, retrain = mixed_zoo(tmp_path)
+    assert cli(["zoo", "list", "--zoo", str(tmp_path), "--limit", "0"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[-2:] == ["weights", "notes"]
+    by_id = {line.split()[0]: line for line in lines[1:]}
+    tail = {i: line.split()[-3:] for i, line in by_id.items()}
+    assert tail[retrain[1]] == ["yes", "ONE", "CLASS"] and tail[baseline][-2:] == ["yes", "BASELINE"]
+    assert tail[retrain[0]][-1] == "yes" and tail[search[0]][-1] == "-"
+    assert sum("ONE CLASS" in line for line in lines) == 1 and sum("BASELINE" in line for line in lines) == 1
+    assert cli(["zoo", "show", retrain[1], "--zoo", str(tmp_path)]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["one_class"] is True and row["warning"] == "predicts one class for every case"
+    assert row["test_pred_classes"] == 1 and row["baseline"] is False
+    assert cli(["zoo", "show", retrain[0], "--zoo", str(tmp_path)]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["one_class"] is False and "warning" not in row and "no_weights" not in row
