@@ -11,7 +11,8 @@ measuring, each objective is mapped linearly with given bounds::
     f_norm = (f - ideal) / (nadir - ideal)
 
 and the hypervolume is taken with reference point ``reference`` on that normalised scale
-(pymoo ``HV``, computed by moocore). Defaults: ``ideal = (0, 0)``, ``nadir = (1, 1)``,
+(pymoo ``HV`` with ``zero_to_one`` normalisation, computed by moocore; non-dominated sorting is
+pymoo's ``NonDominatedSorting``). Defaults: ``ideal = (0, 0)``, ``nadir = (1, 1)``,
 ``reference = (1.1, 1.1)``. For the compression search pass ``nadir = (base FLOPs, 1)``
 when the trainable reports raw FLOPs (``f1`` divided by the base model's FLOPs,
 ``f2`` = error already in [0, 1]); with ``f1`` already normalised by the base model the
@@ -25,6 +26,8 @@ from typing import Sequence
 
 import numpy as np
 from pymoo.indicators.hv import HV
+from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
+from pymoo.util.normalization import ZeroToOneNormalization
 
 DEFAULT_IDEAL = (0.0, 0.0)
 DEFAULT_NADIR = (1.0, 1.0)
@@ -53,12 +56,10 @@ def non_dominated_mask(F) -> np.ndarray:
     not dominate each other, so duplicates are all kept.
     """
     F = _as_2d(F)
-    if len(F) == 0:
-        return np.zeros(0, dtype=bool)
-    le = np.all(F[:, None, :] <= F[None, :, :], axis=2)   # le[i, j]: i <= j everywhere
-    lt = np.any(F[:, None, :] < F[None, :, :], axis=2)    # lt[i, j]: i < j somewhere
-    dominated = np.any(le & lt, axis=0)                   # some i dominates j
-    return ~dominated
+    mask = np.zeros(len(F), dtype=bool)
+    if len(F):
+        mask[NonDominatedSorting().do(F, only_non_dominated_front=True)] = True
+    return mask
 
 
 def feasible_nondominated_indices(F, G) -> np.ndarray:
@@ -70,16 +71,20 @@ def feasible_nondominated_indices(F, G) -> np.ndarray:
     return feasible[non_dominated_mask(F[feasible])]
 
 
+def _bounds(ideal: Sequence[float], nadir: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    ideal, nadir = np.asarray(ideal, dtype=float), np.asarray(nadir, dtype=float)
+    if np.any(nadir - ideal <= 0):  # pymoo would leave such an objective unscaled without a word
+        raise ValueError(f"nadir {tuple(nadir)} must exceed ideal {tuple(ideal)} in every objective")
+    return ideal, nadir
+
+
 def normalise(F, ideal: Sequence[float] = DEFAULT_IDEAL,
               nadir: Sequence[float] = DEFAULT_NADIR) -> np.ndarray:
-    """Map objectives linearly so ``ideal -> 0`` and ``nadir -> 1`` (per objective)."""
+    """Map objectives linearly so ``ideal -> 0`` and ``nadir -> 1`` (per objective), by pymoo's
+    ``ZeroToOneNormalization`` (the one its ``HV(zero_to_one=True)`` applies)."""
     F = _as_2d(F)
-    ideal = np.asarray(ideal, dtype=float)
-    nadir = np.asarray(nadir, dtype=float)
-    span = nadir - ideal
-    if np.any(span <= 0):
-        raise ValueError(f"nadir {tuple(nadir)} must exceed ideal {tuple(ideal)} in every objective")
-    return (F - ideal) / span
+    ideal, nadir = _bounds(ideal, nadir)
+    return ZeroToOneNormalization(ideal, nadir).forward(F)
 
 
 def hypervolume(F, ideal: Sequence[float] = DEFAULT_IDEAL, nadir: Sequence[float] = DEFAULT_NADIR,
@@ -92,9 +97,10 @@ def hypervolume(F, ideal: Sequence[float] = DEFAULT_IDEAL, nadir: Sequence[float
     F = _as_2d(F)
     if len(F) == 0:
         return 0.0
-    Fn = normalise(F, ideal, nadir)
+    ideal, nadir = _bounds(ideal, nadir)
     reference = np.asarray(reference, dtype=float)
-    inside = np.all(Fn < reference, axis=1)
+    inside = np.all(normalise(F, ideal, nadir) < reference, axis=1)
     if not inside.any():
         return 0.0
-    return float(HV(ref_point=reference)(Fn[inside]))
+    indicator = HV(ref_point=reference, ideal=ideal, nadir=nadir, zero_to_one=True, norm_ref_point=False)
+    return float(indicator(F[inside]))

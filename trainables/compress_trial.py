@@ -28,7 +28,7 @@ from ray import tune
 from torch import nn
 
 from medcore.compression_genome import CompressionGenome
-from medcore.errors import MedtuneError
+from medcore.errors import ConfigError, MedtuneError
 from trainables import compression
 from trainables.complexity import count_flops, count_params
 from trainables.fit import (FLOAT_PRELOAD_BYTES, DeviceSplit, FitConfig, eval_batch_size, evaluate, fit,
@@ -37,6 +37,8 @@ from trainables.memory import BatchEstimate
 from trainables.nets.resnet import build_resnet, default_stem
 
 ACCURACY_TOLERANCE = 0.96  # eq. (1): tau = 0.96 x base accuracy, i.e. at most 4 % accuracy loss
+# Test metrics the constraint of eq. (1) can be set on (the paper's is accuracy); same tolerance for each.
+CONSTRAINT_METRICS = ("accuracy", "auc", "balanced_accuracy")
 MODEL_FILE = "model.pt"
 META_FILE = "base.json"
 
@@ -111,7 +113,8 @@ def train_base(config: Mapping, data) -> None:
     def report(row: dict) -> None:
         # fit() calls this after validating, with the model at this epoch's weights.
         t = evaluate(model, test, info.task, eval_batch_size(cfg.batch_size), channels_last=device.type == "cuda")
-        tune.report({**row, "test_acc": t["acc"], "test_auc": t["auc"], **tag})
+        tune.report({**row, "test_acc": t["acc"], "test_auc": t["auc"], "test_pred_classes": t.get("pred_classes"),
+                     **tag})
 
     result = fit(model, data, cfg, report=report, evaluate_test=True, keep_state=True)
     state = {k: v.detach().cpu() for k, v in result.state_dict.items()}
@@ -172,7 +175,7 @@ def _check_compatible(base: BaseCheckpoint, data) -> None:
 def failed_result(base_flops: float, reason: str) -> dict:
     """Worst values for a candidate that could not be evaluated (DESIGN: a failure is a result)."""
     nan = math.nan
-    return {"accuracy": 0.0, "auc": nan, "f1_compute": float(base_flops), "f1_relative": 1.0,
+    return {"accuracy": 0.0, "auc": nan, "balanced_accuracy": nan, "test_pred_classes": nan, "f1_compute": float(base_flops), "f1_relative": 1.0,
             "f2_error": 1.0, "g_accuracy": 1.0, "feasible": False, "flops": nan, "flops_dense": nan,
             "nonzero_rate": nan, "size_mb": nan, "inference_ms": nan, "quantized": False,
             "quantized_layers": [], "float_layers": [], "pruned_layers": [], "confusion": [],
@@ -180,38 +183,55 @@ def failed_result(base_flops: float, reason: str) -> dict:
 
 
 def evaluate_candidate(model: nn.Module, data, config: Mapping, base_accuracy: float,
-                       base_flops: float) -> dict:
+                       base_flops: float, constraint_metric: str = "accuracy",
+                       base_constraint: float | None = None) -> dict:
     """Eq. (1) for one candidate: objectives f1, f2, constraint g and the measurements.
 
     ``f1_compute`` = accounted FLOPs x non-zero rate (``f1_relative`` divides it by the base
-    FLOPs), ``f2_error`` = 1 - accuracy, ``g_accuracy`` = 0.96 x base accuracy - accuracy
-    (feasible iff <= 0). The config is validated first (a malformed config is a searcher
-    bug and raises ``ConfigError``); any error during compression or measurement returns
-    :func:`failed_result` with the exception as ``reason``.
+    FLOPs), ``f2_error`` = 1 - accuracy, ``g_accuracy`` = 0.96 x the base's value of
+    ``constraint_metric`` - the candidate's (feasible iff <= 0). The paper's metric is accuracy
+    (``base_accuracy``); ``auc`` or ``balanced_accuracy`` (one of :data:`CONSTRAINT_METRICS`) need
+    the base's value as ``base_constraint``: accuracy alone lets a model that calls every case the
+    majority class pass. The key stays ``g_accuracy`` (the searchers' constraint key) whatever
+    the metric; ``constraint_metric`` says which. The config is validated first (a malformed
+    config is a searcher bug and raises ``ConfigError``); any error during compression or
+    measurement returns :func:`failed_result` with the exception as ``reason``.
     """
+    if constraint_metric not in CONSTRAINT_METRICS:
+        raise ConfigError(f"constraint metric must be one of {', '.join(CONSTRAINT_METRICS)}, got {constraint_metric}",
+                          "constraint_metric")
+    if base_constraint is None:
+        if constraint_metric != "accuracy":
+            raise ConfigError(f"a constraint on {constraint_metric} needs the base model's {constraint_metric}",
+                              "constraint_metric")
+        base_constraint = base_accuracy
     cfg = CompressionGenome.from_config(config)
     opts = {"calibration_samples": int(config.get("calibration_samples", CALIBRATION_SAMPLES)),
             "calibration_seed": int(config.get("calibration_seed", 0)),
             "inference_batch": int(config.get("inference_batch", 128)),
             "inference_repeats": int(config.get("inference_repeats", 5))}
-    threshold = ACCURACY_TOLERANCE * float(base_accuracy)
+    threshold = ACCURACY_TOLERANCE * float(base_constraint)
     try:
         m = compression.evaluate_compression(model, data, cfg, **opts)
     except Exception as exc:  # OOM (RuntimeError/MemoryError), quantization or kernel failure
         gc.collect()
         out = failed_result(base_flops, f"{type(exc).__name__}: {exc}".splitlines()[0][:500])
     else:
-        g = threshold - m["accuracy"]
+        g = threshold - m[constraint_metric]
         out = {**m, "f1_relative": m["f1_compute"] / float(base_flops), "f2_error": 1.0 - m["accuracy"],
                "g_accuracy": g, "feasible": bool(g <= 0), "status": "ok", "reason": ""}
         out.pop("pruning")
-    out.update({"base_accuracy": float(base_accuracy), "accuracy_threshold": threshold,
+    out.update({"base_accuracy": float(base_accuracy), "constraint_metric": constraint_metric,
+                "constraint_base": float(base_constraint), "constraint_threshold": threshold,
                 "base_flops": float(base_flops), "synthetic": bool(data.info.synthetic)})
+    if constraint_metric == "accuracy":
+        out["accuracy_threshold"] = threshold
     return out
 
 
 def compress_trial(config: Mapping, data, base: BaseCheckpoint, base_accuracy: float | None = None,
-                   options: Mapping | None = None) -> None:
+                   options: Mapping | None = None, constraint_metric: str = "accuracy",
+                   base_constraint: float | None = None) -> None:
     """Tune function trainable: evaluate one compression config on the test split, one report.
 
     Use as ``tune.with_parameters(compress_trial, data=data, base=load_base(checkpoint))``: the
@@ -220,6 +240,8 @@ def compress_trial(config: Mapping, data, base: BaseCheckpoint, base_accuracy: f
     plus optional ``calibration_samples`` (256), ``calibration_seed`` (0), ``inference_batch``
     (128), ``inference_repeats`` (5). ``base_accuracy`` defaults to the test accuracy recorded
     in the checkpoint; ``options`` holds run-wide defaults for the optional keys (the config wins).
+    ``constraint_metric`` / ``base_constraint``: the metric the constraint is on and the base's value
+    of it (:func:`evaluate_candidate`).
     """
     set_threads_from_ray()
     _check_compatible(base, data)
@@ -227,7 +249,8 @@ def compress_trial(config: Mapping, data, base: BaseCheckpoint, base_accuracy: f
         base_accuracy = base.meta["metrics"]["test_acc"]
     base_flops = count_flops(base.model, tuple(data.images["test"].shape[1:]))
     config = {**(options or {}), **config}
-    tune.report(evaluate_candidate(base.model, data, config, base_accuracy, base_flops))
+    tune.report(evaluate_candidate(base.model, data, config, base_accuracy, base_flops, constraint_metric,
+                                   base_constraint))
 
 
 # ---- memory: what each trial of the search takes, before it starts --------------------------

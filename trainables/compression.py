@@ -298,12 +298,31 @@ def confusion(y_true: np.ndarray, y_score: np.ndarray, task: str) -> list:
     return confusion_matrix(y_true[:, 0], y_score.argmax(1), labels=list(range(n))).tolist()
 
 
+def balanced_accuracy(y_true: np.ndarray, y_score: np.ndarray, task: str) -> float:
+    """Balanced accuracy (mean per-class recall, ``sklearn.metrics.balanced_accuracy_score``) by
+    the decision rule medmnist's ``getACC`` uses: binary score > 0.5, argmax otherwise; multi-label:
+    the mean over labels of each label's balanced accuracy. A model that calls every case one class
+    scores 1 / n_classes here however skewed the split is, where its accuracy is the majority share."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    with warnings.catch_warnings():  # a class absent from y_true: sklearn warns, the mean skips it
+        warnings.simplefilter("ignore", UserWarning)
+        if task == metrics.MULTI_LABEL:
+            pred = (y_score > 0.5).astype(int)
+            return float(np.mean([balanced_accuracy_score(y_true[:, i], pred[:, i]) for i in range(y_true.shape[1])]))
+        if task == metrics.BINARY:
+            return float(balanced_accuracy_score(y_true[:, 0], (y_score[:, -1] > 0.5).astype(int)))
+        return float(balanced_accuracy_score(y_true[:, 0], y_score.argmax(1)))
+
+
 def evaluate_compression(model: nn.Module, data, config: Mapping | CompressionGenome, *,
                          calibration_samples: int = 256, calibration_seed: int = 0,
                          inference_batch: int = 128, inference_repeats: int = 5) -> dict:
     """Compress ``model`` (modified in place by pruning) by ``config`` and measure it on CPU.
 
-    Returns accuracy, auc, confusion, nonzero_rate, flops (quantization-accounted),
+    Returns accuracy, auc, balanced_accuracy, test_pred_classes (distinct predictions on the test
+    split, :func:`trainables.metrics.predicted_classes`: 1 = one class for every case), confusion,
+    nonzero_rate, flops (quantization-accounted),
     flops_dense, f1_compute (= flops x nonzero_rate, section 2.3), size_mb, inference_ms,
     quantized, quantized_layers, float_layers, pruned_layers and the pruning report.
     Exceptions propagate; the trial turns them into failed results.
@@ -327,6 +346,8 @@ def evaluate_compression(model: nn.Module, data, config: Mapping | CompressionGe
     return {
         "accuracy": metrics.accuracy(y_true, y_score, task),
         "auc": metrics.auc(y_true, y_score, task),
+        "balanced_accuracy": balanced_accuracy(y_true, y_score, task),
+        "test_pred_classes": metrics.predicted_classes(y_score, task),
         "confusion": confusion(y_true, y_score, task),
         "nonzero_rate": nonzero,
         "flops": flops,

@@ -63,8 +63,11 @@ def predicted_classes(y_score: np.ndarray, task: str, threshold: float = 0.5) ->
     return int(len(np.unique(y_pre, axis=0)))
 
 
-def dice(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> float:
-    """Mean Dice over the batch of binary masks (for the segmentation searches)."""
-    pred, target = pred.float().flatten(1), target.float().flatten(1)
-    inter = (pred * target).sum(1)
-    return float(((2 * inter + eps) / (pred.sum(1) + target.sum(1) + eps)).mean())
+def dice(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """Mean Dice over the batch of binary masks ``(N, *spatial)`` by MONAI's ``compute_dice`` (the
+    function behind ``DiceMetric``, which :class:`trainables.tasks.SegmentationTask` uses), an empty
+    mask predicted empty counting 1 (``ignore_empty=False``), as the segmentation searches count it."""
+    from monai.metrics import compute_dice
+
+    pred, target = pred.float().flatten(1)[:, None], target.float().flatten(1)[:, None]
+    return float(compute_dice(pred, target, include_background=True, ignore_empty=False).mean())

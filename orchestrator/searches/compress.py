@@ -4,14 +4,18 @@ surrogate-assisted CTAEA loop or pure CTAEA).
 
 The base network travels to the trials through Ray's object store, never as a path on the
 driver's disk. Outputs: ``evaluated.csv``, D* with its hypervolume, the paper's Fig. 2/3
-plots and ``summary.json``; the base (with weights) and every evaluated point go to the zoo.
+plots and ``summary.json``; the base (with weights) and every evaluated point go to the zoo, D*'s
+float points with their weights (``candidate_weights/``), the others with a ``weights_reason`` saying why
+not. The constraint's metric is ``constraint_metric`` (accuracy as in the paper, AUC or balanced
+accuracy); a base or candidate that predicts one class for every case is flagged (``one_class``) and
+the summary's ``warning`` says what that does to the accuracy changes and the hypervolume.
 """
 from __future__ import annotations
 
 import math
 from collections import Counter
 
-from medcore.records import FAILED, OK, ModelRecord
+from medcore.records import FAILED, OK, ModelRecord, one_class
 from orchestrator import reports
 from orchestrator.config import CompressSearchConfig
 from orchestrator.search import RunContext, Search, Stage, trial_errors
@@ -23,6 +27,23 @@ UNCOMPRESSED = {"x1": 0, "x2": 0, "x3": 50.0, "x4": 50.0, "x5": 0, "x6": 0, "x7"
 # hypervolume uses ideal (0, 0), nadir (1, 1) and reference point (1.1, 1.1).
 OBJECTIVES = ("f1_relative", "f2_error")
 BASE_BUILDER = "trainables.nets.resnet:build_resnet"
+
+
+def constraint_of(metric: str, base_accuracy: float, base_eval: dict) -> dict:
+    """The keyword arguments of :func:`trainables.compress_trial.compress_trial` that set the
+    constraint of eq. (1) on ``metric``: accuracy against the base's recorded test accuracy (the
+    paper), AUC or balanced accuracy against the base's value as the uncompressed evaluation
+    measured it. Refused in one line (``RunError``) when that value is missing or undefined."""
+    if metric == "accuracy":
+        return {"constraint_metric": metric, "base_constraint": float(base_accuracy)}
+    value = base_eval.get(metric)
+    if base_eval.get("status") != OK or not _finite(value):
+        from medcore.errors import RunError
+
+        why = base_eval.get("reason") or f"its test {metric} is {value}"
+        raise RunError(f"the constraint is on {metric} but the base model's uncompressed evaluation gave none "
+                       f"({why}); set constraint_metric to accuracy")
+    return {"constraint_metric": metric, "base_constraint": float(value)}
 
 
 def make_searcher(cfg: CompressSearchConfig):
@@ -102,15 +123,17 @@ class CompressSearch(Search):
         # never lowered (plan_memory refuses instead): the timed batch is part of what is measured
         batch, resources = ctx.stage_memory("search", cfg.inference_batch)
 
-        def trainable():
+        def trainable(**constraint):
             return tune.with_parameters(compress_trial, data=ctx.data, base=base, base_accuracy=base_accuracy,
                                         options={"inference_batch": batch,
-                                                 "inference_repeats": cfg.inference_repeats})
+                                                 "inference_repeats": cfg.inference_repeats}, **constraint)
 
+        # the base measured uncompressed first (its own constraint is on accuracy: it is not searched)
         grid = ctx.run_tuner(BASE_EVAL_NAME, trainable(), resources=resources, param_space=dict(UNCOMPRESSED))
         ctx.state["base_eval"] = grid[0].metrics or {}
+        constraint = constraint_of(cfg.constraint_metric, base_accuracy, ctx.state["base_eval"])
         searcher = make_searcher(cfg)
-        grid = ctx.run_tuner(SEARCH_NAME, trainable(), resources=resources, metric="accuracy",
+        grid = ctx.run_tuner(SEARCH_NAME, trainable(**constraint), resources=resources, metric="accuracy",
                              tune_config=tune.TuneConfig(
             search_alg=searcher, num_samples=-1, max_concurrent_trials=cfg.resources.max_concurrent or None,
             reuse_actors=True))
@@ -126,6 +149,8 @@ class CompressSearch(Search):
 
     # ---- outputs -----------------------------------------------------------------------
     def summarize(self, ctx: RunContext) -> dict:
+        from trainables.compress_trial import ACCURACY_TOLERANCE
+
         cfg, data, base, searcher = ctx.cfg, ctx.data, ctx.state["base"], ctx.state["searcher"]
         base_eval, measured = ctx.state["base_eval"], ctx.state["measured"]
         out, synthetic = ctx.out, bool(data.info.synthetic)
@@ -135,10 +160,15 @@ class CompressSearch(Search):
                             synthetic)
         d_star, hv = searcher.d_star()
         pareto = [_row(r, measured) for r in d_star]
+        ctx.state["pareto_ids"] = {r["trial_id"] for r in pareto}
         base_summary = {"accuracy": base_eval.get("accuracy"), "auc": base_eval.get("auc"),
+                        "balanced_accuracy": base_eval.get("balanced_accuracy"),
+                        "test_pred_classes": base_eval.get("test_pred_classes"),
                         "flops": base_eval.get("flops"), "inference_ms": base_eval.get("inference_ms"),
                         "size_mb": base_eval.get("size_mb"), "model": base.build["name"],
                         "checkpoint": ctx.state["base_ref"], "train_metrics": base.meta.get("metrics", {})}
+        base_summary["one_class"] = one_class(base_summary)
+        base_value = constraint_of(cfg.constraint_metric, base.meta["metrics"]["test_acc"], base_eval)["base_constraint"]
         reports.plot_compression_front(rows, base_eval, out / "objective_space.png", synthetic)
         reports.plot_time_vs_nonzero(rows, base_eval, out / "inference_vs_nonzero.png", synthetic)
         ok = [r for r in rows if r["status"] == OK and r.get("confusion")]
@@ -157,6 +187,11 @@ class CompressSearch(Search):
             "hypervolume_definition": "pymoo HV of D* on (FLOPs x non-zero rate / base FLOPs, 1 - accuracy), "
                                       "ideal (0, 0), nadir (1, 1), reference point (1.1, 1.1)",
             "most_accurate": None if best is None else {k: v for k, v in best.items() if k != "confusion"},
+            "constraint": {"metric": cfg.constraint_metric, "tolerance": ACCURACY_TOLERANCE, "base_value": base_value,
+                           "threshold": ACCURACY_TOLERANCE * base_value,
+                           "definition": f"feasible iff test {cfg.constraint_metric} >= {ACCURACY_TOLERANCE} x the "
+                                         f"base's"},
+            "n_one_class": sum(bool(r.get("one_class")) for r in rows),
             "config": cfg.to_dict(),
         }
         # the fastest feasible point over every evaluated point, not only D* (D* ranks by f1
@@ -167,6 +202,9 @@ class CompressSearch(Search):
             summary["fastest_feasible"] = {"inference_ratio": f["inference_ms"] / base_eval["inference_ms"],
                                            "accuracy_delta": f["accuracy"] - base_eval["accuracy"], **{
                                                k: v for k, v in f.items() if k != "confusion"}}
+        text = one_class_warning(base_summary, rows, pareto, cfg.constraint_metric)
+        if text:
+            summary["warning"] = text
         return summary
 
     def zoo_records(self, ctx: RunContext) -> list[ModelRecord]:
@@ -183,16 +221,24 @@ class CompressSearch(Search):
                 "test_acc": base_eval.get("accuracy", train.get("test_acc")),
                 "test_auc": base_eval.get("auc", train.get("test_auc")), "params": train.get("params"),
                 "flops": base_eval.get("flops"), "latency_ms": base_eval.get("inference_ms"),
-                "size_mb": base_eval.get("size_mb")})]
+                "size_mb": base_eval.get("size_mb"),
+                "test_pred_classes": base_eval.get("test_pred_classes", train.get("test_pred_classes")),
+                "test_balanced_accuracy": base_eval.get("balanced_accuracy")})]
+        pareto_ids = ctx.state.get("pareto_ids", set())
         for r in ctx.state["rows"]:
             genome = {k: r[k] for k in ("x1", "x2", "x3", "x4", "x5", "x6", "x7", "subset_seed")}
+            weights, note = candidate_weights(ctx, r, genome, r["trial_id"] in pareto_ids)
             records.append(ModelRecord(
                 search="compress", stage="search", family="compression", architecture={**base_arch, "genome": genome},
                 encoding=[float(v) for v in encode(genome)], status=OK if r["status"] == OK else FAILED,
-                reason=r.get("reason", ""), trial_id=r["trial_id"], metrics={
+                reason=r.get("reason", ""), trial_id=r["trial_id"], build=build if weights else None,
+                weights=weights, metrics={
                     "test_acc": r.get("accuracy"), "test_auc": r.get("auc"), "flops": r.get("flops"),
                     "latency_ms": r.get("inference_ms"), "size_mb": r.get("size_mb"),
-                    "f1_relative": r.get("f1_relative"), "nonzero_rate": r.get("nonzero_rate")}))
+                    "test_pred_classes": r.get("test_pred_classes"),
+                    "test_balanced_accuracy": r.get("balanced_accuracy"),
+                    "f1_relative": r.get("f1_relative"), "nonzero_rate": r.get("nonzero_rate"),
+                    **({"weights_reason": note} if note else {})}))
         return records
 
     def print_summary(self, summary: dict) -> None:
@@ -200,10 +246,52 @@ class CompressSearch(Search):
 
         if summary.get("synthetic"):
             print("NOTE: results come from SYNTHETIC data")
+        if summary.get("warning"):
+            print(f"WARNING: {summary['warning']}")
         print(json.dumps({k: summary[k] for k in ("search", "searcher", "dataset", "synthetic", "n_evaluated",
                                                    "hypervolume")}))
-        print(f"base accuracy {summary['base']['accuracy']}, {len(summary['pareto'])} points in D*")
+        mark = "  ONE CLASS" if summary["base"].get("one_class") else ""
+        print(f"base accuracy {summary['base']['accuracy']}{mark}, {len(summary['pareto'])} points in D*")
         print(f"results in {summary['out']}")
+
+
+WEIGHTS_DIR = "candidate_weights"  # under the search's output folder: <trial_id>/model.pt
+
+
+def candidate_weights(ctx: RunContext, row: dict, genome: dict, in_pareto: bool) -> tuple[str | None, str]:
+    """(weights reference, why none) of one evaluated candidate for its zoo row.
+
+    Kept: the feasible non-dominated float points (D*, x7 = 0): the base's weights pruned by the
+    genome again on the driver (magnitude pruning of fixed weights is deterministic, so they are
+    the weights the trial measured), saved as ``<out>/candidate_weights/<trial_id>/model.pt``,
+    a state_dict the base's build recipe loads, hence exportable. Not kept, with the reason: int8
+    points (an FX-quantized graph, not a state_dict of the build recipe), points outside D* (each
+    as large as the base; the genome rebuilds any of them) and failed points."""
+    if row.get("status") != OK:
+        return None, "no weights: the candidate failed"
+    if not in_pareto:
+        return None, ("weights not kept: only D* points are stored; apply this genome to the base's weights "
+                      "(trainables.compression.evaluate_compression) to rebuild it")
+    if int(genome["x7"]):
+        return None, ("weights not kept: an int8 model is an FX-quantized graph the build recipe cannot load; "
+                      "apply this genome to the base's weights (trainables.compression.evaluate_compression) "
+                      "to rebuild it")
+    import copy
+
+    import torch
+
+    from medcore.compression_genome import CompressionGenome
+    from trainables.compression import apply_pruning
+
+    path = ctx.out / WEIGHTS_DIR / str(row["trial_id"]) / "model.pt"
+    if not path.is_file():  # a resumed summary keeps what an earlier one saved
+        model = copy.deepcopy(ctx.state["base"].model).cpu()
+        apply_pruning(model, CompressionGenome.from_config(genome))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(".model.pt.tmp")
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+        tmp.replace(path)
+    return str(path.parent), ""
 
 
 def _row(record: dict, measured: dict) -> dict:
@@ -213,11 +301,36 @@ def _row(record: dict, measured: dict) -> dict:
            "reason": record.get("reason", ""), "feasible": record.get("feasible"),
            **{k: record["config"].get(k) for k in ("x1", "x2", "x3", "x4", "x5", "x6", "x7", "subset_seed")},
            **{k: v for k, v in (record.get("objectives") or {}).items()}, "g_accuracy": record.get("constraint")}
-    for k in ("accuracy", "auc", "f1_compute", "flops", "nonzero_rate", "size_mb", "inference_ms", "quantized",
-              "float_layers", "confusion"):
+    for k in ("accuracy", "auc", "balanced_accuracy", "test_pred_classes", "f1_compute", "flops", "nonzero_rate",
+              "size_mb", "inference_ms", "quantized", "float_layers", "confusion"):
         if k in m:
             row[k] = m[k]
+    row["one_class"] = one_class(row)
     return row
+
+
+def one_class_warning(base: dict, rows: list[dict], pareto: list[dict], constraint_metric: str) -> str:
+    """A plain sentence for the summary when the base model, or candidates, predict one class for
+    every case (:func:`medcore.records.one_class`): their accuracy is that class's share, so
+    accuracy changes, D* and the hypervolume then describe compressing a constant. Empty when none do."""
+    parts = []
+    if base.get("one_class"):
+        parts.append(f"The base model predicts one class for every case on the test split: its accuracy "
+                     f"({_fmt(base.get('accuracy'))}) is that class's share, so the accuracy changes, D* and the "
+                     f"hypervolume describe compressing a constant predictor"
+                     + ("; train the base longer or set constraint_metric to auc or balanced_accuracy."
+                        if constraint_metric == "accuracy" else "."))
+    ok = [r for r in rows if r.get("status") == OK]
+    flagged = [r for r in ok if r.get("one_class")]
+    if flagged:
+        in_front = sum(bool(r.get("one_class")) for r in pareto)
+        parts.append(f"{len(flagged)} of {len(ok)} evaluated candidates predict one class for every case "
+                     f"({in_front} of {len(pareto)} in D*).")
+    return " ".join(parts)
+
+
+def _fmt(value) -> str:
+    return f"{value:.3g}" if _finite(value) else str(value)
 
 
 def _finite(v) -> bool:

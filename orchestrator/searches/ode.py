@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 
-from medcore.records import FAILED, INFEASIBLE, DUPLICATE, OK, ModelRecord
+from medcore.records import FAILED, INFEASIBLE, DUPLICATE, OK, ModelRecord, one_class
 from orchestrator import reports
 from orchestrator.config import ODESearchConfig
 from orchestrator.search import RunContext, Search, Stage, result_trial_id, trial_errors
@@ -162,26 +162,24 @@ class ODESearch(Search):
         if ctx.cfg.baseline == "none":
             return None
         m, _ = ctx.state.get("baseline") or ({}, None)
-        return {"name": ctx.cfg.baseline, "status": m.get("status", FAILED if m else "missing"),
-                "reason": m.get("reason", ""),
-                **{k: m.get(k) for k in ("test_auc", "test_acc", "params", "flops", "val_acc", "val_auc")},
-                "epochs": m.get("epoch")}
+        row = {"name": ctx.cfg.baseline, "status": m.get("status", FAILED if m else "missing"),
+               "reason": m.get("reason", ""), **{k: m.get(k) for k in RETRAINED_KEYS}, "epochs": m.get("epoch")}
+        row["one_class"] = one_class(row)
+        return row
 
     def _final_rows(self, ctx: RunContext) -> list[dict]:
         rows = []
         for rank, rec in enumerate(ctx.state.get("top", []), 1):
             key = json.dumps(rec["config"]["architecture"], sort_keys=True)
             m, _ = ctx.state["retrained"].get(key, ({}, None))
-            rows.append({"rank": rank, "candidate": rec["candidate"], "architecture": rec["config"]["architecture"],
-                         "search_val_metric": rec["fitness"], "status": m.get("status", "missing"),
-                         "reason": m.get("reason", ""), **{k: m.get(k) for k in (
-                             "val_acc", "val_auc", "test_acc", "test_auc", "params", "flops")},
-                         "epochs": m.get("epoch")})
+            row = {"rank": rank, "candidate": rec["candidate"], "architecture": rec["config"]["architecture"],
+                   "search_val_metric": rec["fitness"], "status": m.get("status", "missing"),
+                   "reason": m.get("reason", ""), **{k: m.get(k) for k in RETRAINED_KEYS}, "epochs": m.get("epoch")}
+            row["one_class"] = one_class(row)
+            rows.append(row)
         return rows
 
     def summarize(self, ctx: RunContext) -> dict:
-        from medcore.cell_genotype import CellArchitecture
-
         cfg, data, searcher = ctx.cfg, ctx.data, ctx.state["searcher"]
         out, synthetic = ctx.out, bool(data.info.synthetic)
         rows = candidate_rows(searcher.history)
@@ -207,6 +205,7 @@ class ODESearch(Search):
         metric = cfg.fit.metric
         done = [f for f in final if f.get("status") == OK and f.get("test_acc") is not None]
         best = max(done, key=lambda f: (f[metric] if f[metric] is not None else -1.0, -f["rank"]), default=None)
+        pick = None if best is None else pick_entry(best, cfg)
         return {
             "search": "ode", "dataset": data.info.flag, "size": data.info.size, "synthetic": synthetic,
             "data_file": data.info.path, "n_evaluated": len(evaluated),
@@ -215,12 +214,12 @@ class ODESearch(Search):
             "n_infeasible": sum(r["status"] == INFEASIBLE for r in rows),
             "n_duplicates": sum(r["status"] == DUPLICATE for r in rows),
             "generations": searcher.generation, "restarts": searcher.restarts, "metric": metric,
-            "best": None if best is None else {
-                "architecture": best["architecture"],
-                "description": CellArchitecture.from_config(best["architecture"]).describe(),
-                "val_metric": best["search_val_metric"], "test_acc": best["test_acc"], "test_auc": best["test_auc"],
-                "params": best["params"], "flops": best["flops"]},
-            "baseline": baseline, "top": final, "config": cfg.to_dict(),
+            # the pick's retrained scores, read beside the baseline's (trained the same way)
+            "pick": pick, "baseline": baseline,
+            **({"warning": text} if (text := one_class_warning(pick, baseline)) else {}),
+            # the same entry under its former name, for readers of ``best`` (status tables, tests)
+            "best": pick,
+            "top": final, "config": cfg.to_dict(),
             "experiments": {"search": ctx.experiment_path(SEARCH_NAME), "retrain": ctx.experiment_path(RETRAIN_NAME),
                             **({"baseline": ctx.experiment_path(BASELINE_NAME)} if baseline else {})},
         }
@@ -264,16 +263,20 @@ class ODESearch(Search):
 
     def print_summary(self, summary: dict) -> None:
         super().print_summary(summary)
-        best, ref = summary.get("best") or {}, summary.get("baseline") or {}
+        best, ref = summary.get("pick") or summary.get("best") or {}, summary.get("baseline") or {}
         if best:
-            print(f"best: {best.get('description', '')} test_acc={best.get('test_acc'):.3f} "
-                  f"test_auc={best.get('test_auc'):.3f} params={best.get('params')}")
+            print(f"best: {best.get('description', '')} (retrained) val_auc={_num(best.get('val_auc'))} "
+                  f"test_acc={_num(best.get('test_acc'))} test_auc={_num(best.get('test_auc'))} "
+                  f"params={best.get('params')}{ONE_CLASS_MARK if best.get('one_class') else ''}")
         if ref:
             if ref.get("status") == OK:
-                print(f"baseline: {ref['name']} (same data, recipe and epochs) test_acc={ref['test_acc']:.3f} "
-                      f"test_auc={ref['test_auc']:.3f} params={ref['params']}")
+                print(f"baseline: {ref['name']} (same data, recipe and epochs) val_auc={_num(ref.get('val_auc'))} "
+                      f"test_acc={_num(ref.get('test_acc'))} test_auc={_num(ref.get('test_auc'))} "
+                      f"params={ref['params']}{ONE_CLASS_MARK if ref.get('one_class') else ''}")
             else:
                 print(f"baseline: {ref['name']} {ref.get('status')}: {ref.get('reason') or 'no result'}")
+        if summary.get("warning"):
+            print(f"WARNING: {summary['warning']}")
 
 
 class FeasibilityRule:
@@ -308,6 +311,45 @@ class FeasibilityRule:
                                   f"largest node offers {self.max_memory / 2**30:.1f} GB",
                                   math.log(need / self.max_memory))
         return None
+
+
+# What a retrained pick, or the baseline, carries into the summary (scores of the full-data training).
+RETRAINED_KEYS = ("val_acc", "val_auc", "test_acc", "test_auc", "params", "flops", "val_pred_classes",
+                  "test_pred_classes")
+ONE_CLASS_MARK = "  ONE CLASS"
+
+
+def pick_entry(best: dict, cfg: ODESearchConfig) -> dict:
+    """The summary's headline entry for the val-selected retrained model: ``val_acc`` / ``val_auc``
+    are its retrained scores, the ones to read beside ``baseline.val_auc`` (trained the same way);
+    ``search_val_metric`` is its short search-phase score on the low-fidelity data (the fitness
+    the search ranked by, named by ``search_val_metric_name``), not comparable with either."""
+    from medcore.cell_genotype import CellArchitecture
+
+    entry = {"architecture": best["architecture"],
+             "description": CellArchitecture.from_config(best["architecture"]).describe(),
+             **{k: best.get(k) for k in RETRAINED_KEYS}, "epochs": best.get("epochs"),
+             "search_val_metric": best["search_val_metric"],
+             "search_val_metric_name": f"search phase best_{cfg.fit.metric} ({cfg.fraction:g} of the train split, "
+                                       f"{cfg.val_fraction or cfg.fraction:g} of val, up to {cfg.fit.max_epochs} "
+                                       f"epochs)"}
+    entry["one_class"] = one_class(entry)
+    return entry
+
+
+def one_class_warning(pick: dict | None, baseline: dict | None) -> str:
+    """A plain sentence for the summary when the pick or the baseline predicts one class for every
+    case (:func:`medcore.records.one_class`); empty otherwise."""
+    names = [name for name, entry in (("the pick", pick), ("the baseline", baseline)) if entry and entry.get("one_class")]
+    if not names:
+        return ""
+    one = len(names) == 1
+    return (f"{' and '.join(names).capitalize()} predict{'s' if one else ''} one class for every case: "
+            f"{'its' if one else 'their'} accuracy is that class's share; compare AUCs instead.")
+
+
+def _num(value) -> str:
+    return f"{value:.3f}" if isinstance(value, (int, float)) and math.isfinite(value) else "-"
 
 
 def _reason_kind(reason: str) -> str:

@@ -63,3 +63,116 @@ def test_tiny_compression_search_on_the_shipped_sample(ray_local, tmp_path):
 
     zoo = read_zoo(tmp_path / "zoo")
     assert len(zoo[zoo.stage == "search"]) == 6 and zoo[zoo.stage == "base"].weights.notna().all()
+
+
+# ---- without Ray: the constraint's metric, one-class flags, candidate weights -----------------------
+
+from types import SimpleNamespace  # noqa: E402
+
+from medcore.errors import ConfigError, RunError  # noqa: E402
+from orchestrator.searches import compress as cs  # noqa: E402
+
+GENOME = {"x1": 1, "x2": 1, "x3": 30.0, "x4": 40.0, "x5": 0, "x6": 0, "x7": 0, "subset_seed": 0}
+
+
+def test_constraint_metric_is_a_config_field_refused_in_one_line():
+    with pytest.raises(ConfigError, match="accuracy, auc or balanced_accuracy.*f1") as refused:
+        CompressSearchConfig(constraint_metric="f1").validate()
+    assert refused.value.field == "constraint_metric"
+    CompressSearchConfig(constraint_metric="balanced_accuracy").validate()
+    from orchestrator.config import flag_names
+
+    assert flag_names(CompressSearchConfig)["constraint_metric"] == "--constraint-metric"
+
+
+def test_the_constraint_reads_the_chosen_metric_of_the_base():
+    base_eval = {"status": "ok", "accuracy": 0.77, "auc": 0.64, "balanced_accuracy": 0.5}
+    assert cs.constraint_of("accuracy", 0.8, base_eval) == {"constraint_metric": "accuracy", "base_constraint": 0.8}
+    assert cs.constraint_of("auc", 0.8, base_eval) == {"constraint_metric": "auc", "base_constraint": 0.64}
+    assert cs.constraint_of("balanced_accuracy", 0.8, base_eval)["base_constraint"] == 0.5
+    with pytest.raises(RunError, match=r"constraint is on auc but .*\(its test auc is nan\); set constraint_metric to accuracy"):
+        cs.constraint_of("auc", 0.8, {**base_eval, "auc": float("nan")})
+
+
+def _record(i, x7, feasible, accuracy, pred_classes):
+    return {"trial_id": f"t{i}", "iteration": 0, "status": "ok", "reason": "", "feasible": feasible,
+            "config": {**GENOME, "x7": x7, "x3": 10.0 * (i + 1)}, "constraint": -0.01 if feasible else 0.2,
+            "objectives": {"f1_relative": 1.0 - 0.2 * i, "f2_error": 1 - accuracy}}
+
+
+def _measured(i, accuracy, pred_classes):
+    return {"accuracy": accuracy, "auc": 0.6, "balanced_accuracy": 0.5, "test_pred_classes": pred_classes,
+            "f1_compute": 1.0, "flops": 10.0, "nonzero_rate": 0.9 - 0.1 * i, "size_mb": 1.0,
+            "inference_ms": 5.0 - i, "quantized": False, "float_layers": [], "confusion": [[60, 0], [9, 0]]}
+
+
+class _History(SimpleNamespace):
+    def d_star(self):
+        front = [r for r in self.history if r["feasible"]]
+        return front, 0.75
+
+
+def _ctx(tmp_path, base_pred_classes, model):
+    from trainables.compress_trial import BaseCheckpoint
+
+    rows = [(0, 0, True, 0.87, 1), (1, 1, True, 0.87, 1), (2, 0, False, 0.6, 2)]
+    base_eval = {"status": "ok", **_measured(-1, 0.87, base_pred_classes), "inference_ms": 10.0}
+    base = BaseCheckpoint(model=model, build={"name": "resnet10"}, meta={"metrics": {"test_acc": 0.87}})
+    cfg = CompressSearchConfig(dataset="adrenalmnist3d", out=str(tmp_path))
+    return SimpleNamespace(
+        cfg=cfg, out=tmp_path, data=SimpleNamespace(info=SimpleNamespace(flag="adrenalmnist3d", size=28,
+                                                                          synthetic=False)),
+        state={"base": base, "base_ref": str(tmp_path / "base"), "base_eval": base_eval,
+               "searcher": _History(history=[_record(i, x7, f, a, p) for i, x7, f, a, p in rows]),
+               "measured": {f"t{i}": _measured(i, a, p) for i, _, _, a, p in rows}})
+
+
+def _linear():
+    import torch
+
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(8, 2))
+
+
+def test_a_one_class_base_and_candidates_are_flagged_in_summary_and_table(tmp_path):
+    ctx = _ctx(tmp_path, base_pred_classes=1, model=_linear())
+    s = cs.CompressSearch().summarize(ctx)
+    assert s["base"]["one_class"] is True and s["base"]["test_pred_classes"] == 1
+    assert s["warning"].startswith("The base model predicts one class for every case on the test split")
+    assert "2 of 3 evaluated candidates predict one class for every case (2 of 2 in D*)" in s["warning"]
+    assert all(p["one_class"] for p in s["pareto"]) and s["n_one_class"] == 2
+    assert s["fastest_feasible"]["one_class"] is True
+    assert s["constraint"]["metric"] == "accuracy" and s["constraint"]["threshold"] == pytest.approx(0.96 * 0.87)
+    table = pd.read_csv(tmp_path / "evaluated.csv")
+    assert table.one_class.tolist() == [True, True, False] and table.test_pred_classes.tolist() == [1, 1, 2]
+    # a base that predicts both classes: no warning about the base, the candidates still counted
+    ctx = _ctx(tmp_path, base_pred_classes=2, model=_linear())
+    s = cs.CompressSearch().summarize(ctx)
+    assert s["base"]["one_class"] is False and not s["warning"].startswith("The base model")
+
+
+def test_zoo_rows_of_d_star_float_points_carry_weights_the_others_say_why_not(tmp_path):
+    import torch
+
+    from trainables.compression import apply_pruning, predict
+    from medcore.compression_genome import CompressionGenome
+
+    model = _linear()
+    ctx = _ctx(tmp_path, base_pred_classes=2, model=model)
+    search = cs.CompressSearch()
+    search.summarize(ctx)
+    records = {r.trial_id: r for r in search.zoo_records(ctx) if r.stage == "search"}
+    kept, int8, outside = records["t0"], records["t1"], records["t2"]
+    assert kept.weights and kept.build == {"builder": cs.BASE_BUILDER, "kwargs": {"name": "resnet10"}}
+    assert "weights_reason" not in kept.metrics and kept.metrics["test_pred_classes"] == 1
+    assert int8.weights is None and "int8" in int8.metrics["weights_reason"]
+    assert outside.weights is None and "only D* points" in outside.metrics["weights_reason"]
+    # the stored weights are the base pruned by the genome: the model the trial measured
+    expected = _linear()
+    apply_pruning(expected, CompressionGenome.from_config({**GENOME, "x3": 10.0}))
+    stored = _linear()
+    stored.load_state_dict(torch.load(f"{kept.weights}/model.pt", weights_only=True))
+    x = torch.randint(0, 255, (4, 8), dtype=torch.uint8).numpy()
+    assert torch.equal(predict(stored, x), predict(expected, x))
+    assert torch.count_nonzero(stored[1].weight) < stored[1].weight.numel()  # pruned, not the base
+    assert torch.count_nonzero(model[1].weight) == model[1].weight.numel()  # the driver's base untouched

@@ -51,8 +51,9 @@ def test_search_with_a_tiny_cnn_baseline(ray_local, tmp_path, capsys):
 
     get("ode").print_summary(saved)
     printed = capsys.readouterr().out
-    assert "best: " in printed and f"baseline: tiny_cnn (same data, recipe and epochs) test_acc={base['test_acc']:.3f}" \
-        in printed
+    assert "best: " in printed and "(retrained) val_auc=" in printed
+    assert f"baseline: tiny_cnn (same data, recipe and epochs) val_auc={base['val_auc']:.3f} " \
+           f"test_acc={base['test_acc']:.3f}" in printed
     assert isinstance(get("ode"), Search)
 
     from orchestrator.export import build_model, read_state_dict
@@ -91,3 +92,44 @@ def test_flops_floor_makes_stem_only_cells_infeasible():
     assert rule({"architecture": one_op}) is None
     over = rule({"architecture": dict(one_op, n_stacks=2)})
     assert "exceeds the cap" in over.reason and over.violation > 0
+
+
+def test_summary_headline_is_the_picks_retrained_score_beside_the_baselines(tmp_path, capsys):
+    """The demo's case: the pick's search-phase score (0.8236) equals the baseline's val AUC, its
+    retrained val AUC is 0.716. The headline ``pick.val_auc`` is the retrained one; the search score
+    is ``pick.search_val_metric``; ``best`` is the same entry (its former name)."""
+    from types import SimpleNamespace
+
+    from medcore.cell_genotype import CellArchitecture
+    from orchestrator.searches.ode import ODESearch
+
+    arch = CellArchitecture(nodes=((1, "conv3_in_relu"),), edges=((0, 1), (0, 6), (1, 6)), n_stacks=1,
+                            n_modules=1, n_f_init=8).to_config()
+    record = {"candidate": 0, "generation": 0, "phase": "init", "status": "ok", "reason": "", "fitness": 0.8236,
+              "duplicate_of": None, "genome": [0.1], "config": {"architecture": arch},
+              "metrics": {"val_auc": 0.8236, "test_auc": 0.7, "params": 1000, "flops": 2e7}}
+    retrained = {"status": "ok", "val_acc": 0.77, "val_auc": 0.716, "test_acc": 0.77, "test_auc": 0.69,
+                 "params": 1000, "flops": 2e7, "epoch": 3, "val_pred_classes": 1, "test_pred_classes": 1}
+    baseline = {"status": "ok", "val_acc": 0.8, "val_auc": 0.8236, "test_acc": 0.79, "test_auc": 0.8, "params": 5000,
+                "flops": 1e7, "epoch": 3, "val_pred_classes": 2, "test_pred_classes": 2}
+    searcher = SimpleNamespace(history=[record], generation=0, restarts=0,
+                               best_per_generation=lambda: [(0, 0.8236)])
+    cfg = ODESearchConfig(baseline="tiny_cnn", fit=FitOptions(metric="val_auc"), fraction=0.1, val_fraction=1.0)
+    ctx = SimpleNamespace(cfg=cfg, out=tmp_path, experiment_path=lambda name: str(tmp_path / name),
+                          data=SimpleNamespace(info=SimpleNamespace(flag="adrenalmnist3d", size=28, synthetic=False,
+                                                                    path="x.npz")),
+                          state={"searcher": searcher, "top": [record],
+                                 "retrained": {json.dumps(arch, sort_keys=True): (retrained, None)},
+                                 "baseline": (baseline, None)})
+    search = ODESearch()
+    s = search.summarize(ctx)
+    pick, base = s["pick"], s["baseline"]
+    assert pick["val_auc"] == 0.716 and pick["search_val_metric"] == 0.8236 and base["val_auc"] == 0.8236
+    assert "search phase best_val_auc" in pick["search_val_metric_name"] and "val_metric" not in pick
+    assert s["best"] == pick and pick["test_auc"] == 0.69 and pick["params"] == 1000
+    assert pick["one_class"] is True and base["one_class"] is False
+    assert s["warning"].startswith("The pick predicts one class for every case")
+    search.print_summary({**s, "out": str(tmp_path), "n_ok": 1, "n_failed": 0})
+    printed = capsys.readouterr().out
+    assert "(retrained) val_auc=0.716" in printed and "ONE CLASS" in printed
+    assert "baseline: tiny_cnn (same data, recipe and epochs) val_auc=0.824" in printed

@@ -256,7 +256,7 @@ def test_constraint_and_objectives(blood, monkeypatch, base_accuracy, feasible):
     assert r["status"] == "ok" and r["reason"] == "" and "pruning" not in r
     assert r["f2_error"] == pytest.approx(0.25) and r["f1_relative"] == pytest.approx(0.4)
     assert r["g_accuracy"] == pytest.approx(0.96 * base_accuracy - 0.75)
-    assert r["accuracy_threshold"] == pytest.approx(0.96 * base_accuracy)
+    assert r["accuracy_threshold"] == r["constraint_threshold"] == pytest.approx(0.96 * base_accuracy)
     assert r["feasible"] is feasible and r["synthetic"] is True
 
 
@@ -334,3 +334,70 @@ def test_train_base_and_compress_trial_under_tuner(ray_local, blood, tmp_path):
     assert m["flops"] == pytest.approx(final["flops"] * C.QUANTIZED_FLOP_WEIGHT)
     assert m["f1_compute"] == pytest.approx(m["flops"] * m["nonzero_rate"])
     assert m["size_mb"] < 0.3 * ct.compression.model_size_mb(base.model)
+
+
+# ------------------------------------------------------------------ one class, the constraint's metric
+
+class _Constant(torch.nn.Module):
+    """Logits that call every case class ``k`` of ``n``: the one-class model a short base training gives."""
+
+    def __init__(self, n: int, k: int = 0):
+        super().__init__()
+        self.n, self.k = n, k
+        self.fc = torch.nn.Linear(1, 1)  # something to prune
+
+    def forward(self, x):
+        logits = torch.zeros(len(x), self.n)
+        logits[:, self.k] = 5.0
+        return logits + 0 * self.fc.weight.sum()
+
+
+def test_balanced_accuracy_follows_sklearn_and_exposes_a_one_class_model():
+    from sklearn.metrics import balanced_accuracy_score
+
+    y = np.array([[0], [0], [0], [1], [2], [2]])
+    score = np.eye(3)[[0, 0, 1, 1, 2, 0]]
+    assert C.balanced_accuracy(y, score, "multi-class") == pytest.approx(
+        balanced_accuracy_score(y[:, 0], [0, 0, 1, 1, 2, 0]))
+    binary = np.array([[0]] * 9 + [[1]])
+    constant = np.full((10, 1), 0.1)  # every case negative: accuracy 0.9, balanced accuracy 0.5
+    assert C.balanced_accuracy(binary, constant, "binary-class") == 0.5
+    labels = np.array([[0, 1], [1, 1], [0, 0], [1, 0]])
+    scores = np.array([[0.9, 0.9], [0.9, 0.1], [0.1, 0.1], [0.1, 0.9]])
+    per_label = [balanced_accuracy_score(labels[:, i], (scores[:, i] > 0.5).astype(int)) for i in range(2)]
+    assert C.balanced_accuracy(labels, scores, "multi-label, binary-class") == pytest.approx(np.mean(per_label))
+
+
+def test_evaluate_compression_counts_the_classes_a_candidate_predicts(blood):
+    opts = dict(inference_batch=8, inference_repeats=1)
+    one = C.evaluate_compression(_Constant(8, k=3), blood, cfg(x1=1, x3=10), **opts)
+    assert one["test_pred_classes"] == 1 and one["balanced_accuracy"] == pytest.approx(1 / 8)
+    assert np.array(one["confusion"])[:, 3].sum() == 32  # the whole test split called class 3
+    torch.manual_seed(0)
+    linear = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 28 * 28, 8)).eval()  # input-dependent
+    many = C.evaluate_compression(linear, blood, cfg(), **opts)
+    assert many["test_pred_classes"] > 1 and 0 <= many["balanced_accuracy"] <= 1
+
+
+@pytest.mark.parametrize("metric, base, feasible", [("accuracy", 0.78, True), ("auc", 0.70, False),
+                                                    ("auc", 0.60, True), ("balanced_accuracy", 0.55, False),
+                                                    ("balanced_accuracy", 0.52, True)])
+def test_the_constraint_is_on_the_chosen_metric(blood, monkeypatch, metric, base, feasible):
+    # the candidate: accuracy 0.75 (majority share), AUC 0.6, balanced accuracy 0.5
+    monkeypatch.setattr(C, "evaluate_compression", lambda *a, **k: {
+        "accuracy": 0.75, "auc": 0.6, "balanced_accuracy": 0.5, "f1_compute": 4e5, "pruning": []})
+    value = {"accuracy": 0.75, "auc": 0.6, "balanced_accuracy": 0.5}[metric]
+    r = ct.evaluate_candidate(tiny_resnet(), blood, NO_COMPRESSION, 0.78, 1e6, metric,
+                              None if metric == "accuracy" else base)
+    assert r["constraint_metric"] == metric and r["constraint_base"] == pytest.approx(base)
+    assert r["g_accuracy"] == pytest.approx(0.96 * base - value)  # the searchers' constraint key
+    assert r["constraint_threshold"] == pytest.approx(0.96 * base) and r["feasible"] is feasible
+    assert r["f2_error"] == pytest.approx(0.25)  # the objective stays the error (eq. 1)
+    assert ("accuracy_threshold" in r) == (metric == "accuracy")
+
+
+def test_a_constraint_metric_without_the_bases_value_or_unknown_is_refused(blood):
+    with pytest.raises(ConfigError, match="needs the base model's auc"):
+        ct.evaluate_candidate(tiny_resnet(), blood, NO_COMPRESSION, 0.8, 1.0, "auc")
+    with pytest.raises(ConfigError, match="constraint metric must be one of accuracy, auc, balanced_accuracy"):
+        ct.evaluate_candidate(tiny_resnet(), blood, NO_COMPRESSION, 0.8, 1.0, "f1", 0.5)
