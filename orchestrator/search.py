@@ -171,9 +171,10 @@ class RunContext:
         is never trained again); trials whose worker died are retried ``TRIAL_RETRIES`` times.
         """
         from ray import tune
-        from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
+        from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
         from orchestrator.status import StatusCallback
+        from orchestrator.tensorboard import EpochTBXLogger
 
         path = self.experiment_path(name)
         tune_config = tune_config or tune.TuneConfig()
@@ -191,7 +192,7 @@ class RunContext:
                 name=name, storage_path=self.cfg.storage_path, verbose=1,
                 failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
-                callbacks=[JsonLoggerCallback(), CSVLoggerCallback(), TBXLoggerCallback(), StatusCallback(str(self.out), name, self.stage, metric, mode)]))
+                callbacks=[JsonLoggerCallback(), CSVLoggerCallback(), EpochTBXLogger(), StatusCallback(str(self.out), name, self.stage, metric, mode)]))
         return tuner.fit()
 
     def require_finished(self, searcher, name: str) -> None:
