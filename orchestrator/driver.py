@@ -17,8 +17,8 @@ from medcore.errors import ConfigError, RunError, SearchFailed
 from orchestrator import atomic, registry, status
 from orchestrator.config import is_uri
 from orchestrator.runlock import RunLock
-from orchestrator.runtime import (check_reachable, check_trial_fits, largest_node_cpus, largest_node_memory,
-                                  local_node_cpus, local_node_memory,
+from orchestrator.runtime import (check_reachable, check_trial_fits, largest_node_memory, local_node_cpus,
+                                  local_node_memory, memory_share, node_capacities,
                                   ray_session, sigterm_as_interrupt)
 from orchestrator.search import RunContext, Search
 
@@ -65,13 +65,14 @@ def _run(search: Search, cfg, data, out: Path, manifest: dict, started: float) -
         data = search.load_data(cfg)
     ctx = RunContext(search=search, cfg=cfg, data=data, run_id=manifest["run"])
     if not address:  # a local Ray: its memory is known before it starts
-        plan_memory(search, ctx, local_node_memory(), local_node_cpus())
+        memory = local_node_memory()
+        plan_memory(search, ctx, memory, [{"CPU": local_node_cpus(), "memory": memory}])
     # after ray.init: it installs a SIGTERM handler of its own that exits at once
     with ray_session(cfg.resources.address, cfg.resources.jemalloc), sigterm_as_interrupt():
         r = cfg.resources
         check_trial_fits(r.cpus_per_trial, r.gpus_per_trial, r.memory_per_trial_gb * 2**30, r.autoscale)
         if address:
-            plan_memory(search, ctx, largest_node_memory(), largest_node_cpus())
+            plan_memory(search, ctx, largest_node_memory(), node_capacities())
         # the run exists from here on: everything before was a check that leaves nothing behind
         atomic.write_json(out / MANIFEST, manifest)
         for stage in search.stages(ctx):
@@ -90,18 +91,18 @@ def _run(search: Search, cfg, data, out: Path, manifest: dict, started: float) -
     return summary
 
 
-def plan_memory(search: Search, ctx: RunContext, node_memory: float, node_cpus: float = 1.0) -> None:
+def plan_memory(search: Search, ctx: RunContext, node_memory: float, nodes: list[dict] | None = None) -> None:
     """Size every stage's trials before any starts (:meth:`Search.plan_memory`) against the
     largest node, or the fixed ``--memory-per-trial-gb`` when set; with ``--autoscale`` a larger
     node may come, so nothing is capped. A lowered batch is said on stderr. A trial's fair share
-    of that node (its memory per CPU times the trial's CPUs) is what per-trial requests that fit
-    in it ask for (:func:`orchestrator.search.memory_bucket`)."""
+    of the ``nodes`` (:func:`orchestrator.runtime.memory_share`) is what per-trial requests that
+    fit in it ask for (:func:`orchestrator.search.memory_bucket`)."""
     import sys
 
     r = ctx.cfg.resources
     limit = r.memory_per_trial_gb * 2**30 or (None if r.autoscale else node_memory)
     ctx.memory_limit = limit
-    ctx.memory_share = node_memory * min(1.0, r.cpus_per_trial / max(node_cpus, 1.0)) if limit else None
+    ctx.memory_share = memory_share(r.cpus_per_trial, nodes or []) if limit else None
     ctx.memory = search.plan_memory(ctx, limit)
     for plan in ctx.memory.values():
         if plan.lowered:

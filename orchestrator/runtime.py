@@ -273,10 +273,18 @@ def local_node_cpus() -> float:
     return float(utils.get_num_cpus())
 
 
-def largest_node_cpus() -> float:
-    """The CPUs of the node with the most memory (the node :func:`largest_node_memory` names)."""
-    nodes = node_capacities()
-    return float(max(nodes, key=lambda n: n.get("memory", 0)).get("CPU", 1)) if nodes else 1.0
+# Kept free of a node's memory share: a local node's memory is estimated before Ray starts it.
+SHARE_MARGIN = 0.1
+
+
+def memory_share(cpus_per_trial: float, nodes: list[dict]) -> float | None:
+    """A trial's fair share of memory: on each node that can run it, the node's memory per CPU
+    times the trial's CPUs; the smallest of these, less :data:`SHARE_MARGIN`, so a request of
+    that size fits on every such node as often as its CPUs allow (a 0-CPU head is no such node),
+    also when a node offers a little less than was estimated before it started. None without one."""
+    shares = [n.get("memory", 0) * min(1.0, cpus_per_trial / n["CPU"]) for n in nodes
+              if n.get("CPU", 0) >= cpus_per_trial and n.get("memory", 0) > 0]
+    return min(shares) * (1 - SHARE_MARGIN) if shares else None
 
 
 def largest_node_memory() -> float:

@@ -196,6 +196,19 @@ def test_memory_requests_fall_in_few_buckets_and_never_below_the_estimate_or_abo
     assert memory_bucket(11.2 * gib, 22.6 * gib, share) == 16 * gib > share  # above it: memory limits packing
 
 
+def test_a_trials_memory_share_fits_every_node_that_can_run_it():
+    from orchestrator.runtime import SHARE_MARGIN, memory_share
+
+    gib = 2**30
+    head = {"CPU": 0.0, "memory": 30 * gib}  # a 0-CPU head runs no trial: its memory is no share
+    workers = [{"CPU": 2.0, "memory": 20 * gib}, {"CPU": 4.0, "memory": 24 * gib}]
+    keep = 1 - SHARE_MARGIN  # a node may offer a little less than estimated before it started
+    assert memory_share(1, [head, *workers]) == 6 * gib * keep  # 24 GiB / 4 CPUs: fits both workers by CPUs
+    assert memory_share(2, [head, *workers]) == 12 * gib * keep
+    assert memory_share(3, [head, *workers]) == 24 * gib * 3 / 4 * keep  # the 2-CPU node cannot run it
+    assert memory_share(1, [head]) is None and memory_share(8, workers) is None
+
+
 def test_trial_resources_carry_the_memory_estimate(tmp_path):
     from orchestrator.config import Resources
     from orchestrator.search import RunContext
