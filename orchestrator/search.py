@@ -91,6 +91,24 @@ class Search:
         print(f"results in {summary['out']}")
 
 
+def progress_reporter(metric: str | None, mode: str = "max"):
+    """The console's progress table with the selection ``metric`` first, trials sorted by it.
+
+    Tune's newer console output picks the first four numbers of each trial's last report
+    (params, FLOPs, test metrics) and cannot be told otherwise, so a run with a selection metric
+    uses Tune's ``CLIReporter`` (``RAY_AIR_NEW_OUTPUT=0``, read when the experiment starts).
+    None (Tune's default table) without a metric.
+    """
+    if not metric:
+        return None
+    from ray.tune import CLIReporter
+
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    columns = [metric] + [c for c in ("epoch", "val_loss", "status") if c != metric]
+    return CLIReporter(metric_columns=columns, metric=metric, mode=mode, sort_by_metric=True,
+                       max_report_frequency=30)
+
+
 def memory_bucket(nbytes: float, limit: float | None = None, share: float | None = None) -> int:
     """A per-trial memory request: the trial's fair ``share`` of a node where the estimate fits in
     it, else the estimate rounded up to 1, 2, 4, 8, ... GiB.
@@ -189,7 +207,7 @@ class RunContext:
                                        resume_errored=False, restart_errored=False)
         else:
             tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=tune.RunConfig(
-                name=name, storage_path=self.cfg.storage_path, verbose=1,
+                name=name, storage_path=self.cfg.storage_path, verbose=1, progress_reporter=progress_reporter(metric, mode),
                 failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
                 callbacks=[JsonLoggerCallback(), CSVLoggerCallback(), EpochTBXLogger(), StatusCallback(str(self.out), name, self.stage, metric, mode)]))

@@ -40,3 +40,16 @@ def test_the_final_report_adds_test_metrics_but_no_point_to_the_epoch_curves(tmp
     assert [v for _, v in scalars["ray/tune/val_auc"]] == pytest.approx([0.70, 0.80, 0.75])  # ends at epoch 3
     assert [s for s, _ in scalars["ray/tune/val_loss"]] == [1, 2, 3]
     assert scalars["ray/tune/test_auc"] == [(4, pytest.approx(0.77))]
+
+
+def test_the_progress_table_shows_the_selection_metric_first(monkeypatch):
+    import os
+
+    from orchestrator.search import progress_reporter
+
+    monkeypatch.delenv("RAY_AIR_NEW_OUTPUT", raising=False)
+    assert progress_reporter(None) is None and "RAY_AIR_NEW_OUTPUT" not in os.environ
+    reporter = progress_reporter("val_auc", "max")
+    assert list(reporter._metric_columns)[0] == "val_auc" and reporter._sort_by_metric
+    assert os.environ["RAY_AIR_NEW_OUTPUT"] == "0"  # Tune's newer output ignores a reporter's columns
+    assert list(progress_reporter("val_loss", "min")._metric_columns) == ["val_loss", "epoch", "status"]
