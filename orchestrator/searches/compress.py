@@ -170,7 +170,8 @@ class CompressSearch(Search):
         base_summary["one_class"] = one_class(base_summary)
         base_value = constraint_of(cfg.constraint_metric, base.meta["metrics"]["test_acc"], base_eval)["base_constraint"]
         reports.plot_compression_front(rows, base_eval, out / "objective_space.png", synthetic)
-        reports.plot_time_vs_nonzero(rows, base_eval, out / "inference_vs_nonzero.png", synthetic)
+        reports.plot_time_vs_nonzero(rows, base_eval, out / "inference_vs_nonzero.png", synthetic,
+                                     batch=cfg.inference_batch)
         ok = [r for r in rows if r["status"] == OK and r.get("confusion")]
         best = max(ok, key=lambda r: (r["accuracy"], -r["f1_relative"]), default=None)
         if base_eval.get("confusion") and best is not None:
