@@ -13,6 +13,7 @@ from orchestrator.cli import main
 from orchestrator.config import MedNNSSearchConfig
 from orchestrator.data import load_medmnist, make_synthetic
 from orchestrator.metaspace import MetaSpaceOptions, synthetic_zoo, train_metaspace
+from tests.stage_calls import Stop, capture_run_tuner
 from orchestrator.search import RunContext
 from orchestrator.searches.mednns import MedNNSSearch
 from trainables import supernet_trial
@@ -102,24 +103,13 @@ def test_extraction_is_refused_not_lowered(root, unlimited):
     assert "even at batch" not in str(e.value)
 
 
-class Stop(Exception):
-    pass
-
-
 @pytest.fixture
 def captured(root, unlimited, monkeypatch):
     """A context whose memory plan lowered the batches, and the run_tuner calls its stages make."""
     ctx = context(root)
     _, plan = unlimited
     ctx.memory = ctx.search.plan_memory(ctx, (plan["query"].bytes + plan["zoo"].bytes) / 2)
-    calls = []
-
-    def run_tuner(name, trainable, **kw):
-        calls.append((name, kw))
-        raise Stop
-
-    monkeypatch.setattr(ctx, "run_tuner", run_tuner)
-    monkeypatch.setattr("ray.tune.with_parameters", lambda trainable, **kw: trainable)  # no object store
+    calls = capture_run_tuner(ctx, monkeypatch)
     return ctx, calls
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from medcore.errors import ResourceError
 from orchestrator.config import Resources, StrategySearchConfig
+from tests.stage_calls import Stop, capture_run_tuner
 from orchestrator.search import RunContext, memory_bucket
 from orchestrator.searches.strategy import StrategySearch
 
@@ -83,24 +84,13 @@ def test_a_space_whose_smallest_batch_cannot_fit_is_refused_naming_the_space(dat
         plan(data, 1 * GB)
 
 
-class Stop(Exception):
-    pass
-
-
 def test_each_trial_requests_its_own_strategy_in_both_stages(data, monkeypatch):
     """The search's resources are a callable of the trial's config (its batch and norm, whole GiB);
     the retrain's price each label's strategy; the searcher's space and first trial are the plan's."""
     _, full = plan(data)
     cost = full.memory["retrain"].cost
     search, ctx = plan(data, (cost(64) + cost(128)) / 2)
-    calls = []
-
-    def run_tuner(name, trainable, **kw):
-        calls.append((name, kw))
-        raise Stop
-
-    monkeypatch.setattr(ctx, "run_tuner", run_tuner)
-    monkeypatch.setattr("ray.tune.with_parameters", lambda trainable, **kw: trainable)  # no object store
+    calls = capture_run_tuner(ctx, monkeypatch)
     search.stages(ctx)
     with pytest.raises(Stop):
         search.search(ctx)
