@@ -409,7 +409,7 @@ def finetune_job(spec: dict, info) -> dict:
     build = {"builder": BUILDER, "kwargs": {**kwargs, "supernet": spec["supernet_dir"]}}
     runs = [{"strategy": s, "candidates": [build] * k} for s, k in STRATEGY_K.items() if k <= spec["top_k"]]
     runs.append({"strategy": "scratch", "candidates": [{**build, "kwargs": {**kwargs, "supernet": None}}]})
-    runs.append({"strategy": "resnet", "candidates": [{"builder": "trainables.nets.resnet:build_resnet", "kwargs": {
+    runs.append({"strategy": "resnet", "candidates": [{"builder": "resnet", "kwargs": {
         "name": cfg.baseline.lower(), "spatial_dims": info.spatial_dims, "in_channels": info.n_channels,
         "n_outputs": info.n_outputs}}]})
     return {"target": target, "runs": runs, "epochs": 1, "report_epochs": [1], "lr": cfg.lr,

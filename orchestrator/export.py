@@ -1,11 +1,12 @@
 """Export a zoo model for use outside medtune: ``model.pt2`` (torch.export), ``model.onnx``, ``card.json``.
 
-The network is rebuilt from the row's ``build`` recipe (``{"builder": "module:function",
-"kwargs": {...}}``) and its trained weights (a folder holding ``model.pt``, a state_dict),
-then exported with :func:`torch.export.export` (TorchScript is deprecated in torch 2.13) with
-a dynamic batch dimension. The exported program needs only torch to run:
-``torch.export.load('model.pt2').module()(x)``. ONNX goes through ``torch.onnx.export``
-(``dynamo=True``, which needs ``onnx`` and ``onnxscript``); if that fails the card names why.
+The network is rebuilt from the row's ``build`` recipe (``{"builder": name, "kwargs": {...}}``,
+:mod:`trainables.builders`; the card names the builder by name even for an older zoo's path)
+and its trained weights (a folder holding ``model.pt``, a state_dict), then exported with
+:func:`torch.export.export` (TorchScript is deprecated in torch 2.13) with a dynamic batch
+dimension. The exported program needs only torch to run: ``torch.export.load('model.pt2').module()(x)``.
+ONNX goes through ``torch.onnx.export`` (``dynamo=True``, which needs ``onnx`` and ``onnxscript``);
+if that fails the card names why.
 
 ``card.json`` says what the network returns (logits: every search trains on raw outputs with
 BCE-with-logits or cross-entropy), how scores and decisions follow from them (the rule medmnist's
@@ -15,7 +16,6 @@ the model is a baseline or predicts one class for every case.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import io
 import json
 import os
@@ -71,13 +71,15 @@ def output_spec(task: str, shape: list[int], names: list[str] | None) -> dict:
 
 
 def build_model(build: dict):
-    """Call the recipe's ``module:function`` with its kwargs."""
+    """Call the recipe's builder (a :mod:`trainables.builders` name, or a legacy
+    ``module:function`` path of an older zoo) with its kwargs."""
+    from trainables.builders import UnknownBuilder, resolve
+
     try:
-        module_name, function_name = build["builder"].split(":")
-        builder = getattr(importlib.import_module(module_name), function_name)
-    except (KeyError, ValueError, AttributeError, ImportError) as exc:
-        raise MedtuneError(f"cannot rebuild the model from {json.dumps(build)}: {exc}") from None
-    return builder(**build.get("kwargs", {}))
+        builder = resolve(build.get("builder") if isinstance(build, dict) else None)
+    except UnknownBuilder as exc:
+        raise MedtuneError(f"cannot rebuild the model from {json.dumps(build, default=str)[:300]}: {exc}") from None
+    return builder(**dict(build.get("kwargs") or {}))
 
 
 def read_state_dict(weights: str) -> dict:
@@ -211,7 +213,8 @@ def export_model(zoo_path, model_id: str, out_dir) -> dict:
         "output": output_spec(row["task"], list(expected.shape[1:]), names), "class_names": names,
         "class_names_source": f"medmnist.INFO[{row['dataset']!r}]['label']" if names else names_note,
         "baseline": bool(row.get("baseline")), "one_class": one_class(row),
-        "build": build, "weights": row["weights"], "weights_loaded_by": "builder" if by_builder else WEIGHTS_FILE,
+        "build": parsed["build"], "weights": row["weights"],  # the builder by name (row_json)
+        "weights_loaded_by": "builder" if by_builder else WEIGHTS_FILE,
         "files": {"pt2": pt2.name, "onnx": onnx.get("file")},
         "load": "torch.export.load('model.pt2').module()",
         "dynamic_batch": dynamic_batch, "max_abs_diff": diff, "onnx": onnx,

@@ -57,7 +57,7 @@ SCHEMA = pa.schema(
         *[pa.field(m, pa.float64()) for m in METRICS],
         pa.field("metrics_extra", pa.string()),  # JSON: metrics outside the vocabulary
         pa.field("weights", pa.string()),  # a weights reference (checkpoint folder / URI); null if none
-        pa.field("build", pa.string()),  # JSON {"builder": "module:function", "kwargs": {...}}
+        pa.field("build", pa.string()),  # JSON {"builder": name (trainables.builders), "kwargs": {...}}
         pa.field("input_shape", pa.list_(pa.int64())),  # C, *spatial
         pa.field("task", pa.string()),
         pa.field("medtune_version", pa.string()),
@@ -399,11 +399,18 @@ def get_model(zoo_path, model_id: str) -> dict:
 
 
 def row_json(row: dict) -> dict:
-    """A zoo row with its JSON columns parsed and NaN as null, for printing and model cards."""
+    """A zoo row with its JSON columns parsed and NaN as null, for printing and model cards.
+
+    The ``build`` recipe names its builder by its stable name (:mod:`trainables.builders`), also
+    where an older zoo stored a ``module:function`` path; the files themselves are never rewritten."""
+    from trainables.builders import normalise
+
     out = {}
     for key, value in row.items():
         if key in ("architecture", "build", "metrics_extra") and isinstance(value, str):
             value = json.loads(value)
+        if key == "build" and isinstance(value, dict):
+            value = normalise(value)
         elif isinstance(value, datetime):
             value = value.isoformat()
         elif hasattr(value, "tolist"):  # numpy arrays and scalars from pandas

@@ -26,8 +26,7 @@ from trainables.memory import estimate_training_bytes
 from trainables.nets.cell_net import CellNet
 
 WORST_METRICS = {"val_acc": 0.0, "val_auc": 0.0, "best_val_acc": 0.0, "best_val_auc": 0.0}
-BUILDER = "trainables.ode_trial:build_network"
-BASELINE_BUILDER = "trainables.ode_trial:build_baseline"
+BUILDER, BASELINE_BUILDER = "cell_net", "baseline"  # names in trainables.builders.BUILDERS
 
 
 def is_oom(exc: BaseException) -> bool:

@@ -16,7 +16,6 @@ search's memory plan and each trial's Ray ``memory`` request.
 """
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import os
@@ -27,6 +26,7 @@ import torch
 from torch import nn
 
 from medcore.errors import ConfigError
+from trainables.builders import UnknownBuilder, normalise, resolve
 from trainables.checkpointing import resume_state, save_state_file
 from trainables.complexity import count_params
 from trainables.fit import (DeviceSplit, FitConfig, NonFiniteLoss, eval_batch_size, evaluate, fit, pick_device,
@@ -35,7 +35,7 @@ from trainables.memory import TrialMemory
 from trainables.strategy import Strategy, insert_dropout, replace_norm
 
 MODELS = ("tiny_cnn", "cell", "resnet10", "resnet18", "resnet34", "resnet50")
-BUILDER = "trainables.strategy_trial:build_model"
+BUILDER = "strategy_model"  # trainables.builders name
 # The ODE cell network offered by name: two operations (conv3-IN-ReLU, Mish-conv3), one stack of
 # one module, 8 maps; other cells come from the zoo (--from-zoo, the ODE search's models).
 DEFAULT_CELL = {"nodes": [[1, "conv3_in_relu"], [2, "mish_conv3"]], "edges": [[0, 1], [0, 6], [1, 2], [2, 6]],
@@ -48,24 +48,26 @@ def network_build(model: str, info) -> dict:
     name = str(model).lower()
     common = {"in_channels": info.n_channels, "n_outputs": info.n_outputs, "spatial_dims": info.spatial_dims}
     if name == "tiny_cnn":
-        return {"builder": "trainables.nets.tiny_cnn:TinyCNN", "kwargs": common}
+        return {"builder": "tiny_cnn", "kwargs": common}
     if name == "cell":
-        return {"builder": "trainables.ode_trial:build_network", "kwargs": {"architecture": DEFAULT_CELL, **common}}
+        return {"builder": "cell_net", "kwargs": {"architecture": DEFAULT_CELL, **common}}
     if name in MODELS:
         from trainables.nets.resnet import default_stem
 
-        return {"builder": "trainables.nets.resnet:build_resnet",
+        return {"builder": "resnet",
                 "kwargs": {"name": name, **common, "stem": default_stem(info.spatial_dims)}}
     raise ConfigError(f"unknown model '{model}'; known models: {', '.join(MODELS)}", "model")
 
 
 def call_builder(build: dict) -> nn.Module:
+    """The network of a build recipe (:func:`trainables.builders.build`); a recipe whose builder
+    does not resolve is the ``from_zoo`` model's fault (named networks always resolve)."""
     try:
-        module, function = build["builder"].split(":")
-        builder = getattr(importlib.import_module(module), function)
-    except (KeyError, ValueError, AttributeError, ImportError) as exc:
-        raise ConfigError(f"cannot build the network from {json.dumps(build)}: {exc}", "from_zoo") from None
-    return builder(**build.get("kwargs", {}))
+        builder = resolve(build.get("builder") if isinstance(build, dict) else None)
+    except UnknownBuilder as exc:
+        raise ConfigError(f"cannot build the network from {json.dumps(build, default=str)[:300]}: {exc}",
+                          "from_zoo") from None
+    return builder(**dict(build.get("kwargs") or {}))
 
 
 def build_model(net: dict, norm: str = "keep", dropout: float = 0.0, spatial_dims: int = 3) -> nn.Module:
@@ -79,7 +81,7 @@ def build_model(net: dict, norm: str = "keep", dropout: float = 0.0, spatial_dim
 
 
 def zoo_build(net: dict, strategy: Strategy, spatial_dims: int) -> dict:
-    return {"builder": BUILDER, "kwargs": {"net": net, "norm": strategy.norm, "dropout": strategy.dropout,
+    return {"builder": BUILDER, "kwargs": {"net": normalise(net), "norm": strategy.norm, "dropout": strategy.dropout,
                                            "spatial_dims": int(spatial_dims)}}
 
 

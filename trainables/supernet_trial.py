@@ -314,11 +314,11 @@ def read_zoo_rows(checkpoint) -> list[dict]:
 # ---- fine-tuning (query strategies and baselines) ---------------------------------------
 
 def materialize(build: Mapping) -> nn.Module:
-    """The network a zoo ``build`` record describes: ``{"builder": "module:function", "kwargs"}``."""
-    import importlib
+    """The network a zoo ``build`` record describes: ``{"builder": name, "kwargs"}`` (a legacy
+    ``module:function`` builder too, :mod:`trainables.builders`)."""
+    from trainables.builders import build as build_network
 
-    module, fn = str(build["builder"]).split(":")
-    return getattr(importlib.import_module(module), fn)(**dict(build.get("kwargs") or {}))
+    return build_network(dict(build))
 
 
 @torch.no_grad()

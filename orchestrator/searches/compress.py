@@ -26,7 +26,7 @@ UNCOMPRESSED = {"x1": 0, "x2": 0, "x3": 50.0, "x4": 50.0, "x5": 0, "x6": 0, "x7"
 # f1 is divided by the base FLOPs (``f1_relative``), f2 is the error: both in [0, 1], so the
 # hypervolume uses ideal (0, 0), nadir (1, 1) and reference point (1.1, 1.1).
 OBJECTIVES = ("f1_relative", "f2_error")
-BASE_BUILDER = "trainables.nets.resnet:build_resnet"
+BASE_BUILDER = "resnet"  # trainables.builders name
 
 
 def constraint_of(metric: str, base_accuracy: float, base_eval: dict) -> dict:

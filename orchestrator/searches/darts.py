@@ -224,7 +224,7 @@ class DartsSearch(Search):
             records.append(ModelRecord(
                 search="darts", stage="stage1", family="unet", architecture={"backbone": r["backbone"]},
                 encoding=[], status=OK, weights=r["checkpoint"],
-                build={"builder": "trainables.nets.unets:rebuild_unet", "kwargs": {"build": unet.build}},
+                build={"builder": "unet", "kwargs": {"build": unet.build}},
                 metrics={"val_dice": r["val_dice"], "test_dice": r["test_dice"], "dice": r["val_dice"],
                          "params": r["params"], "epochs": r["best_epoch"]}))
         for r in ctx.state["stage3"]:
@@ -238,7 +238,7 @@ class DartsSearch(Search):
                 encoding=genotype_encoding(r["genotype"]) if r["genotype"] else [],
                 status=r["status"], reason=r.get("reason", ""), trial_id=r["trial_id"],
                 weights=r.get("checkpoint"),
-                build={"builder": "trainables.darts_trial:build_skip_model",
+                build={"builder": "darts_skip_model",
                        "kwargs": {"unet_build": unet.build, "skip": r["skip"], "skip_kwargs": kwargs}},
                 metrics={"val_dice": r.get("val_dice"), "test_dice": r.get("test_dice"), "dice": r.get("val_dice"),
                          "params": r.get("skip_params"), "dice_gain": r.get("dice_gain"),

@@ -29,7 +29,7 @@ from orchestrator.config import MedNNSSearchConfig
 from orchestrator.search import RunContext, Search, Stage, describe_error, result_trial_id, trial_errors
 
 SUPERNETS, ZOO, FINETUNE = "mednns_supernets", "mednns_zoo", "mednns_finetune"
-BUILDER = "trainables.nets.ofa_resnet:build_subnet"
+BUILDER = "ofa_subnet"  # trainables.builders name
 STRATEGY_K = {"T1": 1, "T5": 5, "T10": 10}
 
 
@@ -205,7 +205,7 @@ class MedNNSSearch(Search):
             scratch = {**builds[0], "kwargs": {**builds[0]["kwargs"], "supernet": None,
                                                "in_channels": info.n_channels, "n_outputs": info.n_outputs}}
             runs.append({"strategy": "scratch", "candidates": [scratch]})
-            resnet = {"builder": "trainables.nets.resnet:build_resnet",
+            resnet = {"builder": "resnet",
                       "kwargs": {"name": cfg.baseline.lower(), "spatial_dims": info.spatial_dims,
                                  "in_channels": info.n_channels, "n_outputs": info.n_outputs}}
             runs.append({"strategy": "resnet", "candidates": [resnet]})

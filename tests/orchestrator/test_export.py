@@ -75,7 +75,7 @@ def test_export_round_trip(tmp_path):
     assert card["model_id"] == model_id and card["dataset"] == "organmnist3d" and card["task"] == "multi-class"
     assert card["metrics"] == {"val_auc": 0.81, "test_auc": 0.77} and card["input_shape"] == list(shape)
     assert card["preprocessing"] == PREPROCESSING and card["synthetic"] is True and "SYNTHETIC" in card["note"]
-    assert card["build"]["builder"] == "trainables.nets.tiny_cnn:TinyCNN" and card["weights_loaded_by"] == "model.pt"
+    assert card["build"]["builder"] == "tiny_cnn" and card["weights_loaded_by"] == "model.pt"
     assert card["load"] == "torch.export.load('model.pt2').module()" and card["dynamic_batch"] is True
     assert card["output"] == {"kind": "logits", "shape": ["N", 3],
                               "scores": "softmax(logits, dim=1): class probabilities",
