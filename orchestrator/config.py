@@ -293,7 +293,13 @@ class ODESearchConfig(SearchConfig):
     CR: float = opt(0.5, "DE crossover rate")
     jump_rate: float = opt(0.3, "JR, generation jumping probability")
     fraction: float = opt(0.25, "train/val fraction during search (paper: 0.25)")
-    val_fraction: float | None = opt(None, "val fraction during search (default: --fraction); 1.0 for small val splits")
+    val_fraction: float = opt(1.0, "val fraction during search (default: the whole val split, so candidates are "
+                              "ranked on every val case)")
+    fidelity: str = opt("paper", "paper: every candidate trains up to --max-epochs (early stopping); multi: "
+                        "DE with asynchronous successive halving (DEHB style): candidates start at --min-epochs and "
+                        "those in the best 1/--eta at a rung train on in their trial", choices=("paper", "multi"))
+    min_epochs: int = opt(3, "multi: the first rung's epochs")
+    eta: int = opt(3, "multi: 1/eta of the candidates at a rung go on; rungs are min_epochs * eta^k")
     top_k: int = opt(3, "architectures retrained on the full train split")
     retrain_epochs: int = opt(0, "0: same as --max-epochs")
     max_gflops: float = opt(0.0, "0: no cap; heavier candidates are infeasible, never trained")
@@ -319,6 +325,13 @@ class ODESearchConfig(SearchConfig):
         for name in ("CR", "jump_rate"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"must be in [0, 1], got {getattr(self, name)}", name)
+        if self.min_epochs < 1:
+            raise ConfigError(f"must be >= 1, got {self.min_epochs}", "min_epochs")
+        if self.eta < 2:
+            raise ConfigError(f"must be >= 2, got {self.eta}", "eta")
+        if self.fidelity == "multi" and self.min_epochs >= self.fit.max_epochs:
+            raise ConfigError(f"must be below `fit.max_epochs` ({self.fit.max_epochs}) for a multi-fidelity search, "
+                              f"got {self.min_epochs}", "min_epochs")
         for name in ("top_k", "retrain_epochs", "max_gflops", "min_gflops"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"must be >= 0, got {getattr(self, name)}", name)

@@ -66,21 +66,34 @@ def repair_bounds(x: np.ndarray, rng: np.random.Generator, lower: float = 0.0, u
     return x
 
 
-def best_indices(fitness: np.ndarray, n: int, violation: np.ndarray | None = None) -> np.ndarray:
+def best_indices(fitness: np.ndarray, n: int, violation: np.ndarray | None = None,
+                 level: np.ndarray | None = None) -> np.ndarray:
     """Indices of the n best by Deb's rules (least violation, then highest fitness), ties
-    broken by position: deterministic."""
+    broken by position: deterministic. With ``level`` (multi-fidelity: the rung each reached),
+    a higher level ranks first and fitness decides within a level, so scores taken at
+    different fidelities are never compared."""
     fitness = np.asarray(fitness, dtype=float)
     violation = np.zeros_like(fitness) if violation is None else np.asarray(violation, dtype=float)
-    return np.lexsort((-fitness, violation))[:n]
+    level = np.zeros_like(fitness) if level is None else np.asarray(level, dtype=float)
+    return np.lexsort((-fitness, -level, violation))[:n]
+
+
+def survivor_mask(parent_fit: np.ndarray, trial_fit: np.ndarray, parent_violation: np.ndarray | None = None,
+                  trial_violation: np.ndarray | None = None) -> np.ndarray:
+    """DE's one-to-one selection under Deb's rules: True where a trial replaces its parent
+    (it violates less, or as little and is at least as fit)."""
+    parent_fit, trial_fit = np.asarray(parent_fit, dtype=float), np.asarray(trial_fit, dtype=float)
+    pv = np.zeros_like(parent_fit) if parent_violation is None else np.asarray(parent_violation, dtype=float)
+    tv = np.zeros_like(trial_fit) if trial_violation is None else np.asarray(trial_violation, dtype=float)
+    return (tv < pv) | ((tv == pv) & (trial_fit >= parent_fit))
 
 
 def select_survivors(parents: np.ndarray, parent_fit: np.ndarray, trials: np.ndarray, trial_fit: np.ndarray,
                      parent_violation: np.ndarray | None = None, trial_violation: np.ndarray | None = None):
-    """DE's one-to-one selection under Deb's rules: a trial replaces its parent when it
-    violates less, or as little and is at least as fit. Returns (population, fitness, violation)."""
+    """Apply :func:`survivor_mask`. Returns (population, fitness, violation)."""
     parent_fit, trial_fit = np.asarray(parent_fit, dtype=float), np.asarray(trial_fit, dtype=float)
     pv = np.zeros_like(parent_fit) if parent_violation is None else np.asarray(parent_violation, dtype=float)
     tv = np.zeros_like(trial_fit) if trial_violation is None else np.asarray(trial_violation, dtype=float)
-    take = (tv < pv) | ((tv == pv) & (trial_fit >= parent_fit))
+    take = survivor_mask(parent_fit, trial_fit, pv, tv)
     return (np.where(take[:, None], trials, parents), np.where(take, trial_fit, parent_fit),
             np.where(take, tv, pv))

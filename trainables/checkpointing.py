@@ -45,24 +45,33 @@ class TuneCheckpointing:
 
     ``metrics(row)`` turns fit's row into the reported dict (default: the row itself).
     ``every`` checkpoints every n-th epoch (and the last, when early stopping ends the run);
-    the other epochs report their metrics alone.
+    the other epochs report their metrics alone. With ``curve`` (a row key, e.g. ``val_auc``)
+    each report also carries ``curve``: that key's value at every epoch so far, the learning
+    curve a multi-fidelity scheduler reads rung scores from (complete even after a resume).
     """
 
-    def __init__(self, metrics: Callable[[dict], dict] | None = None, every: int = 1):
+    def __init__(self, metrics: Callable[[dict], dict] | None = None, every: int = 1, curve: str | None = None):
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
-        self.metrics, self.every = metrics, int(every)
+        self.metrics, self.every, self.curve = metrics, int(every), curve
 
     def __call__(self, state: dict, row: dict) -> None:
         from ray import tune
 
         reported = self.metrics(dict(row)) if self.metrics is not None else dict(row)
+        if self.curve:
+            reported["curve"] = learning_curve(state["history"], self.curve)
         if state["epoch"] % self.every and not state["stopped"]:
             tune.report(reported)
             return
         with tempfile.TemporaryDirectory() as d:
             save_state_file(state, d)
             tune.report(reported, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+def learning_curve(history: list[dict], key: str) -> list[float]:
+    """``key``'s value at each epoch of a fit history (NaN where an epoch has none)."""
+    return [float("nan") if h.get(key) is None else float(h[key]) for h in history]
 
 
 def resume_state() -> dict | None:

@@ -19,7 +19,7 @@ import torch
 from ray import tune
 
 from medcore.cell_genotype import CellArchitecture
-from trainables.checkpointing import TuneCheckpointing, resume_state
+from trainables.checkpointing import TuneCheckpointing, learning_curve, resume_state
 from trainables.complexity import count_flops, count_params
 from trainables.fit import FitConfig, NonFiniteLoss, fit, set_threads_from_ray
 from trainables.memory import estimate_training_bytes
@@ -101,21 +101,24 @@ class CandidateCost:
             net, self.info.input_shape, self.batch_size, n_train=self.n_train, n_eval=self.n_eval, checkpoint=True))
 
 
-def train_candidate(config: dict, data, fit_config: dict, keep_weights: bool = False):
+def train_candidate(config: dict, data, fit_config: dict, keep_weights: bool = False, evaluate_test: bool = True):
     """Train ``config['architecture']`` (or the hand-made ``config['baseline']``) on ``data``; report val metrics each epoch and, at the
     end, the val-selected model's test ACC/AUC plus params and FLOPs (and, with
     ``keep_weights``, its weights as a checkpoint)."""
     set_threads_from_ray()
     info = data.info
-    seed = int(fit_config.get("seed", 0)) + int(config.get("candidate", 0))
+    # one seed for every candidate of a search: the same data order and initialisation stream,
+    # so two candidates' scores differ by their architectures (paired), not by their draws
+    seed = int(fit_config.get("seed", 0))
     torch.manual_seed(seed)
     net = build_from_config(config, info)
     base = {"params": count_params(net), "flops": count_flops(net, info.input_shape), "status": "ok",
             "reason": "", "synthetic": bool(info.synthetic)}
     try:
         # every epoch's report carries a checkpoint: a trial whose worker dies resumes where it stopped
-        result = fit(net, data, FitConfig(**dict(fit_config, seed=seed)), evaluate_test=True,
-                     keep_state=keep_weights, save_state=TuneCheckpointing(metrics=lambda row: dict(base, **row)),
+        cfg = FitConfig(**dict(fit_config, seed=seed))
+        result = fit(net, data, cfg, evaluate_test=evaluate_test, keep_state=keep_weights,
+                     save_state=TuneCheckpointing(metrics=lambda row: dict(base, **row), curve=cfg.select_metric or "val_acc"),
                      resume_state=resume_state())
     except Exception as exc:  # a failed candidate is a result, not a crash
         if not (isinstance(exc, NonFiniteLoss) or is_oom(exc)):
@@ -126,7 +129,8 @@ def train_candidate(config: dict, data, fit_config: dict, keep_weights: bool = F
     best = result.best
     final = dict(base, **result.test, epoch=result.epochs_run, best_epoch=result.best_epoch,
                  val_loss=best["val_loss"], val_acc=best["val_acc"], val_auc=best["val_auc"],
-                 best_val_acc=best["val_acc"], best_val_auc=best["val_auc"], done_training=True)
+                 best_val_acc=best["val_acc"], best_val_auc=best["val_auc"], done_training=True,
+                 curve=learning_curve(result.history, cfg.select_metric or "val_acc"))
     if not keep_weights:
         tune.report(final)
         return

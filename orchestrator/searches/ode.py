@@ -1,6 +1,11 @@
 """The ODE search (paper Fig. 3): search on low-fidelity data, retrain the top architectures
 on the full train split, evaluate on test. Stages: ``search`` -> ``retrain`` -> ``baseline``.
 
+``fidelity``: ``paper`` trains every candidate up to ``max_epochs`` (early stopping, patience 5);
+``multi`` adds epoch rungs (``min_epochs * eta^k``) where only the best ``1/eta`` of a rung train
+on, in their own trial (:class:`searchers.ode.RungScheduler`), and ranks candidates by the rung
+reached, then the score there. Candidates share the training seed (paired comparisons).
+
 With ``--baseline NAME`` a hand-made network (the tiny 3D CNN or a MONAI ResNet) is trained
 exactly like the retrained picks (full train split, same recipe, seed and epoch budget, the
 val-selected epoch tested): the reference the search's pick is read against (the paper's
@@ -25,10 +30,12 @@ SEARCH_NAME, RETRAIN_NAME, BASELINE_NAME = "ode_search", "ode_retrain", "ode_bas
 FAMILY = "cell3d"
 
 
-def top_architectures(records: list[dict], k: int) -> list[dict]:
-    """The k best distinct trained architectures by fitness (ties: fewer parameters)."""
+def top_architectures(records: list[dict], k: int, rank_key=None) -> list[dict]:
+    """The k best distinct trained architectures by fitness (ties: fewer parameters);
+    ``rank_key(record)`` (the searcher's: rung reached, then fitness) replaces fitness."""
     trained = [r for r in records if r["status"] == OK and math.isfinite(r["fitness"])]
-    trained.sort(key=lambda r: (-r["fitness"], r["metrics"].get("params", 0), r["candidate"]))
+    key = rank_key or (lambda r: (-r["fitness"],))
+    trained.sort(key=lambda r: (*key(r), r["metrics"].get("params", 0), r["candidate"]))
     return trained[:k]
 
 
@@ -64,12 +71,13 @@ class ODESearch(Search):
                              n_eval=len(data.labels["val"]) + len(data.labels["test"]))
 
     def _searcher(self, ctx: RunContext, cost):
-        from searchers.ode import ODESearcher
+        from searchers.ode import ODESearcher, rung_epochs
 
         cfg = ctx.cfg
+        rungs = rung_epochs(cfg.min_epochs, cfg.eta, cfg.fit.max_epochs) if cfg.fidelity == "multi" else None
         return ODESearcher(metric=f"best_{cfg.fit.metric}", mode="max", pop_size=cfg.pop_size, F=cfg.F, CR=cfg.CR,
                            jump_rate=cfg.jump_rate, budget=cfg.budget, seed=cfg.seed,
-                           feasibility_fn=FeasibilityRule(cfg, cost))
+                           feasibility_fn=FeasibilityRule(cfg, cost), rungs=rungs, eta=cfg.eta)
 
     def _memory(self, ctx: RunContext, cost):
         """Per-trial Ray memory request: the estimate, unless the user fixed one."""
@@ -78,16 +86,20 @@ class ODESearch(Search):
     def search(self, ctx: RunContext) -> None:
         from ray import tune
 
+        from searchers.ode import RungScheduler
         from trainables.ode_trial import train_candidate
 
         cfg = ctx.cfg
         data = ctx.data.low_fidelity(cfg.fraction, cfg.seed, cfg.val_fraction)
         cost = self._cost(ctx, data)
         searcher = self._searcher(ctx, cost)
+        # the scheduler holds the searcher itself: Tune pickles both in one tuner state, so a
+        # restored run's scheduler reads the restored searcher's rung records
+        scheduler = RungScheduler(searcher) if searcher.rungs else None
         trainable = tune.with_parameters(train_candidate, data=data, fit_config=cfg.fit.fit_config(cfg.seed))
         grid = ctx.run_tuner(SEARCH_NAME, trainable, resources=ctx.trial_resources(self._memory(ctx, cost)),
                              metric=searcher.metric, tune_config=tune.TuneConfig(
-                                 search_alg=searcher, num_samples=cfg.budget, reuse_actors=True,
+                                 search_alg=searcher, scheduler=scheduler, num_samples=cfg.budget, reuse_actors=True,
                                  max_concurrent_trials=cfg.resources.max_concurrent or None))
         # The searcher Tune ran (fresh or restored) saved its state beside the experiment.
         searcher = self._searcher(ctx, cost)
@@ -115,7 +127,8 @@ class ODESearch(Search):
         from ray import tune
 
         cfg = ctx.cfg
-        top = top_architectures(ctx.state["searcher"].history, cfg.top_k)
+        searcher = ctx.state["searcher"]
+        top = top_architectures(searcher.history, cfg.top_k, searcher.rank_key if searcher.rungs else None)
         ctx.state["top"], ctx.state["retrained"] = top, {}
         if not top:
             return
@@ -214,6 +227,8 @@ class ODESearch(Search):
             "n_infeasible": sum(r["status"] == INFEASIBLE for r in rows),
             "n_duplicates": sum(r["status"] == DUPLICATE for r in rows),
             "generations": searcher.generation, "restarts": searcher.restarts, "metric": metric,
+            # paper: one budget; multi: one entry per rung, the candidates that trained that far
+            "fidelity": cfg.fidelity, "rungs": searcher.rungs_reached(), "epochs_trained": searcher.epochs_trained(),
             # the pick's retrained scores, read beside the baseline's (trained the same way)
             "pick": pick, "baseline": baseline,
             **({"warning": text} if (text := one_class_warning(pick, baseline)) else {}),
@@ -233,9 +248,11 @@ class ODESearch(Search):
             if r["status"] not in (OK, FAILED):
                 continue
             arch = r["config"]["architecture"]
+            # the learning curve (the selection metric per epoch) and the epochs its score stands for
+            metrics = dict(_vocabulary(r["metrics"]), val_curve=r.get("curve") or [], fidelity=r.get("fidelity"))
             records.append(ModelRecord(
                 search="ode", stage="search", family=FAMILY, architecture=arch, encoding=cell_encoding(arch),
-                status=r["status"], reason=r.get("reason", ""), metrics=_vocabulary(r["metrics"]),
+                status=r["status"], reason=r.get("reason", ""), metrics=metrics,
                 build={"builder": BUILDER, "kwargs": build_kwargs({"architecture": arch}, info)},
                 trial_id=r.get("trial_id")))
         for key, (m, checkpoint) in ctx.state.get("retrained", {}).items():
@@ -263,6 +280,10 @@ class ODESearch(Search):
 
     def print_summary(self, summary: dict) -> None:
         super().print_summary(summary)
+        if summary.get("fidelity") == "multi":
+            rungs = ", ".join(f"{r['epochs']} epochs: {r['candidates']}" for r in summary.get("rungs", []))
+            print(f"multi-fidelity rungs (candidates reaching each): {rungs}; "
+                  f"{summary.get('epochs_trained')} epochs trained in all")
         best, ref = summary.get("pick") or summary.get("best") or {}, summary.get("baseline") or {}
         if best:
             print(f"best: {best.get('description', '')} (retrained) val_auc={_num(best.get('val_auc'))} "
@@ -374,6 +395,7 @@ def candidate_rows(history: list[dict]) -> list[dict]:
                      "status": r["status"], "reason": r.get("reason", ""), "fitness": r["fitness"],
                      "duplicate_of": r.get("duplicate_of"), "genome": r["genome"],
                      "architecture": (r["config"] or {}).get("architecture"),
+                     "fidelity": r.get("fidelity"), "stopped_at_rung": r.get("stopped_at"),
                      **{k: m.get(k) for k in ("val_acc", "val_auc", "test_acc", "test_auc", "params", "flops",
                                               "epoch", "best_epoch")}})
     return rows

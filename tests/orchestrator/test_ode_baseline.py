@@ -112,8 +112,9 @@ def test_summary_headline_is_the_picks_retrained_score_beside_the_baselines(tmp_
                  "params": 1000, "flops": 2e7, "epoch": 3, "val_pred_classes": 1, "test_pred_classes": 1}
     baseline = {"status": "ok", "val_acc": 0.8, "val_auc": 0.8236, "test_acc": 0.79, "test_auc": 0.8, "params": 5000,
                 "flops": 1e7, "epoch": 3, "val_pred_classes": 2, "test_pred_classes": 2}
-    searcher = SimpleNamespace(history=[record], generation=0, restarts=0,
-                               best_per_generation=lambda: [(0, 0.8236)])
+    searcher = SimpleNamespace(history=[record], generation=0, restarts=0, rungs=None,
+                               best_per_generation=lambda: [(0, 0.8236)],
+                               rungs_reached=lambda: [{"epochs": 3, "candidates": 1}], epochs_trained=lambda: 3)
     cfg = ODESearchConfig(baseline="tiny_cnn", fit=FitOptions(metric="val_auc"), fraction=0.1, val_fraction=1.0)
     ctx = SimpleNamespace(cfg=cfg, out=tmp_path, experiment_path=lambda name: str(tmp_path / name),
                           data=SimpleNamespace(info=SimpleNamespace(flag="adrenalmnist3d", size=28, synthetic=False,

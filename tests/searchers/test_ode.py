@@ -208,3 +208,123 @@ def test_ode_under_a_real_tuner_completes_its_budget(ray_local, tmp_path):
     restored.restore_from_dir(str(tmp_path / "ode"))
     assert restored.is_finished and len(restored.evaluated()) == 16
     assert max(r["fitness"] for r in restored.evaluated()) == max(values)
+
+
+# ---- multi-fidelity (rungs) ---------------------------------------------------------------
+from searchers.ode import rung_epochs  # noqa: E402
+
+
+def test_rung_epochs_are_geometric_up_to_the_full_budget():
+    assert rung_epochs(3, 3, 50) == [3, 9, 27, 50]
+    assert rung_epochs(1, 2, 8) == [1, 2, 4, 8]
+    assert rung_epochs(5, 3, 5) == [5]
+    with pytest.raises(ValueError, match="eta >= 2"):
+        rung_epochs(1, 1, 10)
+
+
+def curve_of(genome, epochs):
+    """A learning curve rising to the genome's quality (sphere in (0, 1]), better genomes
+    better at every epoch, so rung scores rank like final scores."""
+    quality = math.exp(sphere(genome))
+    return [quality * (1 - 0.5 ** e) for e in range(1, epochs + 1)]
+
+
+def drive_rungs(searcher, order_seed=None, rungs_full=9, lose_reports=None, stop_after=None, first_id=0):
+    """Play Tune with a RungScheduler: each running trial reports epoch by epoch; the
+    searcher's rung_decision may stop it. Returns {candidate: epochs trained}; with
+    ``stop_after`` it returns at the first batch boundary after that many trials."""
+    running, n, trained = [], first_id, {}
+    rnd = random.Random(order_seed)
+    while True:
+        cfg = searcher.suggest(f"t{n}")
+        if cfg == ODESearcher.FINISHED:
+            return trained
+        if cfg is None:
+            if not running:
+                raise AssertionError("searcher waits but nothing runs")
+            tid, c = running.pop(rnd.randrange(len(running)) if order_seed is not None else 0)
+            curve = []
+            for e in range(1, rungs_full + 1):
+                curve = curve_of(c["genome"], e)
+                row = {"curve": curve, searcher.metric: max(curve), "status": "ok"}
+                if lose_reports and e in lose_reports:
+                    continue  # a report the searcher's saved state never saw (a crash)
+                if not searcher.rung_decision(tid, row):
+                    break
+            else:
+                row = dict(row, done_training=True)
+            trained[c["candidate"]] = len(curve)
+            searcher.on_trial_complete(tid, row)
+            if stop_after is not None and len(searcher.evaluated()) >= stop_after and not running:
+                return trained
+            continue
+        running.append((f"t{n}", cfg))
+        n += 1
+
+
+def multi_searcher(**kw):
+    return ODESearcher(space=GenomeSpace(), pop_size=6, budget=30, seed=3, rungs=[1, 3, 9], eta=3, **kw)
+
+
+def test_multi_fidelity_stops_most_candidates_at_low_rungs_and_never_retrains():
+    s = multi_searcher()
+    trained = drive_rungs(s)
+    assert len(trained) == 30 == len(s.evaluated())
+    epochs = sorted(trained.values())
+    assert set(epochs) <= {1, 3, 9} and epochs.count(1) > epochs.count(3) > 0
+    rungs = s.rungs_reached()
+    assert [r["epochs"] for r in rungs] == [1, 3, 9]
+    assert rungs[0]["candidates"] == 30 and rungs[0]["candidates"] > rungs[1]["candidates"] > rungs[2]["candidates"] > 0
+    # a search of 30 candidates cost far fewer epochs than 30 full trainings
+    assert s.epochs_trained() == sum(trained.values()) < 0.5 * 30 * 9
+    for rec in s.evaluated():
+        assert rec["fidelity"] == trained[rec["candidate"]] and len(rec["curve"]) == rec["fidelity"]
+
+
+def test_multi_fidelity_ranks_by_rung_reached_then_score():
+    s = multi_searcher()
+    drive_rungs(s)
+    ranked = sorted(s.evaluated(), key=s.rank_key)
+    levels = [s.level(r["candidate"]) for r in ranked]
+    assert levels == sorted(levels, reverse=True)
+    full = [r for r in ranked if r["fidelity"] == 9]
+    assert ranked[0] is full[0] and ranked[0]["fitness"] == max(r["fitness"] for r in full)
+
+
+def test_one_to_one_selection_compares_at_the_fidelity_both_reached():
+    s = multi_searcher()
+    drive_rungs(s)
+    full = next(r for r in s.evaluated() if r["fidelity"] == 9)
+    low = next(r for r in s.evaluated() if r["fidelity"] == 1)
+    parent_fit, trial_fit = s._paired_fitness([full["candidate"]], [low["candidate"]],
+                                              np.array([full["fitness"]]), np.array([low["fitness"]]))
+    # the parent's score is read at 1 epoch (its curve), not at its 9
+    assert parent_fit[0] == pytest.approx(full["curve"][0]) and parent_fit[0] < full["fitness"]
+    assert trial_fit[0] == pytest.approx(low["fitness"])
+
+
+def test_multi_fidelity_is_deterministic_one_trial_at_a_time_and_resumes_exactly(tmp_path):
+    full = multi_searcher()
+    drive_rungs(full)
+    again = multi_searcher()
+    drive_rungs(again)
+    assert [r["genome"] for r in again.history] == [r["genome"] for r in full.history]
+    part = multi_searcher()
+    drive_rungs(part, stop_after=14)  # past the first batch (2 x 6) and into the next
+    assert 12 <= len(part.evaluated()) < 30
+    part.save(str(tmp_path / "state.pkl"))
+    resumed = multi_searcher()
+    resumed.restore(str(tmp_path / "state.pkl"))
+    drive_rungs(resumed, first_id=1000)
+    assert [r["genome"] for r in resumed.history] == [r["genome"] for r in full.history]
+    assert resumed.rungs_reached() == full.rungs_reached()
+
+
+def test_rung_scores_missed_by_a_lost_report_are_read_from_the_curve():
+    """After a crash a trial resumes from its checkpoint, past reports the saved searcher
+    never saw: the next report's curve still gives every rung's score."""
+    s = multi_searcher()
+    drive_rungs(s, lose_reports={1, 3})
+    assert len(s.rung_scores[1]) == 30  # every candidate scored at rung 1 anyway
+    # each rung decided at the first report after it (epochs 2 and 4), none at the lost ones
+    assert {len(r["curve"]) for r in s.evaluated()} <= {2, 4, 9}
