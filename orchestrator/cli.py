@@ -1,7 +1,8 @@
 """``medtune``: the command-line driver.
 
 ``medtune search NAME`` exists for every search in the registry, with flags generated from
-its config class; the other commands (zoo, export, run/status/report/resume) come from the
+its config class when NAME is parsed (so ``--help`` imports no search module, and a plugin is
+loaded only when it is used); the other commands (zoo, export, run/status/report/resume) come from the
 modules in :data:`COMMAND_MODULES`. Flags are never abbreviated (``--max-gflop`` is refused, not
 taken for ``--max-gflops``). Bad input ends in one ``medtune: error: ...`` line and exit code 2
 before any work starts (a local run also refuses GPUs and memory this machine lacks); a failure
@@ -43,18 +44,47 @@ class Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
 
+class SearchParser(Parser):
+    """The parser of ``medtune search NAME``: its flags (from the config class) and description are
+    added when NAME is parsed, ``--help`` included, so listing the searches imports nothing."""
+
+    def __init__(self, *args, search: str = "", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.search, self.loaded = search, False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if not self.loaded:
+            entry = registry.entry(self.search)  # a broken plugin: one ConfigError line
+            self.description = entry.description
+            add_flags(self, registry.config_cls(self.search))
+            self.add_argument("--config-json", help="the whole config as JSON (what `medtune run` passes); "
+                                                    "other flags are then ignored")
+            self.set_defaults(handler=_search)
+            self.loaded = True
+        return super().parse_known_args(args, namespace)
+
+
+def searches_listing() -> str:
+    """The searches as ``medtune --help`` lists them (from the registry's entries, nothing imported)."""
+    entries = registry.entries()
+    width = max(map(len, entries))
+    lines = ["searches (`medtune search NAME --help` lists its flags):"]
+    lines += [f"  {name:<{width}}  {e.label()}" for name, e in entries.items()]
+    skipped = registry.not_registered()
+    if skipped:
+        lines += ["not registered:"] + [f"  {line}" for line in skipped]
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="medtune", description="Medical-imaging NAS and compression on Ray Tune.")
+    parser = Parser(prog="medtune", description="Medical-imaging NAS and compression on Ray Tune.",
+                    epilog=searches_listing(), formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    search = sub.add_parser("search", help="run one search").add_subparsers(dest="search", required=True)
-    for name in registry.names():
-        s = registry.get(name)
-        p = search.add_parser(name, help=s.description, description=s.description)
-        add_flags(p, s.config_cls)
-        p.add_argument("--config-json", help="the whole config as JSON (what `medtune run` passes); "
-                                             "other flags are then ignored")
-        p.set_defaults(handler=_search)
+    search = sub.add_parser("search", help="run one search").add_subparsers(dest="search", required=True,
+                                                                            parser_class=SearchParser)
+    for name, entry in registry.entries().items():
+        search.add_parser(name, help=entry.label(), search=name)
 
     data = sub.add_parser("data", help="dataset utilities").add_subparsers(dest="data", required=True)
     synth = data.add_parser("synth", help="write a SYNTHETIC MedMNIST-format npz (for flags not available offline)")
@@ -77,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def search_config(name: str, args: argparse.Namespace):
     """The search's config from its flags, or from ``--config-json``."""
-    s = registry.get(name)
+    cls = registry.config_cls(name)
     if args.config_json:
         try:
             data = json.loads(args.config_json)
@@ -85,8 +115,8 @@ def search_config(name: str, args: argparse.Namespace):
             raise ConfigError(f"--config-json is not valid JSON: {exc}") from None
         except RecursionError:
             raise ConfigError("--config-json is nested too deeply") from None
-        return from_dict(s.config_cls, data)
-    return from_flags(s.config_cls, args)
+        return from_dict(cls, data)
+    return from_flags(cls, args)
 
 
 def _search(args) -> int:
@@ -190,7 +220,11 @@ def _line(text: str, limit: int = MAX_LINE) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except MedtuneError as exc:  # a search plugin that cannot be loaded
+        print(f"medtune: error: {_line(str(exc))}", file=sys.stderr)
+        return exc.exit_code
     try:
         if args.command == "run":
             _check_run(args)

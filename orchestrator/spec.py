@@ -301,7 +301,7 @@ def _entries(item, i: int, base_dir: Path) -> list[SearchEntry]:
         if key in fields:
             fields[key] = _path_value(fields[key], f"{where}.{key}", base_dir)
     datasets = item.get("datasets")
-    if datasets is not None and _has_field(kind, "datasets"):
+    if datasets is not None and _has_field(kind, "datasets", where):
         # a search over several datasets at once (mednns): the list is its own field, not a fan-out
         if isinstance(datasets, list) and all(isinstance(d, str) for d in datasets):
             datasets = ",".join(datasets)
@@ -359,15 +359,24 @@ def check_machine(spec: Spec) -> None:
             raise ConfigError(exc.render(prefix=f"searches[{e.index}].")) from None
 
 
-def _has_field(kind: str, name: str) -> bool:
+def _config_cls(kind: str, where: str) -> type:
+    """The config class of search ``kind`` (a built-in's imports no search module; a plugin that
+    cannot be loaded is an error at ``<where>.type``)."""
+    try:
+        return registry.config_cls(kind)
+    except ConfigError as exc:
+        raise ConfigError(str(exc), f"{where}.type") from None
+
+
+def _has_field(kind: str, name: str, where: str) -> bool:
     import dataclasses
 
-    return any(f.name == name for f in dataclasses.fields(registry.get(kind).config_cls))
+    return any(f.name == name for f in dataclasses.fields(_config_cls(kind, where)))
 
 
 def _entry(name: str, kind: str, after: list[str], fields: dict, i: int, where: str,
            dataset_field: str = "dataset") -> SearchEntry:
-    cls = registry.get(kind).config_cls
+    cls = _config_cls(kind, where)
     prefix = f"{where}."
     try:
         cfg = from_dict(cls, fields)

@@ -18,12 +18,11 @@ from orchestrator.driver import run_search
 from tests.orchestrator.toy_search import ToyConfig
 
 SAMPLE = ["--dataset", "adrenalmnist3d", "--data-root", str(SAMPLE_ROOT)]
-TOY = {"toy": "tests.orchestrator.toy_search:ToySearch"}
 
 
 @pytest.fixture
 def toy(monkeypatch):
-    monkeypatch.setattr(registry, "SEARCHES", {**registry.SEARCHES, **TOY})
+    monkeypatch.setenv(registry.ENV, "toy=tests.orchestrator.toy_search:ToySearch")
 
 
 def _one_line_error(capsys) -> str:
