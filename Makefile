@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.medtune-installed
 
-.PHONY: demo test test-fast install benchmarks clean
+.PHONY: demo test test-fast lint install benchmarks clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ test: $(STAMP)
 # The fast tier: no Ray cluster (configs, data, searchers, trainables, zoo, spec).
 test-fast: $(STAMP)
 	$(JEMALLOC) $(BIN)/python -m pytest -q -m "not ray and not cluster" $(PYTEST_ARGS) tests
+
+# Ruff with the rules in pyproject.toml ([tool.ruff]); checks only, never rewrites files.
+lint: $(STAMP)
+	$(BIN)/ruff check .
 
 clean:
 	rm -rf $(VENV) results runs

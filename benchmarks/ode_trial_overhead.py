@@ -19,8 +19,6 @@ import math
 import tempfile
 import time
 
-import numpy as np
-
 from benchmarks.common import emit, ensure_jemalloc, machine, sample_architectures
 from benchmarks.train_speed import load
 

@@ -36,7 +36,6 @@ def run_search(search: str | Search, cfg, data=None) -> dict:
     out = prepare_folder(cfg)
     with RunLock(out, what=f"{search.name} driver"):
         manifest = check_manifest(search, cfg, out)
-        run_id = manifest["run"]
         started = time.time()
         status.update_status(out, search=search.name, state=status.RUNNING, stage=None, error=None,
                              pid=os.getpid(), started=started, stages={s: {"state": "pending"}

@@ -1,6 +1,7 @@
 """``cluster.yaml`` is a config ``ray up`` accepts: Ray's own schema and default-merging pass, the
 head and an autoscaling GPU worker type are there, and every node gets the repo, the shared
-storage, torch and medtune (in that order) and starts Ray with token auth. No Ray is started."""
+storage, torch and medtune (in that order) and starts Ray with token auth. No Ray is started, so
+these tests carry no ``cluster`` mark: they are in the fast tier (``make test-fast``)."""
 from __future__ import annotations
 
 import json
@@ -16,7 +17,6 @@ from ray.autoscaler._private.util import prepare_config, validate_config
 
 from tests.cluster.conftest import REPO
 
-pytestmark = pytest.mark.cluster
 VENV_BIN = "/home/ubuntu/medtune/.venv/bin"
 
 

@@ -13,8 +13,9 @@ import pytest
 from medcore.errors import MedtuneError
 from orchestrator.cli import main
 from orchestrator.config import FitOptions, ODESearchConfig
-from orchestrator.data import SAMPLE_ROOT, make_synthetic
+from orchestrator.data import SAMPLE_ROOT
 from orchestrator.driver import run_search
+from tests.figures import assert_same_points, capture, series
 
 SAMPLE = ["--dataset", "adrenalmnist3d", "--data-root", str(SAMPLE_ROOT)]
 
@@ -63,7 +64,8 @@ def test_data_synth_and_check(capsys, tmp_path):
     assert info["synthetic"] is True and info["splits"] == {"train": 11, "val": 11, "test": 11}
 
 
-def test_tiny_search_on_the_shipped_sample(ray_local, tmp_path):
+def test_tiny_search_on_the_shipped_sample(ray_local, tmp_path, monkeypatch):
+    figures = capture(monkeypatch)
     cfg = ODESearchConfig(dataset="adrenalmnist3d", data_root=str(SAMPLE_ROOT), out=str(tmp_path), budget=6,
                           pop_size=4, fraction=0.1, max_gflops=0.05, top_k=2, retrain_epochs=1, seed=0,
                           fit=FitOptions(max_epochs=2))
@@ -79,7 +81,21 @@ def test_tiny_search_on_the_shipped_sample(ray_local, tmp_path):
     top = pd.read_csv(tmp_path / "top_models.csv")
     assert len(top) == min(2, len(trained)) and (top.status == "ok").all()
     for png in ("best_fitness_per_generation.png", "test_auc_vs_params.png"):
-        assert (tmp_path / png).stat().st_size > 1000
+        assert (tmp_path / png).is_file() and png in figures, png
+    # the plots draw the table: best fitness so far after each generation, every trained candidate
+    best_so_far, expected = float("-inf"), []
+    for gen in sorted(table.generation.unique()):
+        best_so_far = max([best_so_far, *table[table.generation == gen].fitness.dropna()])
+        expected.append((gen, best_so_far))
+    [progress] = figures["best_fitness_per_generation.png"]
+    [(_, line)] = progress["lines"]
+    assert_same_points(line, [p for p in expected if p[1] > float("-inf")])
+    assert len(line) >= 2 and line[-1, 1] == trained.fitness.max()
+    [auc] = figures["test_auc_vs_params.png"]
+    measured = table[table.test_auc.notna() & (table.params > 0)]
+    assert len(measured) >= len(trained)
+    assert_same_points(series(auc, "points", "search (low fidelity)"), zip(measured.params, measured.test_auc))
+    assert_same_points(series(auc, "points", "top-k retrained"), zip(top.params, top.test_auc))
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved["best"]["architecture"] == best["architecture"]
     # every trained candidate and the retrained top models (with weights) are in the zoo

@@ -8,6 +8,7 @@ from orchestrator.cli import main
 from orchestrator.config import BaseTrainOptions, CompressSearchConfig, Resources
 from orchestrator.driver import run_search
 from orchestrator.data import SAMPLE_ROOT, load_sample
+from tests.figures import assert_same_points, capture, series
 
 
 @pytest.mark.parametrize("args,message", [
@@ -23,9 +24,10 @@ def test_bad_input(args, message, capsys, tmp_path):
     assert err == f"medtune: error: {err[len('medtune: error: '):]}" and message in err and "\n" not in err
 
 
-def test_tiny_compression_search_on_the_shipped_sample(ray_local, tmp_path):
+def test_tiny_compression_search_on_the_shipped_sample(ray_local, tmp_path, monkeypatch):
     # small train/val for a 1-epoch base, a quarter of the test split for fast evaluations
     data = load_sample().low_fidelity(0.1, seed=0).subset("test", 0.25, seed=0)
+    figures = capture(monkeypatch)
     cfg = CompressSearchConfig(dataset="adrenalmnist3d", data_root=str(SAMPLE_ROOT), out=str(tmp_path),
                                model="resnet10", fit=BaseTrainOptions(max_epochs=1), budget=6, initial=4, infill=2,
                                ctaea_pop=12, ctaea_gens=10, resources=Resources(max_concurrent=2), inference_batch=32,
@@ -39,16 +41,16 @@ def test_tiny_compression_search_on_the_shipped_sample(ray_local, tmp_path):
     ok = table[table.status == "ok"]
     # the constraint of eq. (1) is what the table says it is
     assert ((ok.accuracy >= 0.96 * base["accuracy"] - 1e-12) == ok.feasible).all()
+    feasible = ok[ok.feasible]
+    # this seed's tiny run has feasible points: the checks of D* and the fastest point are not vacuous
+    assert len(feasible) > 0 and s["pareto"]
     for p in s["pareto"]:
         assert p["feasible"] and p["accuracy"] >= 0.96 * base["accuracy"] - 1e-12
-    assert s["hypervolume"] >= 0 and (s["hypervolume"] > 0) == bool(s["pareto"])
-    feasible = ok[ok.feasible]
-    if len(feasible):  # the fastest feasible point of all evaluated, against the base
-        f = s["fastest_feasible"]
-        assert f["inference_ms"] == pytest.approx(feasible.inference_ms.min())
-        assert f["inference_ratio"] == pytest.approx(f["inference_ms"] / base["inference_ms"])
-    for png in ("objective_space.png", "inference_vs_nonzero.png", "confusion_matrices.png"):
-        assert (tmp_path / png).stat().st_size > 1000
+    assert s["hypervolume"] > 0
+    f = s["fastest_feasible"]  # the fastest feasible point of all evaluated, against the base
+    assert f["inference_ms"] == pytest.approx(feasible.inference_ms.min())
+    assert f["inference_ratio"] == pytest.approx(f["inference_ms"] / base["inference_ms"])
+    _check_plots(figures, tmp_path, ok, s, n_test=len(data.labels["test"]))
     assert json.loads((tmp_path / "summary.json").read_text())["hypervolume"] == pytest.approx(s["hypervolume"])
     # reuse the trained base: a second search by --base-checkpoint, pure CTAEA this time
     cfg2 = CompressSearchConfig(dataset="adrenalmnist3d", data_root=str(SAMPLE_ROOT), out=str(tmp_path / "ctaea"),
@@ -63,6 +65,29 @@ def test_tiny_compression_search_on_the_shipped_sample(ray_local, tmp_path):
 
     zoo = read_zoo(tmp_path / "zoo")
     assert len(zoo[zoo.stage == "search"]) == 6 and zoo[zoo.stage == "base"].weights.notna().all()
+
+
+def _check_plots(figures: dict, out, ok: pd.DataFrame, s: dict, n_test: int):
+    """The three PNGs exist and draw what the table and summary hold."""
+    for png in ("objective_space.png", "inference_vs_nonzero.png", "confusion_matrices.png"):
+        assert (out / png).is_file() and png in figures, png
+    base = s["base"]
+    [space] = figures["objective_space.png"]
+    points = dict(space["points"])
+    for label, rows in (("feasible", ok[ok.feasible]), ("infeasible", ok[~ok.feasible])):
+        assert_same_points(points.get(label, []), zip(rows.f1_relative, rows.accuracy))
+    assert_same_points(points["base model"], [(1.0, base["accuracy"])])
+    assert_same_points(series(space, "lines", "D* (feasible non-dominated)"),
+                       [(p["f1_relative"], p["accuracy"]) for p in s["pareto"]])
+    [threshold] = [xy[0, 1] for label, xy in space["lines"] if label.startswith("accuracy constraint")]
+    assert threshold == pytest.approx(s["constraint"]["threshold"])
+    [timing] = figures["inference_vs_nonzero.png"]
+    timed = [xy for label, xy in timing["points"] if label in ("float", "int8 quantized")]
+    assert sum(len(xy) for xy in timed) == ok.inference_ms.notna().sum() > 0
+    assert dict(timing["points"])["base model"][0, 1] == pytest.approx(base["inference_ms"])
+    confusions = figures["confusion_matrices.png"]
+    assert [ax["title"].split("\n")[0] for ax in confusions] == ["base model", "most accurate compressed"]
+    assert [int(ax["images"][0].sum()) for ax in confusions] == [n_test, n_test]  # every test case counted
 
 
 # ---- without Ray: the constraint's metric, one-class flags, candidate weights -----------------------
@@ -134,7 +159,8 @@ def _linear():
     return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(8, 2))
 
 
-def test_a_one_class_base_and_candidates_are_flagged_in_summary_and_table(tmp_path):
+def test_a_one_class_base_and_candidates_are_flagged_in_summary_and_table(tmp_path, monkeypatch):
+    figures = capture(monkeypatch)
     ctx = _ctx(tmp_path, base_pred_classes=1, model=_linear())
     s = cs.CompressSearch().summarize(ctx)
     assert s["base"]["one_class"] is True and s["base"]["test_pred_classes"] == 1
@@ -145,6 +171,18 @@ def test_a_one_class_base_and_candidates_are_flagged_in_summary_and_table(tmp_pa
     assert s["constraint"]["metric"] == "accuracy" and s["constraint"]["threshold"] == pytest.approx(0.96 * 0.87)
     table = pd.read_csv(tmp_path / "evaluated.csv")
     assert table.one_class.tolist() == [True, True, False] and table.test_pred_classes.tolist() == [1, 1, 2]
+    # the plots draw these three candidates and the base; both confusion matrices say "one class"
+    [space] = figures["objective_space.png"]
+    assert_same_points(series(space, "points", "feasible"), [(1.0, 0.87), (0.8, 0.87)])
+    assert_same_points(series(space, "points", "infeasible"), [(0.6, 0.6)])
+    assert_same_points(series(space, "points", "base model"), [(1.0, 0.87)])
+    assert "accuracy constraint (0.835)" in space["legend"]
+    [timing] = figures["inference_vs_nonzero.png"]
+    assert_same_points(series(timing, "points", "float"), [(0.9, 5.0), (0.8, 4.0), (0.7, 3.0)])
+    assert "int8 quantized" not in timing["legend"] and timing["ylabel"] == "inference time, batch 128, CPU (ms)"
+    for ax in figures["confusion_matrices.png"]:
+        assert ax["images"][0].tolist() == [[60, 0], [9, 0]]
+        assert ax["title"].endswith("predicts one class for every case")
     # a base that predicts both classes: no warning about the base, the candidates still counted
     ctx = _ctx(tmp_path, base_pred_classes=2, model=_linear())
     s = cs.CompressSearch().summarize(ctx)

@@ -8,6 +8,7 @@ import pytest
 from orchestrator.cli import main
 from orchestrator.config import DartsSearchConfig, Resources
 from orchestrator.driver import run_search
+from tests.figures import capture, series
 
 HIPPOCAMPUS = Path(__file__).resolve().parents[3] / "shared" / "data" / "segmentation" / "msd_hippocampus"
 TINY = {"size": 32, "backbone": "unet", "unet_features": "4,4,8,8,8,4", "stage1_epochs": 1, "search_epochs": 1,
@@ -37,7 +38,7 @@ def test_a_folder_without_dataset_json_is_one_line(capsys, tmp_path):
     assert "has no dataset.json" in err and "\n" not in err
 
 
-def _check_outputs(s: dict, out: Path, synthetic: bool, baselines: list[str]):
+def _check_outputs(s: dict, out: Path, synthetic: bool, baselines: list[str], figures: dict):
     assert s["search"] == "darts" and s["synthetic"] is synthetic
     assert 0.0 <= s["baseline_dice"] <= 1.0
     best = s["best"]
@@ -53,8 +54,7 @@ def _check_outputs(s: dict, out: Path, synthetic: bool, baselines: list[str]):
     for b in baselines:
         assert table[b]["gain"]["mean"] == pytest.approx(table[b]["dice"]["mean"] - s["baseline_dice"])
     assert s["statistics"]["iac"]["n"] == 1 and s["statistics"]["iac"]["ttest_p"] is None  # one run: no test
-    for png in ("best_cell.png", "alpha_beta.png", "dice_per_stage.png", "val_slices.png"):
-        assert (out / png).stat().st_size > 1000, png
+    _check_plots(figures, out, s, baselines)
     assert json.loads((out / "summary.json").read_text())["best"]["dice"] == pytest.approx(best["dice"])
     from orchestrator.zoo import read_zoo
 
@@ -64,20 +64,47 @@ def _check_outputs(s: dict, out: Path, synthetic: bool, baselines: list[str]):
     assert zoo.synthetic.all() == synthetic
 
 
-def test_tiny_darts_search_on_synthetic_images(ray_local, tmp_path):
+def _check_plots(figures: dict, out: Path, s: dict, baselines: list[str]):
+    """The four PNGs exist and draw the best cell, its alpha/beta history, the Dice table and slices."""
+    from trainables.nets.iac_cell import N_EDGES, PRIMITIVES
+
+    for png in ("best_cell.png", "alpha_beta.png", "dice_per_stage.png", "val_slices.png"):
+        assert (out / png).is_file() and png in figures, png
+    best, table = s["best"], s["improvement"]["unet"]
+    [cell] = figures["best_cell.png"]
+    assert sorted(t for t in cell["texts"] if t in PRIMITIVES) == sorted(op for op, _ in best["genotype"]["edges"])
+    beta, alpha = figures["alpha_beta.png"]
+    assert len(beta["lines"]) == N_EDGES and len(alpha["lines"]) == len(PRIMITIVES)
+    assert all(xy[:, 0].tolist() == [1] for _, xy in beta["lines"] + alpha["lines"])  # one search epoch
+    assert sum(xy[0, 1] for _, xy in alpha["lines"]) == pytest.approx(1.0)  # softmax over the operations
+    [dice] = figures["dice_per_stage.png"]
+    assert [label for label, _ in dice["bars"]] == ["stage I", "stage II (val_search)", "stage III IAC",
+                                                    *sorted(baselines)]
+    assert series(dice, "bars", "stage I").tolist() == [pytest.approx(s["baseline_dice"])]
+    assert series(dice, "bars", "stage III IAC").tolist() == [pytest.approx(table["iac"]["dice"]["mean"])]
+    for b in baselines:
+        assert series(dice, "bars", b).tolist() == [pytest.approx(table[b]["dice"]["mean"])]
+    slices = figures["val_slices.png"]
+    assert 1 <= len(slices) <= 4 and all(len(ax["images"]) == 1 and ax["title"].startswith("val slice")
+                                         for ax in slices)
+
+
+def test_tiny_darts_search_on_synthetic_images(ray_local, tmp_path, monkeypatch):
+    figures = capture(monkeypatch)
     cfg = DartsSearchConfig(data="synthetic", out=str(tmp_path), max_cases=4, batch_size=16, baselines="attention",
                             resources=Resources(max_concurrent=2), **TINY)
     s = run_search("darts", cfg)
-    _check_outputs(s, tmp_path, synthetic=True, baselines=["attention"])
+    _check_outputs(s, tmp_path, synthetic=True, baselines=["attention"], figures=figures)
     assert s["data"]["cases"]["train_search"] >= 1 and s["dataset"] == "synthetic"
 
 
 @pytest.mark.skipif(not (HIPPOCAMPUS / "dataset.json").is_file(), reason="MSD hippocampus not in ../shared/data")
-def test_tiny_darts_search_on_real_hippocampus_cases(ray_local, tmp_path):
+def test_tiny_darts_search_on_real_hippocampus_cases(ray_local, tmp_path, monkeypatch):
+    figures = capture(monkeypatch)
     cfg = DartsSearchConfig(data=str(HIPPOCAMPUS / "hippocampus_volumes.npz"), out=str(tmp_path), max_cases=3,
                             batch_size=64, baselines="", resources=Resources(max_concurrent=2), **TINY)
     s = run_search("darts", cfg)
-    _check_outputs(s, tmp_path, synthetic=False, baselines=[])
+    _check_outputs(s, tmp_path, synthetic=False, baselines=[], figures=figures)
     assert s["data"]["cases"] == {"train_dt": 2, "val_dt": 1, "train_search": 1, "val_search": 1}
 
 

@@ -1,11 +1,14 @@
 """The MedNNS search end to end on three tiny SYNTHETIC datasets under local Ray, and its bad inputs."""
 import json
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from orchestrator.cli import main
 from orchestrator.config import MedNNSSearchConfig, Resources
 from orchestrator.data import load_medmnist, make_synthetic
+from tests.figures import capture
 
 FLAGS = ("breastmnist", "pneumoniamnist", "retinamnist")
 
@@ -31,11 +34,12 @@ def test_bad_numbers_are_refused(capsys, tmp_path):
 
 
 @pytest.mark.timeout(1800)  # Ray trials on a busy 2-core machine
-def test_tiny_mednns_search_end_to_end(ray_local, tmp_path):
+def test_tiny_mednns_search_end_to_end(ray_local, tmp_path, monkeypatch):
     from orchestrator.driver import run_search
     from orchestrator.metaspace import MetaSpace
     from orchestrator.zoo import read_zoo
 
+    figures = capture(monkeypatch)
     root = tmp_path / "data"
     for i, flag in enumerate(FLAGS):
         make_synthetic(flag, root, n_samples=(32, 16, 16), seed=i)
@@ -61,5 +65,19 @@ def test_tiny_mednns_search_end_to_end(ray_local, tmp_path):
         assert target not in set(space.models.dataset) and space.excluded == target
     written = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert written["n_zoo"] == 24 and written["loo"][0]["target"] == FLAGS[0]
-    for png in ("fid_heatmap.png", "finetune_curves.png", f"tsne_{FLAGS[0]}.png"):
-        assert (tmp_path / "run" / png).stat().st_size > 1000
+    for png in ("fid_heatmap.png", "finetune_curves.png", *(f"tsne_{t}.png" for t in FLAGS)):
+        assert (tmp_path / "run" / png).is_file() and png in figures, png
+    # the plots draw the summary: the FID matrix, each held-out target's curves, each meta-space
+    fid = figures["fid_heatmap.png"][0]  # [1] is the colorbar
+    np.testing.assert_allclose(fid["images"][0], pd.DataFrame(s["fid"]).loc[list(FLAGS), list(FLAGS)], atol=1e-3)
+    assert len(fid["texts"]) == len(FLAGS) ** 2
+    curves = figures["finetune_curves.png"]
+    assert [ax["title"].split("\n")[0] for ax in curves] == [f"held out: {e['target']}" for e in s["loo"]]
+    for ax, entry in zip(curves, s["loo"]):
+        drawn = {label: xy[:, 1].tolist() for label, xy in ax["lines"]}
+        assert drawn == {k: pytest.approx(c) for k, c in entry["curves"].items() if c} and drawn, entry["target"]
+    for target in FLAGS:
+        tsne = figures[f"tsne_{target}.png"][0]
+        models = MetaSpace.load(tmp_path / "run" / "metaspace" / target).model_embeddings
+        assert len(tsne["points"][0][1]) == len(models) > 0 and len(tsne["points"]) == 1 + len(FLAGS)
+        assert sorted(tsne["texts"]) == sorted(f + (" (held out)" if f == target else "") for f in FLAGS)

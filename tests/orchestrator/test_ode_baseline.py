@@ -10,6 +10,7 @@ from orchestrator.cli import main
 from orchestrator.config import ODE_BASELINES, FitOptions, ODESearchConfig
 from orchestrator.data import SAMPLE_ROOT
 from orchestrator.driver import run_search
+from tests.figures import assert_same_points, capture, series
 
 
 def test_unknown_baseline_is_one_line_listing_the_known_ones(capsys, tmp_path):
@@ -31,7 +32,8 @@ def test_baseline_builders_match_the_names():
     assert sizes["tiny_cnn"] < 30_000 < sizes["resnet10"]
 
 
-def test_search_with_a_tiny_cnn_baseline(ray_local, tmp_path, capsys):
+def test_search_with_a_tiny_cnn_baseline(ray_local, tmp_path, capsys, monkeypatch):
+    figures = capture(monkeypatch)
     cfg = ODESearchConfig(dataset="adrenalmnist3d", data_root=str(SAMPLE_ROOT), out=str(tmp_path), budget=4,
                           pop_size=4, fraction=0.1, max_gflops=0.02, top_k=1, retrain_epochs=1, seed=0,
                           baseline="tiny_cnn", fit=FitOptions(max_epochs=1))
@@ -44,7 +46,11 @@ def test_search_with_a_tiny_cnn_baseline(ray_local, tmp_path, capsys):
     assert base["params"] == sum(p.numel() for p in TinyCNN(1, 1, 3).parameters())
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert {"name", "test_auc", "test_acc", "params"} <= set(saved["baseline"])
-    assert (tmp_path / "test_auc_vs_params.png").stat().st_size > 1000
+    # the AUC-vs-params plot marks the baseline, labelled, at its parameters and test AUC
+    assert (tmp_path / "test_auc_vs_params.png").is_file()
+    [auc] = figures["test_auc_vs_params.png"]
+    assert_same_points(series(auc, "points", "baseline tiny_cnn (same budget)"), [(base["params"], base["test_auc"])])
+    assert "tiny_cnn" in auc["texts"] and "baseline tiny_cnn (same budget)" in auc["legend"]
 
     from orchestrator.search import Search
     from orchestrator.registry import get

@@ -4,13 +4,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from medcore.errors import DataError, ResourceError, RunError, SearchFailed
+from medcore.errors import DataError, ResourceError, SearchFailed
 from orchestrator import registry
 from orchestrator.cli import main
 from orchestrator.data import SAMPLE_ROOT, load_medmnist, make_synthetic, md5sum

@@ -11,6 +11,7 @@ from medcore.records import OK
 from orchestrator.config import Resources, StrategyFitOptions, StrategySearchConfig
 from orchestrator.search import TRIAL_RETRIES
 from orchestrator.searches.strategy import make_searcher
+from tests.figures import capture
 from trainables.strategy import parse_space
 
 # Only the learning rate varies (three choices): its value decides how good a curve is.
@@ -162,12 +163,13 @@ def test_resume_loses_and_repeats_nothing(ray_local, tmp_path):
     assert len(fresh) - BUDGET <= len(unsaved) < BUDGET
 
 
-def test_tiny_strategy_search_end_to_end(ray_local, tmp_path):
+def test_tiny_strategy_search_end_to_end(ray_local, tmp_path, monkeypatch):
     """Synthetic data (labelled so): 3 strategies of a tiny CNN, 2 epochs; outputs, zoo, SQLite study."""
     from orchestrator.data import load_medmnist, make_synthetic
     from orchestrator.driver import run_search
     from orchestrator.zoo import read_zoo
 
+    figures = capture(monkeypatch)
     root = tmp_path / "data"
     make_synthetic("breastmnist", root, 28, (48, 16, 16))
     data = load_medmnist("breastmnist", 28, root)
@@ -184,7 +186,18 @@ def test_tiny_strategy_search_end_to_end(ray_local, tmp_path):
     assert s["default"]["retrained"]["test_auc"] is not None
     trials, curves = pd.read_csv(out / "trials.csv"), pd.read_csv(out / "curves.csv")
     assert len(trials) == 3 and trials.synthetic.all() and set(curves.trial_id) == set(trials.trial_id)
-    assert (out / "learning_curves.png").stat().st_size > 1000
+    # the learning curves are the trials' curves: each drawn line is one trial's, every trial drawn
+    assert (out / "learning_curves.png").is_file()
+    [plot] = figures["learning_curves.png"]
+    metric = cfg.fit.metric
+    assert plot["ylabel"] == metric
+    expected = {tid: tuple(zip(c.epoch.astype(float), c[metric].astype(float)))
+                for tid, c in curves.groupby("trial_id")}
+    drawn = {tuple(map(tuple, xy.tolist())) for _, xy in plot["lines"]}
+    assert drawn == set(expected.values()) and len(expected) == 3
+    labels = [label for label, _ in plot["lines"]]
+    assert any(label.startswith("#") for label in labels)  # the best strategies named
+    assert any(label.startswith("default recipe (#") for label in labels) == bool(trials.default_recipe.any())
     zoo = read_zoo(out / "zoo")
     assert len(zoo[zoo.stage == "search"]) == 3 and zoo[zoo.stage == "retrain-best"].weights.notna().all()
     assert zoo.synthetic.all()

@@ -100,10 +100,13 @@ def test_bias_only_pruning_leaves_weights_untouched():
     model = tiny_resnet()
     before = params(model)
     report = C.apply_pruning(model, cfg(x1=1, x2=1, x3=50, x4=50, x5=1, x6=1))
-    for name, m in C.prunable_layers(model, "conv") + C.prunable_layers(model, "linear"):
+    layers = C.prunable_layers(model, "conv") + C.prunable_layers(model, "linear")
+    biased = [m for _, m in layers if m.bias is not None]
+    assert biased  # the bias check below is not vacuous
+    for name, m in layers:
         assert torch.equal(m.weight, before[f"{name}.weight"]), name
-        if m.bias is not None:
-            assert abs(float((m.bias == 0).float().mean()) - 0.5) <= 0.5 / m.bias.numel() + 1e-9
+    for m in biased:
+        assert abs(float((m.bias == 0).float().mean()) - 0.5) <= 0.5 / m.bias.numel() + 1e-9
     rows = {r["layer"]: r for r in report}
     assert rows["conv1"]["skipped"] == ["bias"] and rows["conv1"]["pruned"] == {}
     assert set(rows["layer2.0.downsample.0"]["pruned"]) == {"bias"}
