@@ -299,6 +299,9 @@ class ODESearchConfig(SearchConfig):
                         "DE with asynchronous successive halving (DEHB style): candidates start at --min-epochs and "
                         "those in the best 1/--eta at a rung train on in their trial", choices=("paper", "multi"))
     min_epochs: int = opt(3, "multi: the first rung's epochs")
+    search_minutes: float = opt(0.0, "wall-clock budget of the search stage in minutes (0: none): when it runs out the "
+                                "candidates still training stop and count at the epochs they reached; retrain and "
+                                "baseline follow")
     eta: int = opt(3, "multi: 1/eta of the candidates at a rung go on; rungs are min_epochs * eta^k")
     top_k: int = opt(3, "architectures retrained on the full train split")
     retrain_epochs: int = opt(0, "0: same as --max-epochs")
@@ -332,7 +335,7 @@ class ODESearchConfig(SearchConfig):
         if self.fidelity == "multi" and self.min_epochs >= self.fit.max_epochs:
             raise ConfigError(f"must be below `fit.max_epochs` ({self.fit.max_epochs}) for a multi-fidelity search, "
                               f"got {self.min_epochs}", "min_epochs")
-        for name in ("top_k", "retrain_epochs", "max_gflops", "min_gflops"):
+        for name in ("top_k", "retrain_epochs", "max_gflops", "min_gflops", "search_minutes"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"must be >= 0, got {getattr(self, name)}", name)
         if self.max_gflops and self.min_gflops >= self.max_gflops:

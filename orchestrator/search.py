@@ -5,7 +5,8 @@ A :class:`Search` has a name (``medtune search NAME``), a typed config class, na
 tables and plots, and the :class:`~medcore.records.ModelRecord` s it adds to the zoo. The
 generic driver (:mod:`orchestrator.driver`) runs the stages; each stage runs its Tune
 experiments through :meth:`RunContext.run_tuner`, where fresh-versus-resume, failure
-handling, TensorBoard logging, progress and per-trial resources are handled once.
+handling, TensorBoard logging, progress, per-trial resources and the searcher's final state are
+handled once, and reads what each trial came to through :meth:`RunContext.outcomes`.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from medcore.errors import RunError
-from medcore.records import ModelRecord
+from medcore.records import FAILED, OK, ModelRecord
 
 # Save experiment + searcher state at least every few seconds, so a killed driver loses at
 # most the trials that were still running (those re-run on resume).
@@ -104,9 +105,26 @@ def progress_reporter(metric: str | None, mode: str = "max"):
     from ray.tune import CLIReporter
 
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+
+    class SortedReporter(CLIReporter):
+        """Trials best first (:func:`best_first`); Tune's own ``sort_by_metric`` fails on a trial
+        that never reported (one a time budget stopped before its first epoch)."""
+
+        def _progress_str(self, trials, *args, **kwargs):
+            return super()._progress_str(best_first(trials, metric, mode), *args, **kwargs)
+
     columns = [metric] + [c for c in ("epoch", "val_loss", "status") if c != metric]
-    return CLIReporter(metric_columns=columns, metric=metric, mode=mode, sort_by_metric=True,
-                       max_report_frequency=30)
+    return SortedReporter(metric_columns=columns, metric=metric, mode=mode, max_report_frequency=30)
+
+
+def best_first(trials, metric: str, mode: str = "max") -> list:
+    """``trials`` by their last ``metric``, best first; those without a finite value last."""
+    def key(trial):
+        value = (trial.last_result or {}).get(metric)
+        ok = isinstance(value, (int, float)) and math.isfinite(value)
+        return (not ok, (-value if mode == "max" else value) if ok else 0.0)
+
+    return sorted(trials, key=key)
 
 
 def memory_bucket(nbytes: float, limit: float | None = None, share: float | None = None) -> int:
@@ -133,6 +151,59 @@ def memory_bucket(nbytes: float, limit: float | None = None, share: float | None
     return int(bucket)
 
 
+def tune_defaults(tune_config, max_concurrent: int, reuse_actors: bool = True):
+    """``tune_config`` with medtune's trial names, ``reuse_actors`` and, unless it sets
+    ``max_concurrent_trials`` (or limits concurrency with its own ConcurrencyLimiter, which Tune
+    refuses to combine with another limit), ``max_concurrent`` (0: as many as fit) at a time."""
+    from ray.tune.search import ConcurrencyLimiter
+
+    limit = tune_config.max_concurrent_trials
+    if limit is None and not isinstance(tune_config.search_alg, ConcurrencyLimiter):
+        limit = max_concurrent or None
+    return dataclasses.replace(tune_config, trial_name_creator=tune_config.trial_name_creator or trial_name,
+                               trial_dirname_creator=trial_name, reuse_actors=reuse_actors,
+                               max_concurrent_trials=limit)
+
+
+@dataclass
+class TrialOutcome:
+    """What one trial of a finished experiment came to, as the searches read it: ``status`` is
+    FAILED where Tune saw the trial error (``reason``: the error in one line,
+    :func:`describe_error`), else OK (``reason`` empty; a trainable's own ``status`` / ``reason``
+    report stays in ``metrics``). ``metrics``: the last report, ``{}`` when none."""
+
+    trial_id: str
+    config: dict
+    metrics: dict
+    status: str
+    reason: str = ""
+    checkpoint: object = None  # ray.tune.Checkpoint of the latest report, or None
+    metrics_dataframe: object = None  # every report (pandas), or None
+
+    @property
+    def failed(self) -> bool:
+        return self.status == FAILED
+
+    def report(self) -> dict:
+        """A copy of the last report, with ``status`` FAILED and the ``reason`` where Tune saw the
+        trial error (a retrained pick's or baseline's summary entry reads both from the report)."""
+        return {**self.metrics, "status": FAILED, "reason": self.reason} if self.failed else dict(self.metrics)
+
+
+def trial_outcomes(grid, configured_only: bool = False) -> list[TrialOutcome]:
+    """One :class:`TrialOutcome` per result of a Tune ResultGrid, in its order; ``configured_only``
+    leaves out results without a config (an errored trial of a restored experiment keeps none)."""
+    out = []
+    for r in grid:
+        if configured_only and not r.config:
+            continue
+        errored = r.error is not None
+        out.append(TrialOutcome(trial_id=result_trial_id(r), config=dict(r.config or {}), metrics=dict(r.metrics or {}),
+                                status=FAILED if errored else OK, reason=describe_error(r.error) if errored else "",
+                                checkpoint=r.checkpoint, metrics_dataframe=r.metrics_dataframe))
+    return out
+
+
 @dataclass
 class RunContext:
     """What a stage sees: the validated config, the data, the run folders and shared state."""
@@ -150,6 +221,9 @@ class RunContext:
     @property
     def out(self) -> Path:
         return self.cfg.out_dir
+
+    # what each trial of a finished experiment came to (:func:`trial_outcomes`)
+    outcomes = staticmethod(trial_outcomes)
 
     def stage_memory(self, stage: str, default_batch: int):
         """(batch size, Ray resources) of ``stage``'s trials from the memory plan."""
@@ -182,24 +256,32 @@ class RunContext:
         return lambda config: tune.PlacementGroupFactory([bundle(memory_bucket(memory_bytes(config), limit, share))])
 
     def run_tuner(self, name: str, trainable, *, param_space=None, tune_config=None, resources=None,
-                  metric: str | None = None, mode: str = "max"):
+                  metric: str | None = None, mode: str = "max", reuse_actors: bool = True):
         """Fit experiment ``name`` fresh, or restore and finish it when the run is resumed.
 
         Errored trials of a restored experiment stay errored (their failure is a result and
         is never trained again); trials whose worker died are retried ``TRIAL_RETRIES`` times.
+        Trials reuse their worker process (no fresh torch import per trial; TuneConfig's
+        ``reuse_actors`` default cannot be told from an explicit False, so it is this keyword)
+        and run ``--max-concurrent`` at a time unless ``tune_config`` sets
+        ``max_concurrent_trials``. A :class:`~ray.tune.search.Searcher` passed as
+        ``tune_config.search_alg`` holds the experiment's final state on return: fresh, it is
+        the object Tune ran; restored (Tune ran its own unpickled copy) or over Ray Client
+        (Tune ran in another process), it is restored from the state Tune saved.
         """
+        import ray
         from ray import tune
         from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+        from ray.tune.search import Searcher
 
         from orchestrator.status import StatusCallback
         from orchestrator.tensorboard import EpochTBXLogger
 
         path = self.experiment_path(name)
-        tune_config = tune_config or tune.TuneConfig()
-        tune_config = dataclasses.replace(tune_config, trial_name_creator=tune_config.trial_name_creator or trial_name,
-                                          trial_dirname_creator=trial_name)
+        tune_config = tune_defaults(tune_config or tune.TuneConfig(), self.cfg.resources.max_concurrent, reuse_actors)
         trainable = tune.with_resources(trainable, resources if resources is not None else self.trial_resources())
-        if tune.Tuner.can_restore(path):
+        restored = tune.Tuner.can_restore(path)
+        if restored:
             if not self.cfg.resume:
                 raise RunError(f"an experiment already exists at {path}; pass --resume to continue it "
                                f"or choose another --out")
@@ -211,7 +293,11 @@ class RunContext:
                 failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
                 callbacks=[JsonLoggerCallback(), CSVLoggerCallback(), EpochTBXLogger(), StatusCallback(str(self.out), name, self.stage, metric, mode)]))
-        return tuner.fit()
+        grid = tuner.fit()
+        searcher = tune_config.search_alg
+        if isinstance(searcher, Searcher) and (restored or ray.util.client.ray.is_connected()):
+            searcher.restore_from_dir(path)
+        return grid
 
     def require_finished(self, searcher, name: str) -> None:
         """Refuse to report on a search that stopped early (Tune also ends a run on SIGUSR1)."""

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import time
 
 import numpy as np
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
@@ -125,6 +126,8 @@ class ODESearcher(Searcher):
         self.batch: list[int] = []  # history indices of the current batch, in order
         self.queue: list[int] = []  # records of this batch waiting for a trial
         self.finished = False
+        self.started_at: float | None = None  # wall clock of the first suggestion (a time budget counts from it)
+        self.ended = ""  # why the search ended before its budget of candidates, if it did
         self._start_batch(np.vstack([p := self.rng.random((pop_size, self.space.dims)),
                                      de.opposition_population(p)]))
 
@@ -142,6 +145,8 @@ class ODESearcher(Searcher):
     def suggest(self, trial_id: str):
         if self.finished:
             return Searcher.FINISHED
+        if self.started_at is None:
+            self.started_at = time.time()
         if not self.queue:
             return None
         idx = self.queue.pop(0)
@@ -155,6 +160,11 @@ class ODESearcher(Searcher):
         idx = self.trial_to_record.pop(trial_id, None)
         if idx is None:
             return
+        self._record(idx, result, error)
+        self._advance()
+
+    def _record(self, idx: int, result: dict | None, error: bool = False) -> None:
+        """A trial's result into its candidate's record (fitness, curve, fidelity)."""
         rec = self.history[idx]
         value = None if (error or not result) else result.get(self.metric)
         failed = error or not result or result.get("status", "ok") != "ok" or value is None \
@@ -170,7 +180,6 @@ class ODESearcher(Searcher):
         full = self.rungs[-1] if self.rungs else len(rec["curve"])
         rec["fidelity"] = 0 if failed else full if (result or {}).get("done_training") else len(rec["curve"])
         self.fitness_by_key[rec["key"]] = rec["fitness"]
-        self._advance()
 
     def rung_decision(self, trial_id: str, result: dict) -> bool:
         """Multi-fidelity: record the trial's score at every rung its curve has reached and
@@ -208,10 +217,29 @@ class ODESearcher(Searcher):
         if self.elite is not None and len(self.elite) == 2:
             self.elite = (*self.elite, np.zeros(1))
         self.__dict__.setdefault("stalled_batches", self.idle_batches)
-        for key, value in (("rungs", None), ("eta", 3), ("rung_scores", {}), ("population_records", None)):
+        for key, value in (("rungs", None), ("eta", 3), ("rung_scores", {}), ("population_records", None),
+                           ("started_at", None), ("ended", "")):
             self.__dict__.setdefault(key, value)
         if self.elite is not None and len(self.elite) == 3:
             self.elite = (*self.elite, None)
+
+    def elapsed(self) -> float:
+        """Seconds since the first suggestion (0 before it)."""
+        return 0.0 if self.started_at is None else time.time() - self.started_at
+
+    def end(self, reason: str, last_results: dict | None = None) -> None:
+        """End the search now (its time budget ran out). A running candidate with a last report
+        (``last_results``: trial id -> its last reported metrics) counts at the epochs it reached;
+        candidates never started, or stopped before their first epoch, are not evaluated."""
+        for trial_id, idx in list(self.trial_to_record.items()):
+            result = (last_results or {}).get(trial_id)
+            if result and result.get(self.metric) is not None:
+                self.trial_to_record.pop(trial_id)
+                self._record(idx, result)
+        for rec in self.history:
+            if rec["status"] in ("pending", "running"):
+                rec["status"], rec["reason"] = NOT_EVALUATED, reason
+        self.batch, self.queue, self.finished, self.ended = [], [], True, reason
 
     # ---- the ODE state machine ------------------------------------------------------
     def _start_batch(self, genomes: np.ndarray):

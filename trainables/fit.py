@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 import os
 import random
 import warnings
@@ -59,6 +60,7 @@ class FitConfig:
     head_bias: str = "default"  # "prior": output bias = the train split's class prior (initializers.prior_bias)
     precision: str = "auto"  # "auto" | "fp32" | "bf16" | "fp16" (CUDA): see resolve_precision
     memory_format: str = "auto"  # "auto" | "channels_last" | "contiguous": see resolve_channels_last
+    time_limit_s: float = 0.0  # > 0: stop after the epoch that ends past this many seconds (equal-compute budgets)
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -450,6 +452,7 @@ def fit(model: nn.Module, data, cfg: FitConfig, report: Callable[[dict], None] |
         best_val_loss, stale, stopped = s["best_val_loss"], s["stale"], s["stopped"]
         history, start = copy.deepcopy(s["history"]), s["epoch"] + 1
         _set_rng_state(s["rng"], generators)
+    started = time.perf_counter()
     for epoch in range(start, cfg.max_epochs + 1):
         if stopped:
             break
@@ -488,6 +491,8 @@ def fit(model: nn.Module, data, cfg: FitConfig, report: Callable[[dict], None] |
         else:
             stale += 1
             stopped = stale >= cfg.patience
+        if cfg.time_limit_s and time.perf_counter() - started >= cfg.time_limit_s:
+            stopped = True  # a wall-clock budget: the val-selected epoch so far is the result
         if report is not None:
             report(dict(row))
         if save_state is not None:

@@ -134,14 +134,12 @@ class CompressSearch(Search):
         constraint = constraint_of(cfg.constraint_metric, base_accuracy, ctx.state["base_eval"])
         searcher = make_searcher(cfg)
         grid = ctx.run_tuner(SEARCH_NAME, trainable(**constraint), resources=resources, metric="accuracy",
-                             tune_config=tune.TuneConfig(
-            search_alg=searcher, num_samples=-1, max_concurrent_trials=cfg.resources.max_concurrent or None,
-            reuse_actors=True))
-        ctx.state["measured"] = {r.metrics["trial_id"]: r.metrics for r in grid if r.metrics and "trial_id" in r.metrics}
-        searcher = make_searcher(cfg)
-        searcher.restore_from_dir(ctx.experiment_path(SEARCH_NAME))
+                             tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1))
+        outcomes = ctx.outcomes(grid)
+        ctx.state["measured"] = {o.metrics["trial_id"]: o.metrics for o in outcomes if "trial_id" in o.metrics}
+        # ``searcher`` holds the search's final state now, fresh or restored (run_tuner)
         ctx.require_finished(searcher, SEARCH_NAME)
-        errors = trial_errors(grid)
+        errors = {o.trial_id: o.reason for o in outcomes if o.failed}  # what only Tune saw
         for rec in searcher.history:
             if rec["status"] != OK and rec.get("trial_id") in errors:
                 rec["reason"] = errors[rec["trial_id"]]

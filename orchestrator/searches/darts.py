@@ -25,7 +25,7 @@ from medcore.errors import RunError
 from medcore.records import FAILED, OK, ModelRecord
 from orchestrator import reports
 from orchestrator.config import DartsSearchConfig
-from orchestrator.search import RunContext, Search, Stage, trial_errors
+from orchestrator.search import RunContext, Search, Stage
 
 STAGE1, STAGE2, STAGE3 = "darts_stage1", "darts_stage2", "darts_stage3"
 IAC = "iac"
@@ -79,18 +79,17 @@ class DartsSearch(Search):
             "batch_size": batch, "seed": cfg.seed,
             "unet_kwargs": tune.sample_from(
                 lambda spec: {"features": features} if features and spec.config.backbone == "unet" else {})})
-        errors = trial_errors(grid)
         unets, rows, failed = {}, [], {}
-        for r in grid:
-            backbone = r.config["backbone"]
-            if r.error is not None or r.checkpoint is None or not (r.metrics or {}).get("final"):
-                failed[backbone] = errors.get(_trial_id(r)) or "no final checkpoint"
+        for o in ctx.outcomes(grid):
+            backbone = o.config["backbone"]
+            if o.failed or o.checkpoint is None or not o.metrics.get("final"):
+                failed[backbone] = o.reason or "no final checkpoint"
                 continue
-            with r.checkpoint.as_directory() as d:  # local or remote storage
+            with o.checkpoint.as_directory() as d:  # local or remote storage
                 unets[backbone] = load_unet(d)
-            m = r.metrics
+            m = o.metrics
             rows.append({"backbone": backbone, "val_dice": m["best_val_dice"], "test_dice": m["test_dice"],
-                         "best_epoch": m["best_epoch"], "params": m["params"], "checkpoint": r.checkpoint.path})
+                         "best_epoch": m["best_epoch"], "params": m["params"], "checkpoint": o.checkpoint.path})
         if not unets:
             raise RunError(f"Stage I failed for every backbone: {failed}")
         ctx.state.update(unets=unets, stage1=rows, stage1_failed=failed)
@@ -108,13 +107,12 @@ class DartsSearch(Search):
                                  "backbone": tune.grid_search(sorted(unets)), "epochs": cfg.search_epochs,
                                  "warmup": cfg.warmup, "k": cfg.k, "tan_beta": cfg.tan_beta,
                                  "batch_size": batch, "seed": cfg.seed})
-        errors = trial_errors(grid)
         history, failed = [], {}
-        for r in grid:
-            backbone = r.config["backbone"]
-            df = r.metrics_dataframe
-            if r.error is not None or df is None or "genotype" not in df:
-                failed[backbone] = errors.get(_trial_id(r)) or "no epochs reported"
+        for o in ctx.outcomes(grid):
+            backbone = o.config["backbone"]
+            df = o.metrics_dataframe
+            if o.failed or df is None or "genotype" not in df:
+                failed[backbone] = o.reason or "no epochs reported"
                 continue
             df = df.dropna(subset=["genotype"]).drop_duplicates("epoch", keep="last").sort_values("epoch")
             for row in df.itertuples():
@@ -158,23 +156,21 @@ class DartsSearch(Search):
         grid = ctx.run_tuner(STAGE3, tune.with_parameters(skips_trial, data=ctx.data, unets=ctx.state["unets"]),
                              metric="val_dice", resources=resources, param_space={
                                  "run": tune.grid_search(runs), "epochs": cfg.stage3_epochs,
-                                 "batch_size": batch, "lr": 1e-3},
-                             tune_config=tune.TuneConfig(max_concurrent_trials=cfg.resources.max_concurrent or None))
-        errors = trial_errors(grid)
+                                 "batch_size": batch, "lr": 1e-3})
         rows = []
-        for r in grid:
-            run = r.config["run"]
-            m = r.metrics or {}
+        for o in ctx.outcomes(grid):
+            run = o.config["run"]
+            m = o.metrics
             row = {"backbone": run["backbone"], "skip": run["skip"], "seed": run["seed"],
                    "snapshot_epochs": run["snapshot_epochs"], "genotype": run["skip_kwargs"].get("genotype"),
-                   "trial_id": _trial_id(r)}
-            if r.error is not None or not m.get("final"):
-                row.update(status=FAILED, reason=errors.get(row["trial_id"]) or "no final report")
+                   "trial_id": o.trial_id}
+            if o.failed or not m.get("final"):
+                row.update(status=FAILED, reason=o.reason or "no final report")
             else:
                 row.update(status=OK, reason="", val_dice=m["best_val_dice"], test_dice=m["test_dice"],
                            baseline_dice=m["baseline_dice"], dice_gain=m["dice_gain"],
                            skip_params=m["skip_params"], best_epoch=m["best_epoch"],
-                           checkpoint=r.checkpoint.path if r.checkpoint else None)
+                           checkpoint=o.checkpoint.path if o.checkpoint else None)
             rows.append(row)
         ctx.state["stage3"] = rows
 
@@ -257,12 +253,6 @@ class DartsSearch(Search):
 
 
 # ---- tables and statistics ---------------------------------------------------------------
-
-def _trial_id(result) -> str:
-    from orchestrator.search import result_trial_id
-
-    return result_trial_id(result)
-
 
 def _key(genotype) -> str:
     return json.dumps(genotype, sort_keys=True)

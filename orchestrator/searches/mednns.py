@@ -26,7 +26,7 @@ from pathlib import Path
 from medcore.errors import RunError
 from medcore.records import OK, ModelRecord
 from orchestrator.config import MedNNSSearchConfig
-from orchestrator.search import RunContext, Search, Stage, describe_error, result_trial_id, trial_errors
+from orchestrator.search import RunContext, Search, Stage
 
 SUPERNETS, ZOO, FINETUNE = "mednns_supernets", "mednns_zoo", "mednns_finetune"
 BUILDER = "ofa_subnet"  # trainables.builders name
@@ -118,10 +118,10 @@ class MedNNSSearch(Search):
                              resources=resources, param_space={
             "dataset": tune.grid_search(cfg.dataset_list()), "epochs": cfg.supernet_epochs,
             "full_epochs": cfg.supernet_full_epochs, "paths": cfg.supernet_paths, "sandwich": cfg.sandwich,
-            "lr": cfg.lr, "batch_size": batch, "seed": cfg.seed},
-            tune_config=tune.TuneConfig(max_concurrent_trials=cfg.resources.max_concurrent or None, reuse_actors=True))
-        ctx.state["supernets"] = _checkpoints(grid, "training the supernet")
-        ctx.state["supernet_metrics"] = {r.config["dataset"]: r.metrics for r in grid if r.metrics}
+            "lr": cfg.lr, "batch_size": batch, "seed": cfg.seed})
+        outcomes = ctx.outcomes(grid)
+        ctx.state["supernets"] = _checkpoints(outcomes, "training the supernet")
+        ctx.state["supernet_metrics"] = {o.config["dataset"]: o.metrics for o in outcomes if o.metrics}
 
     def zoo(self, ctx: RunContext) -> None:
         from ray import tune
@@ -135,9 +135,9 @@ class MedNNSSearch(Search):
                              resources=resources,
                              param_space={"dataset": tune.grid_search(cfg.dataset_list()), "n": cfg.zoo_size,
                                           "seed": cfg.seed, "bn_images": cfg.bn_images, "bn_batch": batch,
-                                          "eval_batch": batch},
-                             tune_config=tune.TuneConfig(max_concurrent_trials=cfg.resources.max_concurrent or None, reuse_actors=True))
-        checkpoints = _checkpoints(grid, "extracting the zoo")
+                                          "eval_batch": batch})
+        outcomes = ctx.outcomes(grid)
+        checkpoints = _checkpoints(outcomes, "extracting the zoo")
         rows, throughput = [], {}
         for flag, checkpoint in checkpoints.items():
             data = ctx.data[flag]
@@ -147,7 +147,7 @@ class MedNNSSearch(Search):
             rows += zoo.rows_from_records(records, dataset=flag, size=info.size, spatial_dims=info.spatial_dims,
                                           task=info.task, input_shape=list(info.input_shape), run=ctx.run_id,
                                           synthetic=bool(info.synthetic))
-            m = next(r.metrics for r in grid if r.config["dataset"] == flag)
+            m = next(o.metrics for o in outcomes if o.config["dataset"] == flag)
             throughput[flag] = {"subnets": m["n"], "seconds": m["seconds"], "subnets_per_s": m["subnets_per_s"]}
         zoo.write_rows(cfg.zoo_path, rows, writer_id=f"{ctx.run_id}-mednns-zoo")
         ctx.state["n_zoo"], ctx.state["zoo_throughput"] = len(rows), throughput
@@ -212,15 +212,13 @@ class MedNNSSearch(Search):
             jobs.append({"target": target, "runs": runs, **options})
         data = {f: ctx.data[f].subset("train", cfg.finetune_fraction, cfg.seed) for f in flags}
         grid = ctx.run_tuner(FINETUNE, tune.with_parameters(finetune, datasets=data), resources=resources,
-                             param_space={"job": tune.grid_search(jobs)},
-                             tune_config=tune.TuneConfig(max_concurrent_trials=cfg.resources.max_concurrent or None, reuse_actors=True))
-        errors = trial_errors(grid)
+                             param_space={"job": tune.grid_search(jobs)})
         results = {}
-        for r in grid:
-            job = r.config["job"]
+        for o in ctx.outcomes(grid):
+            job = o.config["job"]
             for run in job["runs"]:
-                results[(job["target"], run["strategy"])] = r.metrics["results"][run["strategy"]] \
-                    if r.error is None else {"error": errors.get(result_trial_id(r), describe_error(r.error))}
+                results[(job["target"], run["strategy"])] = {"error": o.reason} if o.failed \
+                    else o.metrics["results"][run["strategy"]]
         ctx.state.update(recommended=recommended, finetune=results, strategies=strategies)
 
     # ---- outputs -----------------------------------------------------------------------
@@ -292,14 +290,15 @@ def _num(v) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v)
 
 
-def _checkpoints(grid, what: str) -> dict:
-    errors = trial_errors(grid)
+def _checkpoints(outcomes: list, what: str) -> dict:
+    """Dataset -> checkpoint of a per-dataset experiment's trials; every one must have saved one."""
     out = {}
-    for r in grid:
-        flag = (r.config or {}).get("dataset")
-        if r.error is not None or r.checkpoint is None:
-            raise RunError(f"{what} failed for {flag}: {'; '.join(errors.values()) or r.error}")
-        out[flag] = r.checkpoint
+    for o in outcomes:
+        flag = o.config.get("dataset")
+        if o.failed or o.checkpoint is None:
+            reasons = "; ".join(x.reason for x in outcomes if x.failed) or "it saved no checkpoint"
+            raise RunError(f"{what} failed for {flag}: {reasons}")
+        out[flag] = o.checkpoint
     return out
 
 

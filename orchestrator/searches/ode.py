@@ -74,7 +74,10 @@ class ODESearch(Search):
         from searchers.ode import ODESearcher, rung_epochs
 
         cfg = ctx.cfg
-        rungs = rung_epochs(cfg.min_epochs, cfg.eta, cfg.fit.max_epochs) if cfg.fidelity == "multi" else None
+        # paper: one rung, the full budget (a candidate a time budget cut short ranks below those
+        # that finished); multi: successive-halving rungs
+        rungs = rung_epochs(cfg.min_epochs, cfg.eta, cfg.fit.max_epochs) if cfg.fidelity == "multi" \
+            else [cfg.fit.max_epochs]
         return ODESearcher(metric=f"best_{cfg.fit.metric}", mode="max", pop_size=cfg.pop_size, F=cfg.F, CR=cfg.CR,
                            jump_rate=cfg.jump_rate, budget=cfg.budget, seed=cfg.seed,
                            feasibility_fn=FeasibilityRule(cfg, cost), rungs=rungs, eta=cfg.eta)
@@ -95,15 +98,16 @@ class ODESearch(Search):
         searcher = self._searcher(ctx, cost)
         # the scheduler holds the searcher itself: Tune pickles both in one tuner state, so a
         # restored run's scheduler reads the restored searcher's rung records
-        scheduler = RungScheduler(searcher) if searcher.rungs else None
+        scheduler = RungScheduler(searcher) if len(searcher.rungs) > 1 else None
         trainable = tune.with_parameters(train_candidate, data=data, fit_config=cfg.fit.fit_config(cfg.seed))
         grid = ctx.run_tuner(SEARCH_NAME, trainable, resources=ctx.trial_resources(self._memory(ctx, cost)),
                              metric=searcher.metric, tune_config=tune.TuneConfig(
-                                 search_alg=searcher, scheduler=scheduler, num_samples=cfg.budget, reuse_actors=True,
-                                 max_concurrent_trials=cfg.resources.max_concurrent or None))
-        # The searcher Tune ran (fresh or restored) saved its state beside the experiment.
-        searcher = self._searcher(ctx, cost)
-        searcher.restore_from_dir(ctx.experiment_path(SEARCH_NAME))
+                                 search_alg=searcher, scheduler=scheduler, num_samples=cfg.budget,
+                                 time_budget_s=cfg.search_minutes * 60 or None))
+        # ``searcher`` holds the search's final state now, fresh or restored (run_tuner)
+        if cfg.search_minutes and not searcher.is_finished and searcher.elapsed() >= 0.95 * cfg.search_minutes * 60:
+            last = {result_trial_id(r): dict(r.metrics) for r in grid if r.metrics}  # what Tune stopped mid-way
+            searcher.end(f"the search's time budget ({cfg.search_minutes:g} min) ran out", last)
         ctx.require_finished(searcher, SEARCH_NAME)
         errors = trial_errors(grid)
         for rec in searcher.history:  # what only Tune saw: why an errored trial failed
@@ -128,7 +132,7 @@ class ODESearch(Search):
 
         cfg = ctx.cfg
         searcher = ctx.state["searcher"]
-        top = top_architectures(searcher.history, cfg.top_k, searcher.rank_key if searcher.rungs else None)
+        top = top_architectures(searcher.history, cfg.top_k, searcher.rank_key)
         ctx.state["top"], ctx.state["retrained"] = top, {}
         if not top:
             return
@@ -136,17 +140,11 @@ class ODESearch(Search):
         grid = ctx.run_tuner(
             RETRAIN_NAME, trainable, resources=resources,
             param_space={"architecture": tune.grid_search([r["config"]["architecture"] for r in top]), "rank": 0},
-            tune_config=tune.TuneConfig(max_concurrent_trials=cfg.resources.max_concurrent or None, reuse_actors=True),
             metric=f"best_{cfg.fit.metric}")
-        errors = trial_errors(grid)
-        for result in grid:
-            if not result.config:  # an errored trial restored on resume keeps no config
-                continue
-            key = json.dumps(result.config["architecture"], sort_keys=True)
-            metrics = dict(result.metrics or {})
-            if result.error is not None:
-                metrics.update(status=FAILED, reason=errors.get(result_trial_id(result), "trial errored"))
-            ctx.state["retrained"][key] = (metrics, result.checkpoint)
+        # an errored trial restored on resume keeps no config: it is left out
+        for o in ctx.outcomes(grid, configured_only=True):
+            key = json.dumps(o.config["architecture"], sort_keys=True)
+            ctx.state["retrained"][key] = (o.report(), o.checkpoint)
 
     def baseline(self, ctx: RunContext) -> None:
         """Train ``--baseline`` as one more retrain trial: full data, the retrain's recipe,
@@ -162,12 +160,8 @@ class ODESearch(Search):
             BASELINE_NAME, trainable, resources=resources,
             param_space={"baseline": cfg.baseline}, metric=f"best_{cfg.fit.metric}",
             tune_config=tune.TuneConfig(num_samples=1))
-        errors = trial_errors(grid)
-        for result in grid:
-            metrics = dict(result.metrics or {})
-            if result.error is not None:
-                metrics.update(status=FAILED, reason=errors.get(result_trial_id(result), "trial errored"))
-            ctx.state["baseline"] = (metrics, result.checkpoint)
+        for o in ctx.outcomes(grid):
+            ctx.state["baseline"] = (o.report(), o.checkpoint)
 
     # ---- outputs -----------------------------------------------------------------------
     def _baseline_row(self, ctx: RunContext) -> dict | None:
@@ -229,6 +223,7 @@ class ODESearch(Search):
             "generations": searcher.generation, "restarts": searcher.restarts, "metric": metric,
             # paper: one budget; multi: one entry per rung, the candidates that trained that far
             "fidelity": cfg.fidelity, "rungs": searcher.rungs_reached(), "epochs_trained": searcher.epochs_trained(),
+            **({"ended": searcher.ended} if getattr(searcher, "ended", "") else {}),
             # the pick's retrained scores, read beside the baseline's (trained the same way)
             "pick": pick, "baseline": baseline,
             **({"warning": text} if (text := one_class_warning(pick, baseline)) else {}),
@@ -280,6 +275,8 @@ class ODESearch(Search):
 
     def print_summary(self, summary: dict) -> None:
         super().print_summary(summary)
+        if summary.get("ended"):
+            print(f"search ended early: {summary['ended']} ({summary['n_evaluated']} candidates evaluated)")
         if summary.get("fidelity") == "multi":
             rungs = ", ".join(f"{r['epochs']} epochs: {r['candidates']}" for r in summary.get("rungs", []))
             print(f"multi-fidelity rungs (candidates reaching each): {rungs}; "

@@ -42,7 +42,7 @@ from medcore.errors import ConfigError, RunError
 from medcore.records import FAILED, OK, ModelRecord
 from orchestrator import reports
 from orchestrator.config import StrategySearchConfig
-from orchestrator.search import RunContext, Search, Stage, result_trial_id, trial_errors
+from orchestrator.search import RunContext, Search, Stage
 
 SEARCH_NAME, RETRAIN_NAME = "strategy_search", "strategy_retrain"
 FAMILY = "strategy"
@@ -325,14 +325,11 @@ class StrategySearch(Search):
             scheduler = FIFOScheduler()
         grid = ctx.run_tuner(SEARCH_NAME, self._trainable(ctx, retrain=False), metric=metrics[0], mode=modes[0],
                              resources=self._resources(ctx, "search"), tune_config=tune.TuneConfig(
-                                 search_alg=searcher, scheduler=scheduler, num_samples=cfg.budget, reuse_actors=True,
-                                 max_concurrent_trials=cfg.resources.max_concurrent or None))
-        searcher = make_searcher(cfg, ctx.state["space"], self.storage_url(ctx), study_name=ctx.run_id,
-                                 default=self._default(ctx))
-        searcher.restore_from_dir(ctx.experiment_path(SEARCH_NAME))
+                                 search_alg=searcher, scheduler=scheduler, num_samples=cfg.budget))
+        # ``searcher`` holds the study's final state now, fresh or restored (run_tuner)
         ctx.state["study"], ctx.state["ot_numbers"] = searcher._ot_study, {
             tid: t.number for tid, t in searcher._ot_trials.items()}
-        ctx.state["search_grid"], ctx.state["search_errors"] = grid, trial_errors(grid)
+        ctx.state["search_outcomes"] = ctx.outcomes(grid)
         rows, curves = self._trial_rows(ctx)
         if len(rows) < cfg.budget:
             raise RunError(f"the {SEARCH_NAME} experiment stopped after {len(rows)} of {cfg.budget} trials; "
@@ -343,22 +340,21 @@ class StrategySearch(Search):
         from optuna.trial import TrialState
 
         cfg, study, numbers = ctx.cfg, ctx.state["study"], ctx.state["ot_numbers"]
-        errors = ctx.state["search_errors"]
         metrics, _ = objective_setup(cfg)
         by_number = {t.number: t for t in study.trials}
         rows, curves = [], []
-        for result in ctx.state["search_grid"]:
-            tid = result_trial_id(result)
+        for o in ctx.state["search_outcomes"]:
+            tid = o.trial_id
             number = numbers.get(tid)
             ot = by_number.get(number)
-            strategy = dict(ot.params) if ot is not None else {k: v for k, v in (result.config or {}).items()}
-            m = result.metrics or {}
-            state = ot.state.name if ot is not None else ("FAIL" if result.error else "UNKNOWN")
-            status = FAILED if result.error is not None or m.get("status") == FAILED else OK
-            df = result.metrics_dataframe
+            strategy = dict(ot.params) if ot is not None else dict(o.config)
+            m = o.metrics
+            state = ot.state.name if ot is not None else ("FAIL" if o.failed else "UNKNOWN")
+            status = FAILED if o.failed or m.get("status") == FAILED else OK
+            df = o.metrics_dataframe
             epochs = int(df["epoch"].max()) if df is not None and "epoch" in df and len(df) else 0
             row = {"trial_id": tid, "optuna_number": number, "optuna_state": state, "status": status,
-                   "reason": errors.get(tid, m.get("reason", "")), "epochs": epochs,
+                   "reason": o.reason if o.failed else m.get("reason", ""), "epochs": epochs,
                    "default_recipe": strategy == self._default(ctx), **strategy,
                    **{k: m.get(k) for k in ("best_val_acc", "best_val_auc", "best_epoch", "val_acc", "val_auc")},
                    **{k: m.get(k) for k in metrics if k not in ("best_val_acc", "best_val_auc")}}
@@ -395,7 +391,6 @@ class StrategySearch(Search):
 
         from trainables.strategy import DEFAULT_SPACE
 
-        cfg = ctx.cfg
         best = self.best_row(ctx)
         ctx.state["best"], ctx.state["retrained"] = best, {}
         strategies = {"default": self._default(ctx)}
@@ -405,18 +400,12 @@ class StrategySearch(Search):
         ctx.state["retrain_strategies"] = strategies
         grid = ctx.run_tuner(RETRAIN_NAME, self._trainable(ctx, retrain=True), param_space={
             "label": tune.grid_search(labels)}, metric="test_auc",
-            resources=self._resources(ctx, "retrain", strategies),
-            tune_config=tune.TuneConfig(max_concurrent_trials=cfg.resources.max_concurrent or None))
-        errors = trial_errors(grid)
-        for result in grid:
-            if not result.config:
-                continue
-            m = dict(result.metrics or {})
-            if result.error is not None:
-                m.update(status=FAILED, reason=errors.get(result_trial_id(result), "trial errored"))
-            df = result.metrics_dataframe
+            resources=self._resources(ctx, "retrain", strategies))
+        # an errored trial restored on resume keeps no config: it is left out
+        for o in ctx.outcomes(grid, configured_only=True):
+            df = o.metrics_dataframe
             curve = df.to_dict("records") if df is not None else []
-            ctx.state["retrained"][result.config["label"]] = (m, result.checkpoint, curve)
+            ctx.state["retrained"][o.config["label"]] = (o.report(), o.checkpoint, curve)
         if "best" not in labels and "default" in ctx.state["retrained"]:  # the default recipe won
             ctx.state["retrained"]["best"] = ctx.state["retrained"]["default"]
 

@@ -58,3 +58,16 @@ def test_multi_fidelity_search_end_to_end_and_resume(ray_local, tmp_path):
     again = run_search("ode", _cfg(tmp_path, resume=True))  # a finished run resumes to the same summary
     assert again["rungs"] == rungs and again["epochs_trained"] == summary["epochs_trained"]
     assert len([p for p in (tmp_path / "tune" / "ode_search").iterdir() if p.is_dir()]) == len(trials)
+
+
+def test_a_time_budget_ends_the_search_and_the_retrain_still_runs(ray_local, tmp_path):
+    """--search-minutes: Tune stops the search stage on time; the candidates it stopped count at
+    the epochs they reached, those never started are not evaluated, and the pick is retrained."""
+    cfg = _cfg(tmp_path, search_minutes=0.3)
+    cfg.budget, cfg.max_gflops = 200, 0.06  # a space the search cannot exhaust in 18 s
+    summary = run_search("ode", cfg)
+    assert "time budget (0.3 min) ran out" in summary["ended"]
+    assert 1 <= summary["n_evaluated"] < 200
+    assert summary["pick"] and 0 <= summary["pick"]["test_auc"] <= 1
+    rows = (tmp_path / "candidates.csv").read_text().splitlines()
+    assert any("not evaluated" in r and "time budget" in r for r in rows)

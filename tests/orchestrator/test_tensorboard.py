@@ -50,6 +50,19 @@ def test_the_progress_table_shows_the_selection_metric_first(monkeypatch):
     monkeypatch.delenv("RAY_AIR_NEW_OUTPUT", raising=False)
     assert progress_reporter(None) is None and "RAY_AIR_NEW_OUTPUT" not in os.environ
     reporter = progress_reporter("val_auc", "max")
-    assert list(reporter._metric_columns)[0] == "val_auc" and reporter._sort_by_metric
+    assert list(reporter._metric_columns)[0] == "val_auc"
     assert os.environ["RAY_AIR_NEW_OUTPUT"] == "0"  # Tune's newer output ignores a reporter's columns
     assert list(progress_reporter("val_loss", "min")._metric_columns) == ["val_loss", "epoch", "status"]
+
+
+def test_trials_are_listed_best_first_and_those_that_never_reported_last():
+    """A trial a time budget stopped before its first report has no metric: Tune's own sort
+    raised TypeError on it and ended the search."""
+    from types import SimpleNamespace
+
+    from orchestrator.search import best_first
+
+    trials = [SimpleNamespace(name=n, last_result=r) for n, r in
+              (("a", {"val_auc": 0.5}), ("never", {}), ("b", {"val_auc": 0.9}), ("nan", {"val_auc": float("nan")}))]
+    assert [t.name for t in best_first(trials, "val_auc", "max")] == ["b", "a", "never", "nan"]
+    assert [t.name for t in best_first(trials, "val_auc", "min")][:2] == ["a", "b"]

@@ -94,6 +94,7 @@ def test_infeasible_and_duplicate_candidates_are_not_trained():
     infeasible = [r for r in s.history if r["status"] == "infeasible"]
     assert infeasible and all(r["trial_id"] is None and r["fitness"] == -math.inf for r in infeasible)
     dups = [r for r in s.history if r["status"] == "duplicate"]
+    assert dups  # seed 0 proposes duplicates (4): the check below is not vacuous
     for r in dups:
         assert r["fitness"] == s.history[r["duplicate_of"]]["fitness"]
 
@@ -328,3 +329,24 @@ def test_rung_scores_missed_by_a_lost_report_are_read_from_the_curve():
     assert len(s.rung_scores[1]) == 30  # every candidate scored at rung 1 anyway
     # each rung decided at the first report after it (epochs 2 and 4), none at the lost ones
     assert {len(r["curve"]) for r in s.evaluated()} <= {2, 4, 9}
+
+
+def test_end_marks_what_never_ran_and_finishes():
+    s = multi_searcher()
+    drive_rungs(s, stop_after=12)
+    assert s.started_at is not None and s.elapsed() >= 0
+    s.suggest("late")  # one more running trial at the end
+    s.end("time budget ran out")
+    assert s.is_finished and s.suggest("x") == ODESearcher.FINISHED and s.ended == "time budget ran out"
+    left = [r for r in s.history if r["status"] == "not evaluated" and r["reason"] == "time budget ran out"]
+    assert left and not [r for r in s.history if r["status"] in ("pending", "running")]
+
+
+def test_end_counts_a_running_candidate_at_the_epochs_it_reported():
+    s = multi_searcher()
+    drive_rungs(s, stop_after=12)
+    cfg = s.suggest("late")
+    curve = curve_of(cfg["genome"], 2)
+    s.end("time budget ran out", {"late": {"curve": curve, s.metric: max(curve), "status": "ok"}})
+    rec = s.history[cfg["candidate"]]
+    assert rec["status"] == "ok" and rec["fidelity"] == 2 and rec["fitness"] == max(curve)

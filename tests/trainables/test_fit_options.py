@@ -78,3 +78,13 @@ def test_a_subset_with_odd_strides_runs_with_row_major_strides():
     odd = full[:, [0]]  # fancy indexing on the channel axis: a size-1 axis with a foreign stride
     split = DeviceSplit(np.ascontiguousarray(odd), np.zeros((8, 1)), CPU)
     assert split.x.stride() == (64, 64, 16, 4, 1)
+
+
+
+def test_a_time_limit_stops_after_the_epoch_that_passes_it(synthetic_3d):
+    """``time_limit_s``: an equal-compute budget ends training after the epoch that crosses it
+    (the val-selected epoch so far is the result); 0 means no limit."""
+    unlimited = fit(TinyCNN(1, 1, 3), synthetic_3d, FitConfig(max_epochs=3, patience=3, precision="fp32"))
+    limited = fit(TinyCNN(1, 1, 3), synthetic_3d, FitConfig(max_epochs=3, patience=3, precision="fp32",
+                                                              time_limit_s=1e-9))
+    assert unlimited.epochs_run == 3 and limited.epochs_run == 1 and limited.best_epoch == 1
