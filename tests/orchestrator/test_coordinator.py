@@ -218,8 +218,9 @@ def write_spec(path: Path, searches: list[dict]) -> Path:
     return path
 
 
+# the demo's ODE search is multi-fidelity (rungs of 1 epoch, then 2 here): max_epochs must exceed min_epochs
 DEMO_TINY = {"ode": {"budget": 4, "pop_size": 4, "fraction": 0.05, "min_gflops": 0.0, "max_gflops": 0.05, "retrain_epochs": 1,
-                     "fit": {"max_epochs": 1, "metric": "val_auc", "head_bias": "prior"}},
+                     "fit": {"max_epochs": 2, "metric": "val_auc", "head_bias": "prior"}},
              "compress": {"model": "resnet10", "fit": {"max_epochs": 1}, "budget": 2, "initial": 2, "ctaea_gens": 2}}
 
 

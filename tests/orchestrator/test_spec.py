@@ -162,6 +162,21 @@ def test_the_demo_spec_is_valid():
     assert all(e.config.data_root == str(SAMPLE_ROOT.resolve()) for e in spec.searches)
 
 
+def test_the_pbcnas3d_spec_is_the_papers_protocol_on_a_gpu(tmp_path, monkeypatch):
+    """It names no data_root: the files come from $MEDTUNE_DATA (here synthetic stand-ins)."""
+    from orchestrator.data import make_synthetic
+
+    for flag in ("adrenalmnist3d", "vesselmnist3d"):
+        make_synthetic(flag, tmp_path, n_samples=(8, 4, 4))
+    monkeypatch.setenv("MEDTUNE_DATA", str(tmp_path))
+    spec = load_spec(Path(__file__).resolve().parents[2] / "examples" / "pbcnas3d.yaml")
+    assert [e.name for e in spec.searches] == ["pbcnas3d-adrenalmnist3d", "pbcnas3d-vesselmnist3d"]
+    c = spec.searches[1].config
+    assert (c.dataset, c.size, c.budget, c.pop_size, c.fraction, c.fidelity, c.top_k) == \
+        ("vesselmnist3d", 28, 200, 20, 0.25, "paper", 3)
+    assert (c.fit.max_epochs, c.fit.patience, c.resources.gpus_per_trial, c.data_root) == (50, 5, 1.0, None)
+
+
 def test_a_search_with_its_own_datasets_field_takes_the_list_whole(tmp_path):
     """mednns holds several datasets out in turn: `datasets:` is its field, not a fan-out, and every
     flag's file is checked."""
