@@ -143,6 +143,8 @@ class Resources:
     autoscale: bool = opt(False, "the cluster autoscales: accept requests above its current resources")
     jemalloc: bool = opt(True, "do not preload Ray's jemalloc in trial workers (it makes CPU training ~2x faster)",
                          flag="--no-jemalloc")
+    reuse_workers: bool = opt(True, "start a fresh worker process for every trial instead of reusing one (spreads "
+                              "trials over the nodes, but each re-imports torch)", flag="--no-reuse-workers")
 
     def check(self):
         if self.cpus_per_trial <= 0:

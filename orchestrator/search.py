@@ -278,7 +278,8 @@ class RunContext:
         from orchestrator.tensorboard import EpochTBXLogger
 
         path = self.experiment_path(name)
-        tune_config = tune_defaults(tune_config or tune.TuneConfig(), self.cfg.resources.max_concurrent, reuse_actors)
+        tune_config = tune_defaults(tune_config or tune.TuneConfig(), self.cfg.resources.max_concurrent,
+                                    reuse_actors and self.cfg.resources.reuse_workers)
         trainable = tune.with_resources(trainable, resources if resources is not None else self.trial_resources())
         restored = tune.Tuner.can_restore(path)
         if restored:

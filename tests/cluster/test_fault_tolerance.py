@@ -19,8 +19,11 @@ from tests.cluster.conftest import SAMPLE_ROOT, LocalCluster
 pytestmark = pytest.mark.cluster
 
 TINY = ["--dataset", "adrenalmnist3d", "--data-root", str(SAMPLE_ROOT), "--budget", "6", "--pop-size", "4",
-        "--max-epochs", "2", "--fraction", "0.3", "--max-gflops", "0.05", "--top-k", "0", "--cpus-per-trial", "1"]
-# (a third of train: each epoch, one Tune step, runs long enough to be caught running and killed)
+        "--max-epochs", "2", "--fraction", "0.3", "--max-gflops", "0.05", "--top-k", "0", "--cpus-per-trial", "1",
+        "--no-reuse-workers"]
+# (a third of train: each epoch, one Tune step, runs long enough to be caught running and killed; a
+# fresh worker per trial: a reused one keeps every trial on the node where the first one landed,
+# often the head, so the worker node would never train)
 # One step of a trial: Tune names a trial actor's tasks after the trainable (its class is ImplicitFunc).
 TRIAL_STEP = "train_candidate.train"
 
