@@ -128,7 +128,10 @@ class LocalCluster:
             self.head = node
         else:
             self.workers.append(node)
-        proc = subprocess.run(args, env=self.env(), capture_output=True, text=True, timeout=180)
+        # a cold first start (fresh venv, busy disk) can take the raylet past Ray's 30 s default
+        # registration wait: measured in CI, "GCS cannot find the node ... before the timeout"
+        proc = subprocess.run(args, env=self.env(RAY_raylet_start_wait_time_s="120"), capture_output=True,
+                              text=True, timeout=240)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         return node
 
