@@ -101,7 +101,7 @@ class CandidateCost:
             net, self.info.input_shape, self.batch_size, n_train=self.n_train, n_eval=self.n_eval, checkpoint=True))
 
 
-def train_candidate(config: dict, data, fit_config: dict, keep_weights: bool = False, evaluate_test: bool = True):
+def train_candidate(config: dict, data, fit_config: dict, keep_weights: bool = False):
     """Train ``config['architecture']`` (or the hand-made ``config['baseline']``) on ``data``; report val metrics each epoch and, at the
     end, the val-selected model's test ACC/AUC plus params and FLOPs (and, with
     ``keep_weights``, its weights as a checkpoint)."""
@@ -117,7 +117,7 @@ def train_candidate(config: dict, data, fit_config: dict, keep_weights: bool = F
     try:
         # every epoch's report carries a checkpoint: a trial whose worker dies resumes where it stopped
         cfg = FitConfig(**dict(fit_config, seed=seed))
-        result = fit(net, data, cfg, evaluate_test=evaluate_test, keep_state=keep_weights,
+        result = fit(net, data, cfg, evaluate_test=True, keep_state=keep_weights,
                      save_state=TuneCheckpointing(metrics=lambda row: dict(base, **row), curve=cfg.select_metric or "val_acc"),
                      resume_state=resume_state())
     except Exception as exc:  # a failed candidate is a result, not a crash
