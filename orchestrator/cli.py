@@ -31,7 +31,7 @@ from orchestrator.config import add_flags, flag_names, from_dict, from_flags, se
 COMMAND_MODULES = ("orchestrator.zoo_commands", "orchestrator.coordinator", "orchestrator.metaspace_commands")
 # An error line quotes at most this much of a message (a user's value can be megabytes).
 MAX_LINE = 1000
-# The coordinator's files in a run folder (orchestrator.coordinator MANIFEST, SPEC_COPY).
+# The coordinator's files in a run folder (orchestrator.manifest MANIFEST, SPEC_COPY).
 RUN_MANIFEST, RUN_SPEC = "run.json", "spec.yaml"
 
 

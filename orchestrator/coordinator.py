@@ -25,9 +25,9 @@ TYPE --config-json ...``, and the coordinator only starts, watches and records t
   folder must be on storage that this machine and the cluster's head node share (NFS, a shared
   home), at the same path: the jobs write their results there and the coordinator reads them.
 
-``RUN_DIR/run.json`` records the run: per search its state (pending, running, done, failed,
-skipped, interrupted), pid or job id, exit code, reason and folder. One coordinator per run
-folder (``RunLock``); ``medtune status`` and ``medtune report`` only read.
+``RUN_DIR/run.json`` records the run (:mod:`orchestrator.manifest`): per search its state, pid
+or job id, exit code, reason and folder. One coordinator per run folder (``RunLock``);
+``medtune status`` and ``medtune report`` only read.
 """
 from __future__ import annotations
 
@@ -35,7 +35,6 @@ import argparse
 import ctypes
 import json
 import os
-import re
 import shlex
 import shutil
 import signal
@@ -48,13 +47,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medcore.errors import ConfigError, ResourceError, RunError
-from orchestrator import atomic
+from orchestrator.manifest import (DONE, FAILED, INTERRUPTED, MANIFEST, PENDING, RUNNING, SEARCH_MANIFEST, SKIPPED,
+                                   SPEC_COPY, Manifest, last_error_line, read_manifest)
+from orchestrator.run_report import write_report
 from orchestrator.runlock import RunLock
 
-MANIFEST = "run.json"
-SPEC_COPY = "spec.yaml"
 LOG_NAME = "driver.log"
-PENDING, RUNNING, DONE, FAILED, SKIPPED, INTERRUPTED = "pending", "running", "done", "failed", "skipped", "interrupted"
 POLL_S = 0.5
 # How long a stopped search may take to save its state and exit, and how long a resumed run
 # waits for a driver of the killed coordinator to release its folder.
@@ -67,39 +65,6 @@ TEMP_PREFIX = "mtray"  # the local node's temp dir (short: Ray's socket paths li
 def log(message: str) -> None:
     """One progress line on stderr."""
     print(f"medtune run [{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-# ---- the run manifest ------------------------------------------------------------------
-
-def read_manifest(run_dir: str | Path) -> dict:
-    manifest = atomic.read_json(Path(run_dir) / MANIFEST)
-    if manifest is None or "searches" not in manifest:
-        raise RunError(f"{run_dir} holds no medtune run (no {MANIFEST}); start one with `medtune run SPEC --out DIR`")
-    return manifest
-
-
-def _run_id(run_dir: Path) -> str:
-    base = re.sub(r"[^A-Za-z0-9_-]+", "-", run_dir.name).strip("-") or "run"
-    return f"{base}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-class Manifest:
-    """``RUN_DIR/run.json``, rewritten atomically on every change."""
-
-    def __init__(self, run_dir: Path, data: dict):
-        self.run_dir, self.data = run_dir, data
-
-    @property
-    def searches(self) -> dict:
-        return self.data["searches"]
-
-    def update(self, name: str, **fields) -> None:
-        self.searches[name].update(fields)
-        self.save()
-
-    def save(self) -> None:
-        self.data["updated"] = time.time()
-        atomic.write_json(self.run_dir / MANIFEST, self.data)
 
 
 # ---- processes ---------------------------------------------------------------------------
@@ -206,17 +171,6 @@ def _last_error_line(path: Path, limit: int = 65536) -> str:
     except OSError:
         return ""
     return last_error_line(text)
-
-
-def last_error_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("====")]
-    for ln in reversed(lines):
-        if ln.startswith("medtune: error:"):
-            return ln[len("medtune: error:"):].strip()[:500]
-    for ln in reversed(lines):
-        if "Error" in ln or "error" in ln:
-            return ln[:500]
-    return lines[-1][:500] if lines else ""
 
 
 def search_command(python: str, kind: str, config: dict) -> list[str]:
@@ -371,7 +325,7 @@ class Coordinator:
             self._set(name, FAILED, reason, reason=reason, exit_code=None)
             return
         out.mkdir(parents=True, exist_ok=True)
-        resume = (out / MANIFEST).exists()  # the driver's own manifest: a run to continue
+        resume = (out / SEARCH_MANIFEST).exists()  # the driver's own manifest: a run to continue
         attempt = int(rec.get("attempts", 0)) + 1
         job_id = None
         if isinstance(self.launcher, JobLauncher):
@@ -470,8 +424,6 @@ def job_launcher(address: str, python: str | None) -> "JobLauncher":
 
 
 def _finish_run(run_dir: Path, manifest: Manifest) -> int:
-    from orchestrator.run_report import write_report
-
     states = {n: r["state"] for n, r in manifest.searches.items()}
     manifest.data["coordinator"].update(state=DONE if all(s == DONE for s in states.values()) else FAILED,
                                         ended=time.time())
@@ -548,15 +500,14 @@ def run(spec_path: str, out: str | None = None, address: str | None = None, max_
         if (run_dir / MANIFEST).exists():
             raise RunError(f"{run_dir} already holds a run; continue it with `medtune resume {run_dir}` "
                            f"or choose another --out")
-        taken = [e.name for e in spec.searches if (run_dir / e.name / MANIFEST).exists()]
+        taken = [e.name for e in spec.searches if (run_dir / e.name / SEARCH_MANIFEST).exists()]
         if taken:
             raise RunError(f"{run_dir / taken[0]} already holds a search run; choose another --out")
         (run_dir / SPEC_COPY).write_text(spec.text)
         source = Path(spec_path).resolve()
-        manifest = Manifest(run_dir, {
-            "run": _run_id(run_dir), "created": time.time(), "spec": SPEC_COPY, "spec_source": str(source),
-            "spec_dir": str(source.parent), "zoo": spec.zoo_path(run_dir), "address": address,
-            "python": jobs.python if jobs else sys.executable, "searches": {}})
+        manifest = Manifest.create(run_dir, spec=SPEC_COPY, spec_source=str(source), spec_dir=str(source.parent),
+                                   zoo=spec.zoo_path(run_dir), address=address,
+                                   python=jobs.python if jobs else sys.executable)
         _plan(manifest, spec)
         manifest.save()
         log(f"run {manifest.data['run']}: {len(spec.searches)} search{'es' if len(spec.searches) != 1 else ''} "
@@ -722,8 +673,6 @@ def _cmd_status(args) -> int:
 
 
 def _cmd_report(args) -> int:
-    from orchestrator.run_report import write_report
-
     read_manifest(args.run_dir)
     print(write_report(args.run_dir))
     return 0

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator import atomic
+from orchestrator.manifest import last_error_line
 
 # Metric names where lower is better (the status file records the metric, not its mode).
 LOWER_HINTS = ("loss", "latency", "error", "_ms", "flops", "params", "size_mb")
@@ -86,8 +87,6 @@ def _records(path: Path) -> list[dict]:
 
 
 def read_trial(folder: Path, experiment: str) -> Trial:
-    from orchestrator.coordinator import last_error_line
-
     trial = Trial(experiment=experiment, name=folder.name, records=_records(folder / "result.json"), folder=folder)
     error = folder / "error.txt"
     if error.is_file():

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator import atomic
+from orchestrator.manifest import read_manifest
 
 REPORT = "report.html"
 TABLE_ROWS = 15
@@ -444,8 +445,6 @@ def _zoo_html(zoo_path: str | None) -> tuple[str, str]:
 
 def write_report(run_dir: str | Path) -> Path:
     """Write ``RUN_DIR/report.html`` from what the run folder holds now; returns its path."""
-    from orchestrator.coordinator import read_manifest
-
     run_dir = Path(run_dir).expanduser().resolve()
     manifest = read_manifest(run_dir)
     coordinator = manifest.get("coordinator") or {}

@@ -5,7 +5,8 @@
   imports searchers without torch);
 * ``trainables`` imports neither ``searchers`` nor ``orchestrator`` (trials run on workers
   that need only the network code);
-* ``orchestrator`` never imports ``benchmarks`` or ``tests``.
+* ``orchestrator`` never imports ``benchmarks`` or ``tests``;
+* the modules of ``orchestrator`` import each other without a cycle.
 
 Imports inside functions count, relative imports are resolved, and ``importlib.import_module`` /
 ``__import__`` calls with a literal name count too. A failure lists every offending file:line.
@@ -40,6 +41,13 @@ def _dynamic_import(node: ast.Call) -> str | None:
     return None
 
 
+def _from_module(node: ast.ImportFrom, module_parts: tuple[str, ...]) -> str:
+    """The absolute module of ``from X import ...``, relative ones resolved against ``module_parts``."""
+    if not node.level:
+        return node.module
+    return ".".join(list(module_parts[:-node.level]) + ([node.module] if node.module else []))
+
+
 def imported_modules(source: str, module_parts: tuple[str, ...]) -> list[tuple[int, str]]:
     """``(line, absolute module name)`` of every import in ``source``.
 
@@ -51,11 +59,7 @@ def imported_modules(source: str, module_parts: tuple[str, ...]) -> list[tuple[i
         if isinstance(node, ast.Import):
             found += [(node.lineno, alias.name) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = list(module_parts[:-node.level])
-                found.append((node.lineno, ".".join(base + ([node.module] if node.module else []))))
-            else:
-                found.append((node.lineno, node.module))
+            found.append((node.lineno, _from_module(node, module_parts)))
         elif isinstance(node, ast.Call) and (name := _dynamic_import(node)) is not None:
             found.append((node.lineno, name))
     return sorted(found)
@@ -72,6 +76,83 @@ def violations(package: str) -> list[str]:
             if top in forbidden or (allowed is not None and top not in allowed):
                 out.append(f"{rel}:{line}: imports {name}")
     return out
+
+
+def _module_name(rel: Path) -> str:
+    parts = rel.with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph(root: Path, package: str) -> dict[str, set[str]]:
+    """Module -> the modules of ``package`` it imports, at any depth. An import points at the
+    deepest module it names: ``from orchestrator import zoo`` at ``orchestrator.zoo``,
+    ``from orchestrator.zoo import read_zoo`` and ``import orchestrator.zoo.x`` at ``orchestrator.zoo``."""
+    files = {_module_name(p.relative_to(root)): p for p in sorted((root / package).rglob("*.py"))}
+
+    def known(name: str) -> str | None:
+        parts = name.split(".")
+        return next((m for m in (".".join(parts[:i]) for i in range(len(parts), 0, -1)) if m in files), None)
+
+    graph = {}
+    for name, path in files.items():
+        parts = path.relative_to(root).with_suffix("").parts
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets |= {known(alias.name) for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = _from_module(node, parts)
+                targets |= {known(f"{base}.{alias.name}") for alias in node.names}
+            elif isinstance(node, ast.Call) and (dynamic := _dynamic_import(node)) is not None:
+                targets.add(known(dynamic))
+        graph[name] = targets - {None, name}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of ``graph`` as ``[a, b, ..., a]``, or None."""
+    state: dict[str, str] = {}  # "open" while on the path, "done" after
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        state[node] = "open"
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                return path[path.index(nxt):] + [node, nxt] if nxt in path else [node, nxt]
+            if nxt not in state and (cycle := visit(nxt, path + [node])):
+                return cycle
+        state[node] = "done"
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node, [])):
+            return cycle
+    return None
+
+
+def test_orchestrator_modules_import_each_other_without_a_cycle():
+    graph = import_graph(ROOT, "orchestrator")
+    # the scanner sees the run manifest's importers (a graph without edges has no cycle either)
+    assert {"orchestrator.manifest", "orchestrator.run_report"} <= graph["orchestrator.coordinator"]
+    assert "orchestrator.manifest" in graph["orchestrator.run_report"]
+    assert not graph["orchestrator.manifest"] & {"orchestrator.coordinator", "orchestrator.run_report"}
+    cycle = find_cycle(graph)
+    assert cycle is None, "orchestrator imports in a cycle: " + " -> ".join(cycle)
+
+
+def test_a_cycle_through_a_function_local_import_is_found(tmp_path):
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from pkg import b\n")
+    (pkg / "b.py").write_text("import os\nfrom .sub import c\n")
+    (pkg / "sub" / "c.py").write_text("def f():\n    from ..a import thing\n")
+    graph = import_graph(tmp_path, "pkg")
+    assert graph == {"pkg": set(), "pkg.a": {"pkg.b"}, "pkg.b": {"pkg.sub.c"}, "pkg.sub": set(),
+                     "pkg.sub.c": {"pkg.a"}}
+    assert find_cycle(graph) == ["pkg.a", "pkg.b", "pkg.sub.c", "pkg.a"]
+    (pkg / "sub" / "c.py").write_text("import json\n")
+    assert find_cycle(import_graph(tmp_path, "pkg")) is None
 
 
 @pytest.mark.parametrize("package", sorted(RULES))

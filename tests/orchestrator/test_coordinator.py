@@ -16,8 +16,10 @@ import pandas as pd
 import pytest
 import yaml
 
+from medcore.errors import RunError
 from orchestrator import coordinator as co
 from orchestrator.data import SAMPLE_ROOT
+from orchestrator.manifest import SCHEMA, SEARCH_MANIFEST, Manifest, last_error_line
 from orchestrator.spec import parse_spec
 
 TINY = {"dataset": "adrenalmnist3d", "data_root": str(SAMPLE_ROOT), "budget": 4, "pop_size": 4, "fraction": 0.1,
@@ -67,7 +69,7 @@ class FakeLauncher:
 
 def plan(tmp_path, searches):
     spec = parse_spec({"searches": [{"name": n, "type": "ode", **TINY, "after": after} for n, after in searches]}, ".")
-    manifest = co.Manifest(tmp_path, {"run": "r", "zoo": str(tmp_path / "zoo"), "searches": {}})
+    manifest = Manifest(tmp_path, {"run": "r", "zoo": str(tmp_path / "zoo"), "searches": {}})
     co._plan(manifest, spec)
     return spec, manifest
 
@@ -122,14 +124,15 @@ def test_interrupt_stops_every_running_search_and_keeps_the_rest_pending(tmp_pat
 
 
 def test_last_error_line():
-    assert co.last_error_line("x\nTraceback\nValueError: bad\nmedtune: error: --budget: too small\nbye\n") == \
+    assert last_error_line("x\nTraceback\nValueError: bad\nmedtune: error: --budget: too small\nbye\n") == \
         "--budget: too small"
-    assert co.last_error_line("a\nRuntimeError: boom\ntrailing\n") == "RuntimeError: boom"
-    assert co.last_error_line("==== header\nonly line\n") == "only line"
+    assert last_error_line("a\nRuntimeError: boom\ntrailing\n") == "RuntimeError: boom"
+    assert last_error_line("==== header\nonly line\n") == "only line"
 
 
 def fake_run(run_dir: Path, states: dict, coordinator_pid=None) -> Path:
-    """A run folder as a coordinator leaves it: run.json and, for started searches, status.json."""
+    """A run folder as a coordinator leaves it: run.json and, for started searches, status.json.
+    Its run.json is as medtune wrote it before it recorded the manifest's schema (no ``schema``)."""
     import socket
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -169,7 +172,7 @@ def test_status_and_report_of_a_run_whose_coordinator_is_gone(tmp_path):
 
 
 def test_run_refusals_leave_no_run_behind(tmp_path):
-    from medcore.errors import ConfigError, RunError
+    from medcore.errors import ConfigError
 
     spec = write_spec(tmp_path / "spec.yaml", [{"name": "a", "type": "ode", **TINY}])
     with pytest.raises(ConfigError, match="--out is required"):
@@ -191,6 +194,45 @@ def test_resume_of_a_finished_run_does_nothing(tmp_path, capsys):
     assert "nothing to resume: all 2 searches" in capsys.readouterr().out
     assert (run_dir / "report.html").exists()  # written if the finished run had none
     assert json.loads((run_dir / "run.json").read_text())["searches"] == json.loads(manifest)["searches"]
+
+
+def test_a_new_run_names_its_schema_and_a_schemaless_one_still_resumes(tmp_path, monkeypatch):
+    """run.json with and without ``schema``: a new run writes it; a run written before it was
+    recorded loads, reports and resumes (resume's first save adds it)."""
+    driven = []
+    monkeypatch.setattr(co, "_drive", lambda run_dir, spec, manifest, names, *rest: driven.append(names) or 0)
+    spec = write_spec(tmp_path / "spec.yaml", [{"name": "a", "type": "ode", **TINY},
+                                               {"name": "b", "type": "ode", **TINY, "seed": 1}])
+    assert co.run(str(spec), str(tmp_path / "new")) == 0
+    assert next(iter(json.loads((tmp_path / "new" / "run.json").read_text()).items())) == ("schema", SCHEMA)
+
+    run_dir = fake_run(tmp_path / "old", {"a": "done", "b": "failed"})
+    shutil.copy(spec, run_dir / "spec.yaml")
+    assert "schema" not in json.loads((run_dir / "run.json").read_text())
+    assert [s["state"] for s in co.run_status(run_dir)["searches"]] == ["done", "failed"]
+    from orchestrator.run_report import write_report
+
+    assert 'id="b"' in write_report(run_dir).read_text()
+    assert co.resume(str(run_dir)) == 0 and driven == [["a", "b"], ["b"]]
+    saved = json.loads((run_dir / "run.json").read_text())
+    assert saved["schema"] == SCHEMA and saved["run"] == "r1" and saved["searches"]["a"]["state"] == "done"
+
+
+def test_another_kind_of_run_json_is_refused_in_one_line(tmp_path):
+    """A search's folder (its driver's run.json) and a manifest of another schema are not runs."""
+    from orchestrator import driver
+
+    assert driver.MANIFEST == SEARCH_MANIFEST  # the name the coordinator looks for in a search's folder
+    search = tmp_path / "search"
+    search.mkdir()
+    (search / "run.json").write_text(json.dumps({"search": "ode", "run": "ode-1", "config": {}}))
+    with pytest.raises(RunError, match=r"holds one 'ode' search \(its driver's run.json\), not a medtune run"):
+        co.run_status(search)
+    run_dir = fake_run(tmp_path / "run", {"a": "done"})
+    manifest = json.loads((run_dir / "run.json").read_text())
+    (run_dir / "run.json").write_text(json.dumps({**manifest, "schema": "medtune.coordinator-run/99"}))
+    with pytest.raises(RunError, match="has schema 'medtune.coordinator-run/99'.*another medtune version"):
+        co.resume(str(run_dir))
 
 
 # ---- end to end ----------------------------------------------------------------------------
