@@ -31,10 +31,13 @@ MAX_STRING = 4096
 QUOTE_LIMIT = 80
 
 
-def opt(default=None, help: str = "", flag: str | None = None, choices=None, factory=None, bounds=None):
+def opt(default=None, help: str = "", flag: str | None = None, choices=None, factory=None, bounds=None,
+        path: bool = False, literal=None):
     """A config field with its CLI help (and optional flag name, choices, and inclusive ``bounds``
-    checked by :func:`check_values`)."""
-    meta = {"help": help, "flag": flag, "choices": choices, "bounds": bounds}
+    checked by :func:`check_values`). ``path``: it holds a local file or folder (a spec resolves
+    a relative one against its own folder, :func:`path_fields`); ``literal(value)`` is true for
+    the values of such a field that name no path (kept as written, :func:`names_path`)."""
+    meta = {"help": help, "flag": flag, "choices": choices, "bounds": bounds, "path": path, "literal": literal}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -228,11 +231,12 @@ class SearchConfig:
     """What every search shares: the dataset, the run folder, resume, seed, resources."""
 
     dataset: str = opt("adrenalmnist3d", "MedMNIST flag, e.g. adrenalmnist3d, bloodmnist")
-    data_root: str | None = opt(None, "folder with the MedMNIST npz files (default: $MEDTUNE_DATA or ~/.medmnist)")
+    data_root: str | None = opt(None, "folder with the MedMNIST npz files (default: $MEDTUNE_DATA or ~/.medmnist)",
+                                path=True)
     size: int = opt(28, "image size: 28, 64, 128 or 224")
-    out: str = opt("results/run", "folder for tables, plots, summary.json and the Tune state")
-    storage: str | None = opt(None, "Tune storage path (default: <out>/tune)")
-    zoo: str | None = opt(None, "model zoo folder the search adds to (default: <out>/zoo)")
+    out: str = opt("results/run", "folder for tables, plots, summary.json and the Tune state", path=True)
+    storage: str | None = opt(None, "Tune storage path (default: <out>/tune)", path=True)
+    zoo: str | None = opt(None, "model zoo folder the search adds to (default: <out>/zoo)", path=True)
     resume: bool = opt(False, "continue the run stored in --out")
     seed: int = opt(0, "random seed of the search and its trainings", bounds=SEED_RANGE)
     resources: Resources = opt(factory=Resources)
@@ -280,6 +284,23 @@ def _location(location: str) -> str:
     return location if is_uri(location) else str(Path(location.removeprefix("file://")).expanduser().resolve())
 
 
+# ``--data`` of the DARTS search naming MONAI's test images rather than a file.
+SYNTHETIC = "synthetic"
+
+
+def _synthetic(value) -> bool:
+    """A ``data`` naming no file (a ``literal`` of :func:`opt`): 'synthetic', or blank (which
+    :meth:`DartsSearchConfig.validate` refuses in its own words)."""
+    return value == SYNTHETIC or (isinstance(value, str) and not value.strip())
+
+
+def _json_text(value) -> bool:
+    """A ``space`` naming no file (a ``literal`` of :func:`opt`): what
+    :func:`trainables.strategy.parse_space` reads as JSON text (blank: no overrides; starting
+    with '{'), or no string at all (:func:`from_dict` refuses it as one)."""
+    return not isinstance(value, str) or not value.strip() or value.lstrip().startswith("{")
+
+
 # ``--baseline`` of the ODE search: the tiny 3-block CNN, MONAI ResNets, or none.
 ODE_BASELINES = ("none", "tiny_cnn", "resnet10", "resnet18", "resnet34", "resnet50")
 
@@ -288,7 +309,7 @@ ODE_BASELINES = ("none", "tiny_cnn", "resnet10", "resnet18", "resnet34", "resnet
 class ODESearchConfig(SearchConfig):
     """ODE over the 3D cell space (paper 2.3, 3.2); defaults are the paper's."""
 
-    out: str = opt("results/ode", "folder for tables, plots, summary.json and the Tune state")
+    out: str = opt("results/ode", "folder for tables, plots, summary.json and the Tune state", path=True)
     budget: int = opt(200, "candidates to train (paper: 200)")
     pop_size: int = opt(20, "NP (paper: 20)")
     F: float = opt(0.5, "DE scale factor")
@@ -364,9 +385,10 @@ class BaseTrainOptions(FitOptions):
 class CompressSearchConfig(SearchConfig):
     """Surrogate-assisted CTAEA over pruning + quantization (paper section 3, 4.2-4.3)."""
 
-    out: str = opt("results/compress", "folder for tables, plots, summary.json and the Tune state")
+    out: str = opt("results/compress", "folder for tables, plots, summary.json and the Tune state", path=True)
     model: str = opt("resnet50", "base network: resnet10, resnet18, resnet34 or resnet50 (paper: resnet50)")
-    base_checkpoint: str | None = opt(None, "a trained base (train_base checkpoint folder); default: train one")
+    base_checkpoint: str | None = opt(None, "a trained base (train_base checkpoint folder); default: train one",
+                                      path=True)
     searcher: str = opt("surrogate", "surrogate-assisted CTAEA (paper section 3) or pure CTAEA on the real function",
                         choices=("surrogate", "ctaea"))
     budget: int = opt(100, "evaluations of the real function (paper: 100)")
@@ -430,6 +452,25 @@ def flag_of(f) -> str:
 def flag_names(cls) -> dict[str, str]:
     """Field path -> CLI flag, for rendering errors in the CLI's words."""
     return {path: flag_of(f) for path, f, _ in leaves(cls)}
+
+
+@functools.lru_cache(maxsize=None)
+def _path_leaves(cls) -> dict:
+    """Field path -> field, of every leaf of ``cls`` marked ``path`` (once per class)."""
+    return {path: f for path, f, _ in leaves(cls) if f.metadata.get("path")}
+
+
+def path_fields(cls) -> tuple[str, ...]:
+    """The field paths (``data_root``, ``fit.x``) of ``cls`` that hold a local file or folder, so
+    a spec resolves them against its own folder without keeping a list."""
+    return tuple(_path_leaves(cls))
+
+
+def names_path(cls, path: str, value) -> bool:
+    """Whether ``value`` of path field ``path`` names a path: not a value the field reads as
+    something else (``data: synthetic``, JSON text in ``space``)."""
+    literal = _path_leaves(cls)[path].metadata.get("literal")
+    return literal is None or not literal(value)
 
 
 def _scalar_type(tp):
@@ -553,13 +594,15 @@ class StrategySearchConfig(SearchConfig):
     NSGA-II over two objectives, over initialisation, normalisation, dropout, L1/L2, optimizer,
     learning rate and schedule, batch size and augmentation."""
 
-    out: str = opt("results/strategy", "folder for tables, plots, summary.json and the Tune state")
+    out: str = opt("results/strategy", "folder for tables, plots, summary.json and the Tune state", path=True)
     model: str = opt("tiny_cnn", "network: tiny_cnn, cell (an ODE cell network), resnet10/18/34/50")
     from_zoo: str | None = opt(None, "zoo model id: train its network (init 'pretrained' loads its weights); "
                                      "overrides --model")
-    checkpoint: str | None = opt(None, "weights for init 'pretrained': a folder holding model.pt, or a .pt state dict")
+    checkpoint: str | None = opt(None, "weights for init 'pretrained': a folder holding model.pt, or a .pt state dict",
+                                 path=True)
     metaspace: str | None = opt(None, "a MedNNS meta-space folder: train its top recommended model for this dataset "
-                                      "(its weights for init 'pretrained', a new classifier); overrides --model")
+                                      "(its weights for init 'pretrained', a new classifier); overrides --model",
+                                path=True)
     budget: int = opt(20, "trials (strategies trained)")
     objectives: str = opt("", "empty: one objective (best --metric; TPE + ASHA); two, e.g. "
                               "val_acc@10,val_acc@final: NSGA-II, every trial to --max-epochs (FIFO)")
@@ -568,7 +611,8 @@ class StrategySearchConfig(SearchConfig):
     grace_period: int = opt(2, "ASHA: epochs before the first rung")
     reduction_factor: int = opt(3, "ASHA: keep the top 1/reduction_factor at each rung")
     space: str | None = opt(None, "search-space overrides, JSON text or a .json file: option -> list of "
-                                  "choices (or [low, high] for lr and dropout), e.g. '{\"norm\": [\"batch\"]}'")
+                                  "choices (or [low, high] for lr and dropout), e.g. '{\"norm\": [\"batch\"]}'",
+                            path=True, literal=_json_text)
     optuna_storage: bool = opt(False, "keep the Optuna study in <out>/optuna.db (SQLite) for optuna-dashboard")
     augment_backend: str = opt("batched", "augmentation: whole batches on the device, or MONAI per sample",
                                choices=("batched", "loop"))
@@ -606,13 +650,13 @@ class DartsSearchConfig(SearchConfig):
     search in their frozen skips -> Stage III discrete cells (and skip baselines) on the same
     frozen U-Nets. Defaults are the paper's; CPU runs shrink sizes and epochs."""
 
-    out: str = opt("results/darts", "folder for tables, plots, summary.json and the Tune state")
+    out: str = opt("results/darts", "folder for tables, plots, summary.json and the Tune state", path=True)
     # glibc malloc in the trial workers: under jemalloc with decay off a Stage II worker's RSS grew
     # by 0.59 GB every bilevel step (freed pages never reused; 9.1 GB after 12 steps at batch 16,
     # 64 px) while glibc held 3.0 GB at the same step time (docs/darts.md, "Memory")
     resources: Resources = opt(factory=lambda: Resources(jemalloc=False))
-    data: str = opt("synthetic", "a Decathlon folder (dataset.json, imagesTr/, labelsTr/), its .npz copy, "
-                                 "or 'synthetic' (MONAI test images)")
+    data: str = opt(SYNTHETIC, "a Decathlon folder (dataset.json, imagesTr/, labelsTr/), its .npz copy, "
+                               "or 'synthetic' (MONAI test images)", path=True, literal=_synthetic)
     dataset: str = opt("segmentation", "unused by this search: the dataset is named by --data")
     size: int = opt(128, "pixels per axis after centre pad/crop, a multiple of 32 (paper: 128)")
     spatial_dims: int = opt(2, "2: axial slices, 3: whole volumes", choices=(2, 3))
@@ -694,7 +738,7 @@ class DartsSearchConfig(SearchConfig):
         if features is not None and len(features) != 6:
             raise ConfigError(f"needs 6 comma-separated ints, got {len(features)}", "unet_features")
         data = str(self.data)
-        if data != "synthetic" and not Path(data).expanduser().exists():
+        if data != SYNTHETIC and not Path(data).expanduser().exists():
             raise ConfigError(f"{clip(data)} not found; give a Decathlon folder (with dataset.json), an .npz copy, "
                               "or 'synthetic'", "data")
 
@@ -711,7 +755,7 @@ class MedNNSSearchConfig(SearchConfig):
     """MedNNS (supernet zoo + meta-space, paper 2 A.1-B, 3): one supernet per dataset, its zoo,
     a meta-space per leave-one-out target, and the recommended model fine-tuned on the target."""
 
-    out: str = opt("results/mednns", "folder for tables, plots, summary.json and the Tune state")
+    out: str = opt("results/mednns", "folder for tables, plots, summary.json and the Tune state", path=True)
     dataset: str = opt("", "set from --datasets (mednns reads --datasets)")
     datasets: str = opt("", "comma-separated MedMNIST flags, all 2D or all 3D; each is held out once (>= 2)")
     supernet_epochs: int = opt(4, "supernet training epochs per dataset")

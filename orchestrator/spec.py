@@ -8,7 +8,7 @@ searches:
     type: ode              # a registry name
     after: []              # names (or expanded groups) this search waits for
     dataset: adrenalmnist3d
-    data_root: ../orchestrator/sample_data   # relative paths: against the spec file's folder
+    data_root: ../orchestrator/sample_data   # relative paths (any path field): against the spec's folder
     fit: {max_epochs: 2}   # any field of the search's config class; nested ones as mappings
   - name: many
     type: compress
@@ -35,7 +35,7 @@ from pathlib import Path
 
 from medcore.errors import ConfigError, MedtuneError
 from orchestrator import registry
-from orchestrator.config import MAX_STRING, from_dict, key_text, quote
+from orchestrator.config import MAX_STRING, from_dict, key_text, names_path, path_fields, quote
 
 TOP_LEVEL = ("storage", "zoo", "searches")
 ENTRY_KEYS = ("name", "type", "after", "datasets")
@@ -43,8 +43,6 @@ ENTRY_KEYS = ("name", "type", "after", "datasets")
 COORDINATOR_FIELDS = {"out": "each search's folder is <run folder>/<name>",
                       "resume": "`medtune resume RUN_DIR` resumes what is unfinished",
                       "zoo": "set the spec's top-level `zoo:` (shared by every search)"}
-# Config fields holding a local path, resolved against the spec file's folder when relative.
-PATH_FIELDS = ("data_root", "storage", "base_checkpoint")
 NAME = re.compile(r"[a-z0-9_-]+")
 NAME_MAX = 100  # a search name is a folder name, and expanded names add '-<flag>'
 # A spec is written by hand: limits that no real spec reaches and that keep a malformed one cheap
@@ -297,9 +295,7 @@ def _entries(item, i: int, base_dir: Path) -> list[SearchEntry]:
             raise ConfigError(f"set by the coordinator, not the spec ({why}); remove it", f"{where}.{key}")
     if isinstance(fields.get("resources"), dict) and "address" in fields["resources"]:
         raise ConfigError("set by the coordinator (`medtune run --address`); remove it", f"{where}.resources.address")
-    for key in PATH_FIELDS:
-        if key in fields:
-            fields[key] = _path_value(fields[key], f"{where}.{key}", base_dir)
+    fields = _resolve_paths(_config_cls(kind, where), fields, where, base_dir)
     datasets = item.get("datasets")
     if datasets is not None and _has_field(kind, "datasets", where):
         # a search over several datasets at once (mednns): the list is its own field, not a fan-out
@@ -403,6 +399,26 @@ def check_dataset_file(cfg, prefix: str = "", dataset_field: str = "dataset", fl
         field = "data_root" if cfg.data_root is not None else dataset_field
         raise ConfigError(f"dataset file {path} not found; put the file there or set data_root", prefix + field)
     return path
+
+
+def _resolve_paths(cls, fields: dict, where: str, base_dir: Path) -> dict:
+    """``fields`` with each path field of ``cls`` (:func:`orchestrator.config.path_fields`) that
+    names a path resolved by :func:`_path_value`, a nested one (``fit.x``) inside its mapping.
+    Mappings are copied, never changed (``datasets:`` entries share them); a nested section
+    that is no mapping is left to :func:`from_dict` to refuse."""
+    out = dict(fields)
+    for path in path_fields(cls):
+        *parents, leaf = path.split(".")
+        node = out
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                break
+            node[part] = dict(node[part])
+            node = node[part]
+        else:
+            if leaf in node and names_path(cls, path, node[leaf]):
+                node[leaf] = _path_value(node[leaf], f"{where}.{path}", base_dir)
+    return out
 
 
 def _path_value(value, field: str, base_dir: Path) -> str | None:

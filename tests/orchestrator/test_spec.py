@@ -1,13 +1,17 @@
 """The YAML spec (fast, no Ray): every refusal is one line naming the field path; expansion of
 ``datasets:``, topological order, relative paths against the spec file's folder."""
+import typing
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 
 from medcore.errors import ConfigError
+from orchestrator import registry
+from orchestrator.config import SearchConfig, leaves, opt, path_fields
 from orchestrator.data import SAMPLE_ROOT
-from orchestrator.spec import load_spec, parse_spec
+from orchestrator.spec import _resolve_paths, load_spec, parse_spec
 
 SAMPLE = {"dataset": "adrenalmnist3d", "data_root": str(SAMPLE_ROOT)}
 
@@ -195,3 +199,81 @@ def test_a_search_with_its_own_datasets_field_takes_the_list_whole(tmp_path):
 def test_a_segmentation_search_needs_no_medmnist_file():
     spec = parse_spec({"searches": [{"name": "iac", "type": "darts", "data": "synthetic", "size": 32}]}, ".")
     assert spec.searches[0].config.data == "synthetic"
+
+
+def test_every_searchs_path_fields_resolve_against_the_spec_folder(tmp_path, monkeypatch):
+    """Not only data_root / storage / base_checkpoint: darts' data and strategy's checkpoint,
+    metaspace and space (a .json file) too; absolute paths, 'synthetic' and JSON text stay."""
+    folder = tmp_path / "specs"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "x.npz").write_bytes(b"")  # the spec checks only that it exists
+    (folder / "ckpt").mkdir()
+    (folder / "ckpt" / "model.pt").write_bytes(b"")
+    (folder / "meta").mkdir()
+    (folder / "space.json").write_text('{"norm": ["batch"]}')
+    strategy = {"type": "strategy", "dataset": "adrenalmnist3d", "data_root": str(SAMPLE_ROOT)}
+    (folder / "s.yaml").write_text(yaml.safe_dump({"searches": [
+        {"name": "iac", "type": "darts", "data": "sub/x.npz", "size": 32},
+        {"name": "iac-synth", "type": "darts", "data": "synthetic", "size": 32},
+        {"name": "st", **strategy, "checkpoint": "ckpt", "metaspace": "./meta", "space": "space.json"},
+        {"name": "st-json", **strategy, "checkpoint": str(folder / "ckpt" / "model.pt"),
+         "space": '{"norm": ["batch"]}'}]}))
+    monkeypatch.chdir(tmp_path)  # any other working directory
+    spec = load_spec(folder / "s.yaml")
+    darts, synth, st, st_json = (spec.entry(n).config for n in ("iac", "iac-synth", "st", "st-json"))
+    assert darts.data == str((folder / "sub" / "x.npz").resolve()) and synth.data == "synthetic"
+    assert (st.checkpoint, st.metaspace, st.space) == tuple(str((folder / p).resolve())
+                                                           for p in ("ckpt", "meta", "space.json"))
+    assert st.data_root == str(SAMPLE_ROOT)  # absolute: kept
+    assert (st_json.checkpoint, st_json.space) == (str(folder / "ckpt" / "model.pt"), '{"norm": ["batch"]}')
+
+
+def test_a_path_field_that_is_not_a_path_names_its_field():
+    text = refusal({"searches": [{"name": "st", "type": "strategy", **SAMPLE, "metaspace": 5}]})
+    assert text == "searches[0].metaspace: expected a path, got 5"
+    text = refusal({"searches": [{"name": "iac", "type": "darts", "data": " ", "size": 32}]})
+    assert text.startswith("searches[0].data: must name a Decathlon folder")  # the config's own words
+
+
+# Every field holding a local file or folder, per search; a new one must be marked path=True
+# in orchestrator/config.py (the spec resolves exactly these) and listed here.
+SHARED_PATHS = {"data_root", "out", "storage", "zoo"}
+EXPECTED_PATHS = {"ode": SHARED_PATHS, "compress": SHARED_PATHS | {"base_checkpoint"},
+                  "strategy": SHARED_PATHS | {"checkpoint", "metaspace", "space"},
+                  "mednns": SHARED_PATHS, "darts": SHARED_PATHS | {"data"}}
+# Names that suggest a path, whichever search gains such a field.
+PATH_NAMES = {"data", "space", "out", "zoo", "storage", "checkpoint", "metaspace"}
+PATH_SUFFIXES = ("_root", "_dir", "_path", "_file", "_folder", "_checkpoint", "_storage")
+
+
+def test_every_config_field_holding_a_path_is_marked():
+    assert set(EXPECTED_PATHS) == set(registry.BUILTIN)
+    for name, expected in EXPECTED_PATHS.items():
+        cls = registry.config_cls(name)
+        assert set(path_fields(cls)) == expected, name
+        suggested = {path for path, f, tp in leaves(cls) if str in (tp, *typing.get_args(tp))
+                     and (f.name in PATH_NAMES or f.name.endswith(PATH_SUFFIXES))}
+        assert suggested <= set(path_fields(cls)), name
+
+
+@dataclass
+class _Weights:
+    file: str | None = opt(None, "weights", path=True)
+    strict: bool = opt(True, "strict loading")
+
+
+@dataclass
+class _NestedConfig(SearchConfig):
+    weights: _Weights = opt(factory=_Weights)
+
+
+def test_a_nested_path_field_resolves_inside_its_mapping(tmp_path):
+    assert "weights.file" in path_fields(_NestedConfig)
+    fields = {"weights": {"file": "w.pt", "strict": False}, "data_root": "d"}
+    out = _resolve_paths(_NestedConfig, fields, "searches[0]", tmp_path)
+    assert out == {"weights": {"file": str((tmp_path / "w.pt").resolve()), "strict": False},
+                   "data_root": str((tmp_path / "d").resolve())}
+    assert fields == {"weights": {"file": "w.pt", "strict": False}, "data_root": "d"}  # not changed
+    assert _resolve_paths(_NestedConfig, {"weights": 5}, "searches[0]", tmp_path) == {"weights": 5}
+    with pytest.raises(ConfigError, match=r"^searches\[0\]\.weights\.file: expected a path, got 3$"):
+        _resolve_paths(_NestedConfig, {"weights": {"file": 3}}, "searches[0]", tmp_path)
