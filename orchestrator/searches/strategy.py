@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -113,6 +114,26 @@ def objective_setup(cfg: StrategySearchConfig) -> tuple[list[str], list[str]]:
     return (keys, ["max"] * len(keys)) if keys else ([f"best_{cfg.fit.metric}"], ["max"])
 
 
+class PicklableLock:
+    """A ``threading.Lock`` that pickles (as a fresh, unlocked lock). Optuna 5's GA samplers
+    (NSGA-II) hold a bare lock, so Ray could neither checkpoint nor resume the searcher."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+
+    def __enter__(self):
+        return self._lock.__enter__()
+
+    def __exit__(self, *exc):
+        return self._lock.__exit__(*exc)
+
+    def __getstate__(self):
+        return {}
+
+    def __setstate__(self, _state):
+        self._lock = threading.Lock()
+
+
 def make_searcher(cfg: StrategySearchConfig, space: dict, storage_url: str | None = None, study_name: str = "strategy",
                   default: dict | None = None):
     """The Optuna searcher over ``space``; ``default`` (the default recipe, :func:`default_strategy`
@@ -123,6 +144,8 @@ def make_searcher(cfg: StrategySearchConfig, space: dict, storage_url: str | Non
     if len(metrics) == 2:
         population = max(4, min(50, cfg.budget // 3))
         sampler = optuna.samplers.NSGAIISampler(population_size=population, seed=cfg.seed)
+        if hasattr(sampler, "_thread_lock"):  # optuna>=5: make the sampler picklable
+            sampler._thread_lock = PicklableLock()
         metric, mode = metrics, modes
     else:
         sampler = optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=min(10, max(2, cfg.budget // 3)))

@@ -296,3 +296,19 @@ def test_metaspace_recommendation_becomes_the_pretrained_network(tmp_path, monke
     assert "head.weight" not in state and torch.equal(state["features.0.weight"], source.features[0].weight)
     model = Strategy(init="pretrained", dropout=0.2).apply_structure(call_builder(net), 3, pretrained=state)
     assert torch.equal(model.features[0].weight, source.features[0].weight) and model.head[1].out_features == 1
+
+
+def test_the_nsga2_searcher_pickles_as_tune_saves_it(tmp_path):
+    """Optuna 5's NSGA-II sampler holds a bare lock; Tune pickles the searcher (Tuner state,
+    save/restore), so the searcher must survive plain pickle and keep sampling after it."""
+    import pickle
+
+    cfg = _cfg(tmp_path, budget=4, objectives="val_acc@2,val_acc@final", fit=StrategyFitOptions(max_epochs=3))
+    searcher = make_searcher(cfg, parse_space(cfg.space))
+    searcher.set_search_properties(None, None, {})
+    searcher.save(str(tmp_path / "s.pkl"))
+    again = make_searcher(cfg, parse_space(cfg.space))
+    again.restore(str(tmp_path / "s.pkl"))
+    assert again.suggest("t1")["lr"] in LR_SPACE["lr"]
+    with pickle.loads(pickle.dumps(again._sampler))._thread_lock:  # a working, unlocked lock
+        pass
