@@ -311,7 +311,7 @@ class ODESearchConfig(SearchConfig):
 
     out: str = opt("results/ode", "folder for tables, plots, summary.json and the Tune state", path=True)
     budget: int = opt(200, "candidates to train (paper: 200)")
-    pop_size: int = opt(20, "NP (paper: 20)")
+    pop_size: int = opt(20, "NP, the population size (the paper does not state it; 20 is medtune's default)")
     F: float = opt(0.5, "DE scale factor")
     CR: float = opt(0.5, "DE crossover rate")
     jump_rate: float = opt(0.3, "JR, generation jumping probability")
@@ -372,6 +372,11 @@ def _base_recipe() -> FitOptions:
     return FitOptions(max_epochs=100, patience=0, weight_decay=1e-3)
 
 
+# fit field -> the only value compress accepts: train_base's FitConfig never sets these, so its base
+# network trains at trainables.fit.FitConfig's defaults whatever the config says
+COMPRESS_FIT_FIXED = {"head_bias": "default", "precision": "auto", "memory_format": "auto"}
+
+
 @dataclass
 class BaseTrainOptions(FitOptions):
     """The base network's recipe; its epochs flag is ``--train-epochs``."""
@@ -379,6 +384,19 @@ class BaseTrainOptions(FitOptions):
     max_epochs: int = opt(100, "epochs to train the base (MedMNIST: 100)", flag="--train-epochs")
     patience: int = opt(0, "early stopping on val loss (0: the recipe's fixed epoch count)")
     weight_decay: float = opt(1e-3, "Adam L2 penalty (MedMNIST: 1e-3)")
+    # the base's trainable (trainables.compress_trial.train_base) reads none of these three: only
+    # COMPRESS_FIT_FIXED is accepted (CompressSearchConfig.check)
+    head_bias: str = opt("default", "not read by compress (its base network trains with PyTorch's default output "
+                         "bias); only 'default' is accepted", choices=HEAD_BIAS)
+    precision: str = opt("auto", "not read by compress (its base network trains at the fit loop's default, auto); "
+                         "only 'auto' is accepted", choices=("auto", "fp32", "bf16", "fp16"))
+    memory_format: str = opt("auto", "not read by compress (its base network trains at the fit loop's default, "
+                             "auto); only 'auto' is accepted", choices=("auto", "channels_last", "contiguous"))
+
+
+# Pure CTAEA (``searcher: ctaea``) trains nothing but evaluates each point on the real function as
+# one Tune trial: ``ctaea_pop x ctaea_gens`` at most this many (20x the paper's 100, section 4.3).
+CTAEA_MAX_EVALUATIONS = 2000
 
 
 @dataclass
@@ -391,11 +409,14 @@ class CompressSearchConfig(SearchConfig):
                                       path=True)
     searcher: str = opt("surrogate", "surrogate-assisted CTAEA (paper section 3) or pure CTAEA on the real function",
                         choices=("surrogate", "ctaea"))
-    budget: int = opt(100, "evaluations of the real function (paper: 100)")
-    initial: int = opt(50, "Latin hypercube initial sample (paper: 50)")
-    infill: int = opt(2, "infill points per iteration (paper: 2)")
-    ctaea_pop: int = opt(50, "CTAEA population (pure CTAEA: 20 or 10)")
-    ctaea_gens: int = opt(1000, "CTAEA generations (pure CTAEA: 5 or 10)")
+    budget: int = opt(100, "surrogate only: evaluations of the real function (paper: 100); searcher ctaea "
+                      "evaluates ctaea_pop x ctaea_gens points and refuses another value")
+    initial: int = opt(50, "surrogate only: Latin hypercube initial sample (paper: 50); refused with searcher ctaea")
+    infill: int = opt(2, "surrogate only: infill points per iteration (paper: 2); refused with searcher ctaea")
+    ctaea_pop: int = opt(50, "CTAEA population: surrogate, on the surrogates (paper: 50); ctaea, on the real "
+                         "function (paper: 20 or 10)")
+    ctaea_gens: int = opt(1000, "CTAEA generations: surrogate, on the surrogates (paper: 1000); ctaea, on the real "
+                          f"function (paper: 5 or 10; ctaea_pop x ctaea_gens at most {CTAEA_MAX_EVALUATIONS})")
     inference_batch: int = opt(128, "batch of the timed CPU inference")
     inference_repeats: int = opt(5, "timed runs (median is kept)")
     constraint_metric: str = opt("accuracy", "test metric of the constraint of eq. (1): a feasible candidate keeps "
@@ -423,7 +444,32 @@ class CompressSearchConfig(SearchConfig):
         if self.searcher == "surrogate" and self.budget < self.initial:
             raise ConfigError(f"must be at least the initial sample `initial` ({self.initial}), got {self.budget}",
                               "budget")
+        if self.searcher == "ctaea":
+            self._check_ctaea()
         self.fit.check()
+        unread = [name for name, value in COMPRESS_FIT_FIXED.items() if getattr(self.fit, name) != value]
+        if unread:
+            got = ", ".join(f"`fit.{name}`={getattr(self.fit, name)}" for name in unread)
+            fixed = ", ".join(f"{name}={value}" for name, value in COMPRESS_FIT_FIXED.items())
+            raise ConfigError(f"compress does not support {got}: its base network always trains with {fixed}; "
+                              f"drop the setting", f"fit.{unread[0]}")
+
+    def _check_ctaea(self):
+        """Pure CTAEA reads neither ``budget``, ``initial`` nor ``infill`` (it evaluates
+        ``ctaea_pop`` x ``ctaea_gens`` points of the real function): a value other than the default
+        would be ignored, so it is refused, and so is an evaluation count past
+        :data:`CTAEA_MAX_EVALUATIONS` (the defaults, sized for the surrogates, give 50,000)."""
+        defaults = {f.name: f.default for f in fields(self) if f.name in ("budget", "initial", "infill")}
+        ignored = [f"`{name}`={getattr(self, name)}" for name, default in defaults.items()
+                   if getattr(self, name) != default]
+        if ignored:
+            raise ConfigError(f"ctaea does not read {', '.join(ignored)} (surrogate only; pure CTAEA evaluates "
+                              f"`ctaea_pop` x `ctaea_gens` points): drop them or use searcher surrogate", "searcher")
+        evaluations = self.ctaea_pop * self.ctaea_gens
+        if evaluations > CTAEA_MAX_EVALUATIONS:
+            raise ConfigError(f"searcher ctaea would evaluate `ctaea_pop` x `ctaea_gens` = {self.ctaea_pop} x "
+                              f"{self.ctaea_gens} = {evaluations} real points, more than {CTAEA_MAX_EVALUATIONS}; "
+                              f"the paper's pure CTAEA is 20 x 5 or 10 x 10", "ctaea_gens")
 
 
 # ---- dataclass tree <-> flags and dicts -------------------------------------------------

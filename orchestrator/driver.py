@@ -158,7 +158,8 @@ def check_manifest(search: Search, cfg, out: Path) -> dict:
     """The run folder holds this search's run, or nothing: returns its manifest (a new one
     is written once the run's checks have passed).
 
-    Refused: a folder holding another search's run; ``--resume`` where there is nothing to
+    Refused: a folder holding another search's run, or a run.json that is no search's manifest
+    (the coordinator's, one without a search name or run id); ``--resume`` where there is nothing to
     resume; a fresh start over an existing run (it would be overwritten).
     """
     path = out / MANIFEST
@@ -166,8 +167,14 @@ def check_manifest(search: Search, cfg, out: Path) -> dict:
     if manifest is None and _has_experiments(cfg):
         raise RunError(f"{out} holds a run medtune cannot identify (Tune state without {MANIFEST}); "
                        f"choose another --out")
-    if manifest is not None and manifest.get("search") != search.name:
-        raise RunError(f"{out} holds a '{manifest.get('search')}' run, not a '{search.name}' run; "
+    broken = None if manifest is None else _not_a_search_manifest(manifest)
+    if broken:
+        raise RunError(f"{out} holds {broken}; choose another --out")
+    if manifest is not None and manifest["search"] != search.name:
+        raise RunError(f"{out} holds a '{manifest['search']}' run, not a '{search.name}' run; "
+                       f"choose another --out")
+    if manifest is not None and not (isinstance(manifest.get("run"), str) and manifest["run"]):
+        raise RunError(f"{out} holds a '{search.name}' {MANIFEST} without a run id (its 'run' field); "
                        f"choose another --out")
     if cfg.resume and manifest is None:
         raise RunError(f"nothing to resume in {out} (no run there); drop --resume to start a new run")
@@ -178,6 +185,18 @@ def check_manifest(search: Search, cfg, out: Path) -> dict:
         manifest = {"search": search.name, "run": f"{search.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
                     "created": time.time(), "config": cfg.to_dict()}
     return manifest
+
+
+def _not_a_search_manifest(manifest) -> str | None:
+    """What a run folder's run.json holds when it is not a search's manifest, in words; None when
+    it is one (a JSON object naming its search)."""
+    if not isinstance(manifest, dict):
+        return f"a {MANIFEST} that is not a JSON object (a {type(manifest).__name__})"
+    if "searches" in manifest:  # orchestrator.manifest: the coordinator's, one folder above the searches'
+        return f"a spec run (the coordinator's {MANIFEST}, from `medtune run`), not one search's run"
+    if not (isinstance(manifest.get("search"), str) and manifest["search"]):
+        return f"a {MANIFEST} without a search name (its 'search' field)"
+    return None
 
 
 def _has_experiments(cfg) -> bool:

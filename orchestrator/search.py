@@ -52,8 +52,6 @@ class Search:
     description: str = ""
     config_cls: type = object
     stage_names: tuple[str, ...] = ()
-    # experiment names under the storage path (for run-folder checks); default: the stage names
-    experiment_names: tuple[str, ...] = ()
 
     def load_data(self, cfg):
         """The dataset, loaded once by the driver and shared with every trial via Ray."""

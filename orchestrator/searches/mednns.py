@@ -47,7 +47,6 @@ class MedNNSSearch(Search):
     description = "MedNNS: per-dataset supernets, their zoo, a leave-one-out meta-space and its recommendation"
     config_cls = MedNNSSearchConfig
     stage_names = ("supernets", "zoo", "metaspace", "query")
-    experiment_names = (SUPERNETS, ZOO, FINETUNE)
 
     def load_data(self, cfg):
         """Every dataset of ``--datasets`` (name -> MedMNISTData)."""
