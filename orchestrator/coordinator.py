@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medcore.errors import ConfigError, ResourceError, RunError
+from orchestrator import registry
 from orchestrator.manifest import (DONE, FAILED, INTERRUPTED, MANIFEST, PENDING, RUNNING, SEARCH_MANIFEST, SKIPPED,
                                    SPEC_COPY, Manifest, last_error_line, read_manifest)
 from orchestrator.run_report import write_report
@@ -217,6 +218,14 @@ class LocalLauncher:
             launch.proc.kill()
 
 
+def job_runtime_env() -> dict | None:
+    """The runtime env of a search's Ray job: the plugin searches this coordinator knows
+    (``MEDTUNE_SEARCHES``), so the job's driver resolves the same search names. The plugin's
+    module must be importable on the cluster (installed there, like medtune itself)."""
+    plugins = os.environ.get(registry.ENV, "").strip()
+    return {"env_vars": {registry.ENV: plugins}} if plugins else None
+
+
 class JobLauncher:
     """Each search as a Ray job on the cluster at a dashboard address (Jobs SDK)."""
 
@@ -247,7 +256,7 @@ class JobLauncher:
         job_id = job_id or self.submission_id(name, attempt)
         if self.status(job_id) is None:
             self.client.submit_job(entrypoint=shlex.join(search_command(self.python, kind, config)),
-                                   submission_id=job_id,
+                                   submission_id=job_id, runtime_env=job_runtime_env(),
                                    metadata={"medtune_run": self.run_id, "medtune_search": name})
         return Launch(name, job_id=job_id)
 

@@ -150,9 +150,10 @@ def test_an_unexpected_error_is_one_line_with_the_resume_hint(tmp_path, capsys, 
 
 # ---- 7. one driver per run folder, whatever the timing ---------------------------------------
 def _driver(out: Path, *extra: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "orchestrator.cli", "search", "ode", *SAMPLE, "--out", str(out),
+    cmd = [sys.executable, "-m", "orchestrator.cli", "search", "toy", "--out", str(out),
            "--cpus-per-trial", "64", *extra]  # the winner stops at the resource check, after the lock
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+           registry.ENV: "toy=tests.orchestrator.toy_search:ToySearch"}  # no torch to import: the race is tighter
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
 
 
@@ -163,11 +164,11 @@ def test_two_drivers_on_one_out_folder_one_is_refused(tmp_path):
         out = tmp_path / f"run{attempt}"
         extra = []
         if attempt % 2:
-            _manifest(out, "ode")
+            _manifest(out, "toy")
             extra = ["--resume"]
         first, second = _driver(out, *extra), _driver(out, *extra)
         errors = [p.communicate(timeout=180)[1] for p in (first, second)]
-        locked = [e for e in errors if "is in use by another ode driver" in e]
+        locked = [e for e in errors if "is in use by another toy driver" in e]
         passed = [e for e in errors if "--cpus-per-trial 64 is more than any node" in e]
         assert len(locked) == 1 and len(passed) == 1, errors
         assert first.returncode == second.returncode == 2

@@ -19,6 +19,9 @@ class ToyConfig(SearchConfig):
     fail: str = opt("", "indices that raise (comma separated), or 'all'")
     sleep: float = opt(0.0, "seconds each trial sleeps")
 
+    def medmnist_flags(self) -> list[str]:
+        return []  # the toy reads no data
+
 
 def toy_trainable(config, log: str, fail: str, sleep: float):
     from ray import tune
@@ -36,6 +39,9 @@ class ToySearch(Search):
     description = "test-only search"
     config_cls = ToyConfig
     stage_names = ("search",)
+
+    def load_data(self, cfg):
+        return None  # the toy reads no data
 
     def stages(self, ctx):
         return [Stage("search", self.search)]
