@@ -722,6 +722,9 @@ class DartsSearchConfig(SearchConfig):
     runs: int = opt(1, "Stage III / baseline runs per genotype and baseline (seeds seed, seed+1, ...)")
     baselines: str = opt("attention,nested", "skip baselines on the same frozen U-Nets, comma separated "
                                              "(attention, nested; '' for none)")
+    implant: str = opt("replace", "how the Stage II/III cells enter the decoder: replace (the paper's: the cell's "
+                                  "output replaces the skip tensor) or residual (skip + cell, its last 1x1 conv "
+                                  "zero-initialised: it starts as the frozen U-Net)", choices=("replace", "residual"))
 
     def medmnist_flags(self) -> list[str]:
         return []  # --data names a Decathlon folder, its npz or "synthetic"; checked by validate
@@ -756,6 +759,8 @@ class DartsSearchConfig(SearchConfig):
 
         if self.spatial_dims not in (2, 3):
             raise ConfigError(f"must be 2 or 3, got {self.spatial_dims}", "spatial_dims")
+        if self.implant not in ("replace", "residual"):  # argparse checks the flag; this, a spec or the API
+            raise ConfigError(f"unknown implant {quote(self.implant)}; known: replace, residual", "implant")
         if not self.backbones():
             raise ConfigError("must name at least one backbone", "backbone")
         for b in self.backbones():

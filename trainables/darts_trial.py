@@ -9,6 +9,8 @@ batch first updates alpha/beta on a ``val_search`` batch (Adam, lr 1e-3) and the
 weights on a ``train_search`` batch (SGD, lr 0.01, momentum 0, no weight decay), with cosine
 power annealing of the weight learning rate (sharpDARTS) and the Dice loss. Every epoch reports
 the val_search Dice and the derived genotype; the driver keeps the snapshot epochs.
+``implant`` (``replace``, the paper's, or ``residual``: skip + cell with a zero-initialised output
+conv, :data:`~trainables.nets.iac_cell.IMPLANTS`) is the same in Stage II and Stage III.
 
 The loop is :func:`trainables.fit.fit` with a bilevel :class:`BilevelStep` (the architecture
 step draws its batches through ``StepContext.next_batch("val_search")``), so checkpoint/resume
@@ -23,13 +25,14 @@ import torch
 from torch import nn
 
 from trainables.fit import FitConfig, StepContext, TrainStep, fit, set_threads_from_ray
-from trainables.nets.iac_cell import ArchParameters, DiscreteCell, Genotype, search_cells
+from trainables.nets.iac_cell import REPLACE, ArchParameters, DiscreteCell, Genotype, search_cells
 from trainables.tasks import SegmentationTask
 
 TRAIN_SEARCH, VAL_SEARCH = "train_search", "val_search"
 IAC = "iac"  # the skip name of Stage III models
 DEFAULTS = {"epochs": 200, "warmup": 15, "k": 4, "tan_beta": True, "batch_size": 128, "w_lr": 0.01,
-            "arch_lr": 1e-3, "annealing_power": 10.0, "w_lr_min": 0.0, "seed": 0, "device": "auto"}
+            "arch_lr": 1e-3, "annealing_power": 10.0, "w_lr_min": 0.0, "seed": 0, "device": "auto",
+            "implant": REPLACE}
 
 
 def cosine_power_annealing(epoch: int, epochs: int, lr_max: float, lr_min: float = 0.0, power: float = 10.0) -> float:
@@ -134,7 +137,7 @@ def run_search(unet: nn.Module, data, config: dict, *, save_state=None, resume_s
     spatial_dims = data.info.spatial_dims
     torch.manual_seed(int(c["seed"]))
     arch = ArchParameters(tan_beta=bool(c["tan_beta"]))
-    cells = search_cells(unet.skip_channels(), arch, int(c["k"]), spatial_dims)
+    cells = search_cells(unet.skip_channels(), arch, int(c["k"]), spatial_dims, implant=str(c["implant"]))
     model = implant(unet, cells)
     step = step_cls(arch, warmup=int(c["warmup"]), epochs=int(c["epochs"]), arch_lr=float(c["arch_lr"]),
                     w_lr=float(c["w_lr"]), w_lr_min=float(c["w_lr_min"]), power=float(c["annealing_power"]))
@@ -162,10 +165,12 @@ def search_trial(config: dict, data=None, unets=None) -> None:
                save_state=TuneCheckpointing(metrics=lambda row: {**meta, **row}), resume_state=resume_state())
 
 
-def discrete_skip(level: int, channels, spatial_dims: int, genotype: dict) -> DiscreteCell:
-    """``SkipUNet.make_skips`` factory of Stage III: level ``level``'s discrete cell of ``genotype``."""
+def discrete_skip(level: int, channels, spatial_dims: int, genotype: dict, implant: str = REPLACE) -> DiscreteCell:
+    """``SkipUNet.make_skips`` factory of Stage III: level ``level``'s discrete cell of ``genotype``,
+    implanted as ``implant`` (``replace`` or ``residual``; it travels in ``skip_kwargs``, so the
+    zoo's builder rebuilds the same form)."""
     enc, dec = channels[level]
-    return DiscreteCell(Genotype.from_dict(genotype), enc, dec, spatial_dims)
+    return DiscreteCell(Genotype.from_dict(genotype), enc, dec, spatial_dims, implant=implant)
 
 
 def skips_trial(config: dict, data=None, unets=None) -> None:
@@ -205,7 +210,9 @@ def memory_estimates(data, backbone: str, unet_kwargs: dict, k: int, baselines=(
     continuous cells of every skip (14 mixed edges x 8 operations per level: most of the memory,
     and the bilevel step runs its two forward/backward passes one after the other); Stage III
     the heaviest discrete cell (:func:`worst_genotype`) or skip baseline on the frozen U-Net.
-    ``jemalloc``: the trial workers preload it (the search's default is glibc, see its config)."""
+    ``jemalloc``: the trial workers preload it (the search's default is glibc, see its config).
+    The cells are simulated in the ``replace`` form: ``residual`` adds one skip-shaped sum per
+    level, next to the 14 mixed edges' tensors (negligible)."""
     from trainables.memory import batch_estimate, held_bytes
     from trainables.nets.skip_baselines import BASELINES
     from trainables.nets.unets import build_unet

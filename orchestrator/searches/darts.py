@@ -9,6 +9,11 @@ skips of frozen, pre-trained U-Nets. Stages:
   skip of its frozen U-Net (Algorithm 3), and the skip baselines (attention gates, UNet++
   nested dense skips) on the same frozen U-Nets, all as parallel trials; best by val Dice.
 
+``implant`` (``--implant replace|residual``) sets how the cells of Stages II and III enter the
+decoder: in place of the skip tensor (the paper's) or added to it through a zero-initialised
+output conv (the network starts as the frozen U-Net). The baselines do not use it. It is recorded
+in ``summary.json``, ``stage3.csv`` and the IAC rows of the zoo.
+
 Outputs: ``genotypes.csv`` (every Stage II genotype with its search Dice and, for snapshots,
 its Stage III Dice), ``stage3.csv``, ``summary.json`` (the DSC gain per backbone as in Table II,
 paired t-test and Wilcoxon over runs), the best cell's diagram, alpha/beta evolution, Dice per
@@ -29,6 +34,7 @@ from orchestrator.search import RunContext, Search, Stage
 
 STAGE1, STAGE2, STAGE3 = "darts_stage1", "darts_stage2", "darts_stage3"
 IAC = "iac"
+REPLACE = "replace"  # the paper's implant (rows written before --implant existed have none)
 
 
 class DartsSearch(Search):
@@ -36,7 +42,6 @@ class DartsSearch(Search):
     description = "PC-DARTS Implantable Adaptive Cells in the skips of frozen U-Nets (Stage I -> II -> III)"
     config_cls = DartsSearchConfig
     stage_names = ("stage1", "stage2", "stage3")
-    experiment_names = (STAGE1, STAGE2, STAGE3)
 
     def load_data(self, cfg: DartsSearchConfig):
         from orchestrator.segmentation_data import load_segmentation
@@ -106,7 +111,7 @@ class DartsSearch(Search):
                              metric="val_dice", resources=resources, param_space={
                                  "backbone": tune.grid_search(sorted(unets)), "epochs": cfg.search_epochs,
                                  "warmup": cfg.warmup, "k": cfg.k, "tan_beta": cfg.tan_beta,
-                                 "batch_size": batch, "seed": cfg.seed})
+                                 "batch_size": batch, "seed": cfg.seed, "implant": cfg.implant})
         history, failed = [], {}
         for o in ctx.outcomes(grid):
             backbone = o.config["backbone"]
@@ -136,7 +141,8 @@ class DartsSearch(Search):
         runs = []
         for (backbone, g), epochs in sorted(genotypes.items(), key=lambda kv: (kv[0][0], kv[1][0])):
             for r in range(cfg.runs):
-                runs.append({"backbone": backbone, "skip": IAC, "skip_kwargs": {"genotype": json.loads(g)},
+                runs.append({"backbone": backbone, "skip": IAC,
+                             "skip_kwargs": {"genotype": json.loads(g), "implant": cfg.implant},
                              "snapshot_epochs": epochs, "seed": cfg.seed + r})
         for backbone in sorted({b for b, _ in genotypes}):
             for name in cfg.baseline_names():
@@ -163,6 +169,7 @@ class DartsSearch(Search):
             m = o.metrics
             row = {"backbone": run["backbone"], "skip": run["skip"], "seed": run["seed"],
                    "snapshot_epochs": run["snapshot_epochs"], "genotype": run["skip_kwargs"].get("genotype"),
+                   "implant": run["skip_kwargs"].get("implant"),  # None: a baseline (no cell)
                    "trial_id": o.trial_id}
             if o.failed or not m.get("final"):
                 row.update(status=FAILED, reason=o.reason or "no final report")
@@ -189,6 +196,7 @@ class DartsSearch(Search):
         table2, stats = improvement_table(stage1, ok), paired_tests(stage1, ok)
         summary = {
             "search": "darts", "dataset": data.info.flag, "synthetic": synthetic, "data": data.describe(),
+            "implant": cfg.implant,
             "baseline_dice": stage1[best["backbone"]]["val_dice"] if best else None,
             "best": None if best is None else {k: best[k] for k in ("genotype", "epoch", "dice", "backbone",
                                                                     "epochs", "runs", "gain")},
@@ -226,9 +234,11 @@ class DartsSearch(Search):
         for r in ctx.state["stage3"]:
             unet = ctx.state["unets"][r["backbone"]]
             arch = {"backbone": r["backbone"], "skip": r["skip"], "seed": r["seed"]}
+            kwargs = {}
             if r["genotype"]:
-                arch.update(genotype=r["genotype"], snapshot_epochs=r["snapshot_epochs"])
-            kwargs = {"genotype": r["genotype"]} if r["genotype"] else {}
+                implant = r.get("implant") or REPLACE
+                arch.update(genotype=r["genotype"], snapshot_epochs=r["snapshot_epochs"], implant=implant)
+                kwargs = {"genotype": r["genotype"], "implant": implant}
             records.append(ModelRecord(
                 search="darts", stage="stage3", family=r["skip"], architecture=arch,
                 encoding=genotype_encoding(r["genotype"]) if r["genotype"] else [],
@@ -478,7 +488,7 @@ def _best_model(ctx: RunContext, best: dict):
     if not runs:
         return None, None
     run = max(runs, key=lambda r: r["val_dice"])
-    model = build_skip_model(unet.build, IAC, {"genotype": best["genotype"]})
+    model = build_skip_model(unet.build, IAC, {"genotype": best["genotype"], "implant": run.get("implant") or REPLACE})
     model.load_state_dict(torch.load(f"{run['checkpoint']}/{SKIPS_FILE}", map_location="cpu", weights_only=True))
     return unet.model().eval(), model.eval()
 

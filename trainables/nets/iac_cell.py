@@ -7,6 +7,12 @@ concatenated and a 1x1 conv aligns them to the encoder's channels, so a cell's o
 like the skip tensor it replaces. One genotype is shared by every skip level; every level has its
 own weights.
 
+How a cell is implanted (:data:`IMPLANTS`): ``replace`` (the paper's form) hands the decoder the
+cell's output in place of the skip tensor; ``residual`` hands it ``skip + cell(...)`` with the
+output 1x1 conv initialised to zero (weight and bias, as zero-initialised adapters do), so at
+initialisation the implanted U-Net computes exactly the frozen U-Net and training moves away from
+it only as far as the loss asks.
+
 * :data:`OPS` -- the eight candidate operations (DARTS / PC-DARTS ``operations.py``), name ->
   constructor ``(C, spatial_dims, affine)``, 2D and 3D through MONAI's layer factories.
 * :class:`Genotype` -- a discrete cell: two (op, input) pairs per node (PC-DARTS ``genotypes.py``).
@@ -35,6 +41,8 @@ STEPS = 4  # intermediate nodes
 N_INPUTS = 2  # input0: upsampled decoder features, input1: encoder skip features
 N_EDGES = sum(N_INPUTS + i for i in range(STEPS))  # 2 + 3 + 4 + 5 = 14
 INPUT_NAMES = ("decoder", "encoder")
+REPLACE, RESIDUAL = "replace", "residual"
+IMPLANTS = (REPLACE, RESIDUAL)  # how a cell's output enters the decoder (module docstring)
 
 
 def _conv(dims: int, c_in: int, c_out: int, kernel: int, padding: int = 0, dilation: int = 1,
@@ -219,14 +227,36 @@ def cell_width(enc_channels: int, k: int) -> int:
     return max(k, int(math.ceil(enc_channels / k)) * k)
 
 
-class _CellIO(nn.Module):
-    """The two 1x1 input convs and the 1x1 output conv every IAC has (III-B)."""
+def check_implant(implant: str) -> str:
+    if implant not in IMPLANTS:
+        raise ValueError(f"unknown implant {implant!r}; known: {', '.join(IMPLANTS)}")
+    return implant
 
-    def __init__(self, enc_channels: int, dec_channels: int, c: int, spatial_dims: int, affine: bool):
+
+class _CellIO(nn.Module):
+    """The two 1x1 input convs and the 1x1 output conv every IAC has (III-B), and how the
+    output enters the decoder (``implant``, :data:`IMPLANTS`)."""
+
+    def __init__(self, enc_channels: int, dec_channels: int, c: int, spatial_dims: int, affine: bool,
+                 implant: str = REPLACE):
         super().__init__()
+        self.implant = check_implant(implant)
         self.pre_decoder = ReLUConvBN(dec_channels, c, spatial_dims, 1, affine)  # input0
         self.pre_encoder = ReLUConvBN(enc_channels, c, spatial_dims, 1, affine)  # input1
         self.post = _conv(spatial_dims, STEPS * c, enc_channels, 1, bias=True)
+
+    def _init_implant(self) -> None:
+        """``residual``: zero the output conv (after every weight is drawn, so both forms draw
+        the same random numbers and share every other initial weight at one seed)."""
+        if self.implant == RESIDUAL:
+            nn.init.zeros_(self.post.weight)
+            nn.init.zeros_(self.post.bias)
+
+    def output(self, x_enc: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
+        """The cell's contribution ``post(nodes)``: the decoder's skip tensor itself (replace) or
+        added to the skip tensor (residual)."""
+        out = self.post(nodes)
+        return x_enc + out if self.implant == RESIDUAL else out
 
     def inputs(self, x_enc: torch.Tensor, x_dec_up: torch.Tensor) -> list:
         if x_dec_up.shape[2:] != x_enc.shape[2:]:
@@ -239,12 +269,13 @@ class SearchCell(_CellIO):
     (eq. 5), with alpha/beta read from the shared :class:`ArchParameters`."""
 
     def __init__(self, enc_channels: int, dec_channels: int, arch: ArchParameters, k: int = 4,
-                 spatial_dims: int = 2, width: int | None = None):
+                 spatial_dims: int = 2, width: int | None = None, implant: str = REPLACE):
         c = width or cell_width(enc_channels, k)
-        super().__init__(enc_channels, dec_channels, c, spatial_dims, affine=False)
+        super().__init__(enc_channels, dec_channels, c, spatial_dims, affine=False, implant=implant)
         self.edges = nn.ModuleList(MixedOp(c, k, spatial_dims, arch.primitives) for _ in range(N_EDGES))
         # kept out of the module tree: the arch is shared, so its parameters belong to no one level
         object.__setattr__(self, "arch", arch)
+        self._init_implant()
 
     def forward(self, x_enc, x_dec_up, encoder_features=None):
         states = self.inputs(x_enc, x_dec_up)
@@ -254,26 +285,27 @@ class SearchCell(_CellIO):
             node = sum(psi[offset + i] * self.edges[offset + i](h, alpha[offset + i]) for i, h in enumerate(states))
             offset += len(states)
             states.append(node)
-        return self.post(torch.cat(states[N_INPUTS:], dim=1))
+        return self.output(x_enc, torch.cat(states[N_INPUTS:], dim=1))
 
 
 class DiscreteCell(_CellIO):
     """The derived cell of Stage III (Algorithm 3): each node sums its genotype's two ops."""
 
     def __init__(self, genotype: Genotype, enc_channels: int, dec_channels: int, spatial_dims: int = 2,
-                 width: int | None = None):
+                 width: int | None = None, implant: str = REPLACE):
         c = width or cell_width(enc_channels, 1)
-        super().__init__(enc_channels, dec_channels, c, spatial_dims, affine=True)
+        super().__init__(enc_channels, dec_channels, c, spatial_dims, affine=True, implant=implant)
         self.genotype = genotype
         self.ops = nn.ModuleList(OPS[op](c, spatial_dims, True) for op, _ in genotype.edges)
         self.post = _conv(spatial_dims, len(genotype.concat) * c, enc_channels, 1, bias=True)
+        self._init_implant()
 
     def forward(self, x_enc, x_dec_up, encoder_features=None):
         states = self.inputs(x_enc, x_dec_up)
         for node in range(STEPS):
             (_, a), (_, b) = self.genotype.node_edges(node)
             states.append(self.ops[2 * node](states[a]) + self.ops[2 * node + 1](states[b]))
-        return self.post(torch.cat([states[i] for i in self.genotype.concat], dim=1))
+        return self.output(x_enc, torch.cat([states[i] for i in self.genotype.concat], dim=1))
 
 
 def derive_genotype(op_weights, edge_weights, primitives=PRIMITIVES) -> Genotype:
@@ -294,11 +326,13 @@ def derive_genotype(op_weights, edge_weights, primitives=PRIMITIVES) -> Genotype
     return Genotype(edges=tuple(edges))
 
 
-def search_cells(skip_channels, arch: ArchParameters, k: int = 4, spatial_dims: int = 2) -> list[SearchCell]:
+def search_cells(skip_channels, arch: ArchParameters, k: int = 4, spatial_dims: int = 2,
+                 implant: str = REPLACE) -> list[SearchCell]:
     """One continuous cell per skip level ``(enc_ch, dec_up_ch)``, all reading ``arch``."""
-    return [SearchCell(e, d, arch, k, spatial_dims) for e, d in skip_channels]
+    return [SearchCell(e, d, arch, k, spatial_dims, implant=implant) for e, d in skip_channels]
 
 
-def discrete_cells(skip_channels, genotype: Genotype, spatial_dims: int = 2) -> list[DiscreteCell]:
+def discrete_cells(skip_channels, genotype: Genotype, spatial_dims: int = 2,
+                   implant: str = REPLACE) -> list[DiscreteCell]:
     """One discrete cell of ``genotype`` per skip level, each with its own weights."""
-    return [DiscreteCell(genotype, e, d, spatial_dims) for e, d in skip_channels]
+    return [DiscreteCell(genotype, e, d, spatial_dims, implant=implant) for e, d in skip_channels]
