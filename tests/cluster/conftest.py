@@ -25,6 +25,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.conftest import release_shared_ray
+
 REPO = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).with_name("ray"))
 SAMPLE_ROOT = REPO / "orchestrator" / "sample_data"
@@ -208,6 +210,7 @@ def connected(cluster: LocalCluster):
     """This process as a driver of ``cluster`` (for ``ray.nodes`` and the state API)."""
     import ray
 
+    release_shared_ray()
     saved = {k: os.environ.get(k) for k in _RAY_VARS}
     for k in _RAY_VARS:
         os.environ.pop(k, None)

@@ -15,6 +15,7 @@ from orchestrator import registry
 from orchestrator.config import SearchConfig, opt
 from orchestrator.driver import run_search
 from orchestrator.search import Search, Stage, result_trial_id, trial_errors
+from tests.conftest import release_shared_ray
 
 # Memory the monitor's threshold leaves above what the machine uses before Ray starts: room for
 # Ray's own processes (about 1 GB with a trial worker) and for other processes on the machine,
@@ -100,6 +101,7 @@ def test_a_worker_killed_by_the_memory_monitor_is_an_out_of_memory_candidate(tmp
         pytest.skip(f"needs about {HEADROOM_GB + 2:g} GB of free memory")
     monkeypatch.setitem(registry.SEARCHES, "memhog", f"{__name__}:HogSearch")
     threshold = used_fraction() + HEADROOM_GB * 2**30 / total
+    release_shared_ray()
     ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False,
              _system_config={"memory_usage_threshold": threshold, "memory_monitor_refresh_ms": 100})
     try:

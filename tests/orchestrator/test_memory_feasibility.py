@@ -8,12 +8,14 @@ from medcore.errors import SearchFailed
 from orchestrator.config import FitOptions, ODESearchConfig
 from orchestrator.data import SAMPLE_ROOT
 from orchestrator.driver import run_search
+from tests.conftest import release_shared_ray
 
 
 @pytest.fixture
 def small_memory_ray():
     import ray
 
+    release_shared_ray()
     ray.init(address="local", num_cpus=2, _memory=2**30, _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False,
              configure_logging=False)
     try:
