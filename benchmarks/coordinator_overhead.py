@@ -113,7 +113,7 @@ def bare(trials: int, seconds: float, storage: str) -> dict:
 def through_coordinator(trials: int, seconds: float, folder: Path) -> dict:
     import yaml
 
-    from orchestrator import coordinator
+    from orchestrator.coordinator import core
     from orchestrator.data import SAMPLE_FLAG, SAMPLE_ROOT
 
     spec = folder / "spec.yaml"
@@ -121,7 +121,7 @@ def through_coordinator(trials: int, seconds: float, folder: Path) -> dict:
         "name": "sleep", "type": "sleep", "dataset": SAMPLE_FLAG, "data_root": str(SAMPLE_ROOT), "trials": trials,
         "seconds": seconds, "resources": {"cpus_per_trial": 1, "max_concurrent": 1, "jemalloc": False}}]}))
     t = time.perf_counter()
-    code = coordinator.run(str(spec), str(folder / "run"))
+    code = core.run(str(spec), str(folder / "run"))
     wall = time.perf_counter() - t
     assert code == 0, (folder / "run" / "sleep" / "driver.log").read_text()[-3000:]
     status = json.loads((folder / "run" / "sleep" / "status.json").read_text())

@@ -28,7 +28,8 @@ from orchestrator.config import add_flags, flag_names, from_dict, from_flags, se
 
 # Modules that add top-level commands: each has add_commands(subparsers); a command's
 # handler(args) -> exit code is set with set_defaults(handler=...).
-COMMAND_MODULES = ("orchestrator.zoo_commands", "orchestrator.coordinator", "orchestrator.metaspace_commands")
+COMMAND_MODULES = ("orchestrator.zoo_commands", "orchestrator.coordinator.commands",
+                   "orchestrator.metaspace_commands")
 # An error line quotes at most this much of a message (a user's value can be megabytes).
 MAX_LINE = 1000
 # The coordinator's files in a run folder (orchestrator.manifest MANIFEST, SPEC_COPY).

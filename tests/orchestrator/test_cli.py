@@ -279,13 +279,13 @@ def _unexpected(capsys) -> str:
 
 
 def test_a_run_that_started_keeps_its_traceback_and_names_medtune_resume(tmp_path, capsys, monkeypatch, temp_dir):
-    from orchestrator import coordinator
+    from orchestrator.coordinator import core
 
     def boom(*args, **kwargs):
         raise RuntimeError("boom")
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    monkeypatch.setattr(coordinator, "_drive", boom)  # after the run folder and its manifest exist
+    monkeypatch.setattr(core, "_drive", boom)  # after the run folder and its manifest exist
     run_dir = (tmp_path / "run").resolve()
     assert main(["run", str(_spec(tmp_path)), "--out", str(run_dir)]) == 1
     err = _unexpected(capsys)

@@ -1,5 +1,6 @@
 """The coordinator: scheduling with a fake launcher (fast), then ``medtune run | status | report |
 resume`` end to end on the shipped sample, and a SIGKILLed coordinator resumed (slow)."""
+import inspect
 import json
 import os
 import shutil
@@ -16,7 +17,9 @@ import pytest
 import yaml
 
 from medcore.errors import RunError
-from orchestrator import coordinator as co
+from orchestrator.coordinator import core
+from orchestrator.coordinator.launchers import JobLauncher, Launch, Launcher, LocalLauncher
+from orchestrator.coordinator.run_status import _alive, format_status, run_status
 from orchestrator.data import SAMPLE_ROOT
 from orchestrator.manifest import SCHEMA, SEARCH_MANIFEST, Manifest, last_error_line
 from orchestrator.spec import parse_spec
@@ -42,12 +45,15 @@ class FakeLauncher:
         self.results, self.polls = results or {}, polls
         self.started, self.running, self.max_running, self.stopped = [], {}, 0, []
 
+    def submission_id(self, name, attempt):
+        return None
+
     def start(self, name, kind, config, log_path, attempt, job_id=None):
         assert config["out"] == str(log_path.parent) and config["resume"] is False
         self.started.append(name)
         self.running[name] = self.polls
         self.max_running = max(self.max_running, len(self.running))
-        return co.Launch(name, proc=FakeProc(1000 + len(self.started)))
+        return Launch(name, proc=FakeProc(1000 + len(self.started)))
 
     def poll(self, launch, log_path):
         if launch.stopping:
@@ -67,17 +73,28 @@ class FakeLauncher:
         raise AssertionError("a search that stops in time is never killed")
 
 
+def test_each_launcher_has_the_interface_the_coordinator_uses():
+    """The coordinator calls a launcher only through ``Launcher``: the local one, the job one and
+    this file's fake all have its methods, with its parameters."""
+    methods = [n for n, f in vars(Launcher).items() if inspect.isfunction(f) and not n.startswith("_")]
+    assert sorted(methods) == ["kill", "poll", "start", "stop", "submission_id"]
+    for cls in (LocalLauncher, JobLauncher, FakeLauncher):
+        for name in methods:
+            expected = list(inspect.signature(getattr(Launcher, name)).parameters)
+            assert list(inspect.signature(getattr(cls, name)).parameters) == expected, (cls.__name__, name)
+
+
 def plan(tmp_path, searches):
     spec = parse_spec({"searches": [{"name": n, "type": "ode", **TINY, "after": after} for n, after in searches]}, ".")
     manifest = Manifest(tmp_path, {"run": "r", "zoo": str(tmp_path / "zoo"), "searches": {}})
-    co._plan(manifest, spec)
+    core._plan(manifest, spec)
     return spec, manifest
 
 
 def execute(tmp_path, monkeypatch, searches, launcher, max_parallel=0):
-    monkeypatch.setattr(co, "POLL_S", 0)
+    monkeypatch.setattr(core, "POLL_S", 0)
     spec, manifest = plan(tmp_path, searches)
-    co.Coordinator(tmp_path, spec, manifest, launcher, max_parallel).execute([e.name for e in spec.searches])
+    core.Coordinator(tmp_path, spec, manifest, launcher, max_parallel).execute([e.name for e in spec.searches])
     return json.loads((tmp_path / "run.json").read_text())["searches"]
 
 
@@ -158,7 +175,7 @@ def test_status_and_report_of_a_run_whose_coordinator_is_gone(tmp_path):
     run_dir = fake_run(tmp_path / "run", {"a": "running", "b": "pending"}, coordinator_pid=gone.pid)
     (run_dir / "a" / "candidates.csv").write_text("candidate,status\n" + "".join(f"{i},ok\n" for i in range(40)))
     (run_dir / "a" / "plot.png").write_bytes(b"\x89PNG fake")
-    text = co.format_status(co.run_status(run_dir))
+    text = format_status(run_status(run_dir))
     assert f"coordinator not running (pid {gone.pid} is gone); `medtune resume {run_dir}` continues" in text
     assert [ln.split()[:7] for ln in text.splitlines()[2:4]] == [
         ["a", "ode", "running", "search", "3", "1", "1"], ["b", "ode", "pending", "-", "0", "0", "0"]]
@@ -176,21 +193,21 @@ def test_run_refusals_leave_no_run_behind(tmp_path):
 
     spec = write_spec(tmp_path / "spec.yaml", [{"name": "a", "type": "ode", **TINY}])
     with pytest.raises(ConfigError, match="--out is required"):
-        co.run(str(spec))
+        core.run(str(spec))
     with pytest.raises(ConfigError, match="--address must be the cluster's dashboard"):
-        co.run(str(spec), str(tmp_path / "r"), address="127.0.0.1:6379")
+        core.run(str(spec), str(tmp_path / "r"), address="127.0.0.1:6379")
     with pytest.raises(ConfigError, match="--max-parallel must be >= 0"):
-        co.run(str(spec), str(tmp_path / "r"), max_parallel=-1)
+        core.run(str(spec), str(tmp_path / "r"), max_parallel=-1)
     assert not (tmp_path / "r" / "run.json").exists()
     fake_run(tmp_path / "done", {"a": "done"})
     with pytest.raises(RunError, match="already holds a run; continue it with `medtune resume"):
-        co.run(str(spec), str(tmp_path / "done"))
+        core.run(str(spec), str(tmp_path / "done"))
 
 
 def test_resume_of_a_finished_run_does_nothing(tmp_path, capsys):
     run_dir = fake_run(tmp_path / "run", {"a": "done", "b": "done"})
     manifest = (run_dir / "run.json").read_text()
-    assert co.resume(str(run_dir)) == 0
+    assert core.resume(str(run_dir)) == 0
     assert "nothing to resume: all 2 searches" in capsys.readouterr().out
     assert (run_dir / "report.html").exists()  # written if the finished run had none
     assert json.loads((run_dir / "run.json").read_text())["searches"] == json.loads(manifest)["searches"]
@@ -200,20 +217,20 @@ def test_a_new_run_names_its_schema_and_a_schemaless_one_still_resumes(tmp_path,
     """run.json with and without ``schema``: a new run writes it; a run written before it was
     recorded loads, reports and resumes (resume's first save adds it)."""
     driven = []
-    monkeypatch.setattr(co, "_drive", lambda run_dir, spec, manifest, names, *rest: driven.append(names) or 0)
+    monkeypatch.setattr(core, "_drive", lambda run_dir, spec, manifest, names, *rest: driven.append(names) or 0)
     spec = write_spec(tmp_path / "spec.yaml", [{"name": "a", "type": "ode", **TINY},
                                                {"name": "b", "type": "ode", **TINY, "seed": 1}])
-    assert co.run(str(spec), str(tmp_path / "new")) == 0
+    assert core.run(str(spec), str(tmp_path / "new")) == 0
     assert next(iter(json.loads((tmp_path / "new" / "run.json").read_text()).items())) == ("schema", SCHEMA)
 
     run_dir = fake_run(tmp_path / "old", {"a": "done", "b": "failed"})
     shutil.copy(spec, run_dir / "spec.yaml")
     assert "schema" not in json.loads((run_dir / "run.json").read_text())
-    assert [s["state"] for s in co.run_status(run_dir)["searches"]] == ["done", "failed"]
+    assert [s["state"] for s in run_status(run_dir)["searches"]] == ["done", "failed"]
     from orchestrator.run_report import write_report
 
     assert 'id="b"' in write_report(run_dir).read_text()
-    assert co.resume(str(run_dir)) == 0 and driven == [["a", "b"], ["b"]]
+    assert core.resume(str(run_dir)) == 0 and driven == [["a", "b"], ["b"]]
     saved = json.loads((run_dir / "run.json").read_text())
     assert saved["schema"] == SCHEMA and saved["run"] == "r1" and saved["searches"]["a"]["state"] == "done"
 
@@ -227,12 +244,12 @@ def test_another_kind_of_run_json_is_refused_in_one_line(tmp_path):
     search.mkdir()
     (search / "run.json").write_text(json.dumps({"search": "ode", "run": "ode-1", "config": {}}))
     with pytest.raises(RunError, match=r"holds one 'ode' search \(its driver's run.json\), not a medtune run"):
-        co.run_status(search)
+        run_status(search)
     run_dir = fake_run(tmp_path / "run", {"a": "done"})
     manifest = json.loads((run_dir / "run.json").read_text())
     (run_dir / "run.json").write_text(json.dumps({**manifest, "schema": "medtune.coordinator-run/99"}))
     with pytest.raises(RunError, match="has schema 'medtune.coordinator-run/99'.*another medtune version"):
-        co.resume(str(run_dir))
+        core.resume(str(run_dir))
 
 
 # ---- end to end ----------------------------------------------------------------------------
@@ -396,9 +413,9 @@ def test_sigkilled_coordinator_resumes_without_losing_or_repeating_trials(tmp_pa
     os.kill(proc.pid, signal.SIGKILL)  # the coordinator alone: its children must follow
     proc.communicate()
     deadline = time.time() + 120
-    while co._alive(driver_pid) and time.time() < deadline:
+    while _alive(driver_pid) and time.time() < deadline:
         time.sleep(0.5)
-    assert not co._alive(driver_pid), "the search's driver outlived its SIGKILLed coordinator"
+    assert not _alive(driver_pid), "the search's driver outlived its SIGKILLed coordinator"
     assert json.loads((run_dir / "s" / "status.json").read_text())["state"] == "interrupted"  # stopped, not killed
     before = _finished_trials(run_dir / "s")
     assert 2 <= len(before) < n
@@ -475,7 +492,7 @@ def test_a_search_job_carries_the_plugin_searches_of_its_coordinator(monkeypatch
         def submit_job(self, **kw):
             submitted.append(kw)
 
-    launcher = co.JobLauncher.__new__(co.JobLauncher)
+    launcher = JobLauncher.__new__(JobLauncher)
     launcher.address, launcher.run_id, launcher.python, launcher.client = "http://h:8265", "r1", "python", Client()
     monkeypatch.delenv("MEDTUNE_SEARCHES", raising=False)
     launcher.start("a", "ode", {"out": str(tmp_path)}, tmp_path / "driver.log", 1)

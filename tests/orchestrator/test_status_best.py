@@ -5,7 +5,7 @@ import os
 import socket
 from types import SimpleNamespace
 
-from orchestrator import coordinator as co
+from orchestrator.coordinator.run_status import format_status, run_status
 from orchestrator.status import StatusCallback, read_status
 
 
@@ -51,11 +51,11 @@ def test_best_so_far_is_never_the_baseline(tmp_path):
     run_dir = fake_run(tmp_path / "run", {"ode_search": entry(0.81, stage="search"),
                                           "ode_retrain": entry(0.716, stage="retrain"),
                                           "ode_baseline": entry(0.8236, stage="baseline")})
-    status = co.run_status(run_dir)
+    status = run_status(run_dir)
     [s] = status["searches"]
     assert s["best"] == {"experiment": "ode_retrain", "metric": "best_val_auc", "value": 0.716, "one_class": False}
     assert s["baseline"]["experiment"] == "ode_baseline" and s["baseline"]["value"] == 0.8236
-    text = co.format_status(status)
+    text = format_status(status)
     assert "best_val_auc 0.716 (ode_retrain); baseline 0.8236 (ode_baseline)" in text
     assert "ONE CLASS" not in text and "predict" not in text
 
@@ -64,11 +64,11 @@ def test_one_class_best_is_flagged_in_status(tmp_path):
     run_dir = fake_run(tmp_path / "run", {
         "ode_search": entry(0.8, stage="search", baseline=False, best_one_class=True, one_class=3),
         "ode_baseline": entry(0.7, stage="baseline", baseline=True, best_one_class=True, one_class=1)})
-    text = co.format_status(co.run_status(run_dir))
+    text = format_status(run_status(run_dir))
     assert "best_val_auc 0.8 (ode_search) ONE CLASS; baseline 0.7 ONE CLASS (ode_baseline)" in text
     assert text.splitlines()[-1] == "a: 4 trials predict one class for every case"
     # only a baseline has a best: the search has none yet
     run_dir = fake_run(tmp_path / "run2", {"ode_baseline": entry(0.7, stage="baseline")})
-    [s] = co.run_status(run_dir)["searches"]
+    [s] = run_status(run_dir)["searches"]
     assert s["best"] is None and s["baseline"]["value"] == 0.7
-    assert "-; baseline 0.7 (ode_baseline)" in co.format_status(co.run_status(run_dir))
+    assert "-; baseline 0.7 (ode_baseline)" in format_status(run_status(run_dir))
