@@ -133,10 +133,16 @@ def _channels(norm: nn.Module) -> int:
 
 
 def make_norm(kind: str, channels: int, spatial_dims: int) -> nn.Module:
+    """A ``kind`` normalisation layer over ``channels`` maps, 2D or 3D through MONAI's factories.
+
+    MONAI is imported here, not at the top: config validation imports this module (``parse_space``)
+    and should not pay MONAI's import (seconds)."""
+    from monai.networks.layers.factories import Norm
+
     if kind == "batch":
-        return (nn.BatchNorm3d if spatial_dims == 3 else nn.BatchNorm2d)(channels)
+        return Norm[Norm.BATCH, spatial_dims](channels)
     if kind == "instance":
-        return (nn.InstanceNorm3d if spatial_dims == 3 else nn.InstanceNorm2d)(channels, affine=True)
+        return Norm[Norm.INSTANCE, spatial_dims](channels, affine=True)
     if kind == "group":
         groups = math.gcd(GROUPS, channels)
         return nn.GroupNorm(groups, channels)

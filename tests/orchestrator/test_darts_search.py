@@ -111,7 +111,7 @@ def test_tiny_darts_search_on_real_hippocampus_cases(ray_local, tmp_path, monkey
 def test_table2_gains_and_paired_tests_over_runs():
     from scipy import stats
 
-    from orchestrator.searches.darts import improvement_table, paired_tests
+    from orchestrator.searches.darts_report import improvement_table, paired_tests
 
     g1 = {"edges": [["identity", 0], ["identity", 1]] * 4, "concat": [2, 3, 4, 5]}
     g2 = {"edges": [["sep_conv_3x3", 0], ["identity", 1]] * 4, "concat": [2, 3, 4, 5]}

@@ -10,17 +10,18 @@ including the always-present input->output edge.
 from __future__ import annotations
 
 import torch
+from monai.networks.layers.factories import Conv, Norm, Pool
 from torch import nn
 
 from medcore.cell_genotype import INPUT, OPERATIONS, OUTPUT, CellArchitecture
 
 
 def _conv(dims: int, c: int, k: int) -> nn.Module:
-    return (nn.Conv3d if dims == 3 else nn.Conv2d)(c, c, k, padding=k // 2, bias=False)
+    return Conv[Conv.CONV, dims](c, c, k, padding=k // 2, bias=False)
 
 
 def _norm(dims: int, c: int) -> nn.Module:
-    return (nn.InstanceNorm3d if dims == 3 else nn.InstanceNorm2d)(c, affine=True)
+    return Norm[Norm.INSTANCE, dims](c, affine=True)
 
 
 def _op(order: str, k: int):
@@ -50,8 +51,8 @@ class Cell(nn.Module):
 
     def __init__(self, arch: CellArchitecture, in_channels: int, channels: int, spatial_dims: int):
         super().__init__()
-        conv1 = nn.Conv3d if spatial_dims == 3 else nn.Conv2d
-        self.project = nn.Identity() if in_channels == channels else conv1(in_channels, channels, 1, bias=False)
+        self.project = (nn.Identity() if in_channels == channels
+                        else Conv[Conv.CONV, spatial_dims](in_channels, channels, 1, bias=False))
         self.ops = nn.ModuleDict({str(i): OPS[name](spatial_dims, channels) for i, name in arch.nodes})
         self.order = [i for i, _ in arch.nodes]
         self.preds = {j: [i for i, jj in arch.edges if jj == j] for j in self.order + [OUTPUT]}
@@ -68,11 +69,11 @@ class CellNet(nn.Module):
 
     def __init__(self, arch: CellArchitecture, in_channels: int, n_outputs: int, spatial_dims: int = 3):
         super().__init__()
-        conv, pool = (nn.Conv3d, nn.MaxPool3d) if spatial_dims == 3 else (nn.Conv2d, nn.MaxPool2d)
+        conv, pool = Conv[Conv.CONV, spatial_dims], Pool[Pool.MAX, spatial_dims]
         c = arch.n_f_init
         # The paper leaves the stem open; batch norm (not IN) keeps differences in intensity
         # between samples, which the IN-based cell operations then cannot erase alone.
-        bn = nn.BatchNorm3d if spatial_dims == 3 else nn.BatchNorm2d
+        bn = Norm[Norm.BATCH, spatial_dims]
         self.stem = nn.Sequential(conv(in_channels, c, 3, padding=1, bias=False), bn(c), nn.ReLU())
         layers, c_in = [], c
         for s in range(arch.n_stacks):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+from monai.networks.layers.factories import Conv, Norm, Pool
 from torch import nn
 
 
@@ -10,8 +11,7 @@ class TinyCNN(nn.Module):
 
     def __init__(self, in_channels: int, n_outputs: int, spatial_dims: int = 3, widths=(8, 16, 32)):
         super().__init__()
-        conv, bn, pool = ((nn.Conv3d, nn.BatchNorm3d, nn.MaxPool3d) if spatial_dims == 3
-                          else (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d))
+        conv, bn, pool = Conv[Conv.CONV, spatial_dims], Norm[Norm.BATCH, spatial_dims], Pool[Pool.MAX, spatial_dims]
         layers, c = [], in_channels
         for w in widths:
             layers += [conv(c, w, 3, padding=1, bias=False), bn(w), nn.ReLU(), pool(2)]
