@@ -7,6 +7,7 @@ import pytest
 from medcore import compression_genome as genome
 from medcore.errors import ConfigError
 from searchers import compression_space as space
+from tests.searchers.synthetic_compression import synthetic_compression_objectives
 
 
 def _all_category_combinations():
@@ -179,20 +180,20 @@ def test_random_unique_configs_are_new_and_distinct():
 
 def test_synthetic_problem_is_deterministic_labelled_and_shaped_like_eq1():
     base = {"x1": 0, "x2": 0, "x3": 50.0, "x4": 50.0, "x5": 0, "x6": 0, "x7": 0, "subset_seed": 0}
-    r0 = space.synthetic_compression_objectives(base)
+    r0 = synthetic_compression_objectives(base)
     assert r0["f1_compute"] == pytest.approx(1.0)             # uncompressed model
     assert r0["f2_error"] == pytest.approx(0.2)
     assert r0["g_accuracy"] == pytest.approx(0.96 * 0.8 - 0.8)
     assert "synthetic" in r0["data"] and r0["status"] == "ok"
-    quantized = space.synthetic_compression_objectives({**base, "x7": 1})
+    quantized = synthetic_compression_objectives({**base, "x7": 1})
     assert quantized["f1_compute"] < r0["f1_compute"]
     pruned = {**base, "x2": 1, "x4": 90.0}
-    heavy = space.synthetic_compression_objectives(pruned)
+    heavy = synthetic_compression_objectives(pruned)
     assert heavy["f1_compute"] < r0["f1_compute"] and heavy["g_accuracy"] > 0   # too much pruning
-    mild = space.synthetic_compression_objectives({**pruned, "x4": 20.0})
+    mild = synthetic_compression_objectives({**pruned, "x4": 20.0})
     assert mild["g_accuracy"] <= 0 and mild["f1_compute"] < r0["f1_compute"]
-    assert space.synthetic_compression_objectives(pruned) == heavy
+    assert synthetic_compression_objectives(pruned) == heavy
     # The random subset depends on the searcher's seed, deterministically.
     subset = {**base, "x2": 2, "x4": 60.0}
-    assert (space.synthetic_compression_objectives({**subset, "subset_seed": 1})
-            != space.synthetic_compression_objectives({**subset, "subset_seed": 2}))
+    assert (synthetic_compression_objectives({**subset, "subset_seed": 1})
+            != synthetic_compression_objectives({**subset, "subset_seed": 2}))
