@@ -36,8 +36,8 @@ import numpy as np
 from scipy.stats import qmc
 
 from medcore.compression_genome import (CANONICAL_INTENSITY, CANONICAL_TYPE, DESIGN_VARIABLES, INTENSITY_BOUNDS,
-                                        INTENSITY_DECIMALS, LAYER_GROUPS, N_VARIABLES, VARIABLE_NAMES,
-                                        CompressionGenome, canonical_key)
+                                        INTENSITY_DECIMALS, LAYER_GROUPS, N_VARIABLES, SUBSET_SEED,
+                                        VARIABLE_NAMES, CompressionGenome, canonical_key)
 from medcore.errors import ConfigError
 
 _N_CATEGORIES = np.array([v.n_categories or 0 for v in DESIGN_VARIABLES])
@@ -103,7 +103,7 @@ def decode(u: Sequence[float], subset_seed: int | None = None) -> dict:
     for i, var in enumerate(DESIGN_VARIABLES):
         config[var.name] = int(values[i]) if var.is_categorical else float(values[i])
     if subset_seed is not None:
-        config["subset_seed"] = int(subset_seed)
+        config[SUBSET_SEED] = int(subset_seed)
     return config
 
 
