@@ -174,11 +174,6 @@ class CompressionGenome:
         return tuple(canon.values())
 
 
-def canonical_config(config: Mapping) -> dict:
-    """The seven variables of ``config``'s canonical genome (``subset_seed`` dropped)."""
-    return CompressionGenome.from_config(config).canonical().variables()
-
-
 def canonical_key(config: Mapping) -> tuple:
     """:meth:`CompressionGenome.canonical_key` of a config dict."""
     return CompressionGenome.from_config(config).canonical_key()

@@ -119,8 +119,9 @@ def decode_many(U: np.ndarray, subset_seed: int | None = None) -> list[dict]:
 def canonical_vectors(U: np.ndarray) -> np.ndarray:
     """Snap solver vectors to the encoding of their canonical configs (vectorised).
 
-    Equivalent to ``encode(canonical_config(decode(u)))`` row by row, but fast enough to
-    run on every CTAEA generation (surrogate queries and duplicate elimination).
+    Equivalent to ``encode(CompressionGenome.from_config(decode(u)).canonical().variables())`` row
+    by row, but fast enough to run on every CTAEA generation (surrogate queries and duplicate
+    elimination).
     """
     values = _decode_columns(np.atleast_2d(U))
     for scope, intensity, ptype in LAYER_GROUPS:

@@ -9,7 +9,7 @@ from typing import Mapping
 
 import numpy as np
 
-from medcore.compression_genome import canonical_config
+from medcore.compression_genome import CompressionGenome
 
 #: Tag carried by every result of :func:`synthetic_compression_objectives`.
 SYNTHETIC_LABEL = "synthetic analytic compression problem (no network, no data)"
@@ -46,7 +46,7 @@ def synthetic_compression_objectives(config: Mapping, base_accuracy: float = 0.8
     The best feasible trade-offs (quantized, conv scope "all", weights, intensity just below
     the lowered cliff, f1 ~ 0.42) form a narrow region of the mixed space.
     """
-    c = canonical_config(config)
+    c = CompressionGenome.from_config(config).canonical().variables()
     seed = int(config.get("subset_seed", 0))
     subset_lin, subset_conv = np.random.default_rng([seed, 0x5EED]).uniform(0.3, 0.5, size=2)
     scope_share = ({0: 0.0, 1: 1.0, 2: subset_lin}[c["x1"]], {0: 0.0, 1: 1.0, 2: subset_conv}[c["x2"]])

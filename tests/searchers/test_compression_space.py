@@ -87,7 +87,7 @@ def test_genome_rules_floats_for_ints_unused_intensity_and_seed():
     # an intensity whose scope is 0 only has to be a number; encoding clips it to the bound
     off = {**base, "x1": 0, "x3": 0.0}
     assert genome.CompressionGenome.from_config(off).x3 == 0.0
-    assert genome.canonical_config(off)["x3"] == genome.CANONICAL_INTENSITY
+    assert genome.CompressionGenome.from_config(off).canonical().x3 == genome.CANONICAL_INTENSITY
     assert space.encode(off)[2] == 0.0 and space.decode(space.encode(off))["x3"] == 1.0
     for bad, name in [({"x3": 0.99}, "x3"), ({"x4": 99.01}, "x4"), ({"x1": 0, "x3": float("nan")}, "x3"),
                       ({"x4": "50"}, "x4"), ({"x2": 1.5}, "x2"), ({"x7": "1"}, "x7"), ({"x5": float("inf")}, "x5"),
@@ -106,8 +106,8 @@ def test_canonical_key_ignores_intensity_and_type_of_an_unpruned_layer_kind():
     assert genome.canonical_key(a) == (0, 1, None, 40.0, None, 0, 1)
     both_off = {"x1": 0, "x2": 0, "x3": 5.0, "x4": 6.0, "x5": 1, "x6": 2, "x7": 0}
     assert genome.canonical_key(both_off) == (0, 0, None, None, None, None, 0)
-    assert genome.canonical_config(both_off) == {"x1": 0, "x2": 0, "x3": 1.0, "x4": 1.0,
-                                                "x5": 0, "x6": 0, "x7": 0}
+    assert genome.CompressionGenome.from_config(both_off).canonical().variables() == {
+        "x1": 0, "x2": 0, "x3": 1.0, "x4": 1.0, "x5": 0, "x6": 0, "x7": 0}
     # Scope 1 vs 2 differ even at equal intensity/type.
     assert genome.canonical_key({**a, "x2": 2}) != genome.canonical_key(a)
 
@@ -117,7 +117,7 @@ def test_canonical_vectors_match_the_scalar_definition():
     U = rng.random((400, 7))
     U[::5, 0] = 0.1   # force many scope-0 rows
     U[::7, 1] = 0.2
-    expected = np.array([space.encode(genome.canonical_config(space.decode(u))) for u in U])
+    expected = np.array([space.encode(genome.CompressionGenome.from_config(space.decode(u)).canonical().variables()) for u in U])
     np.testing.assert_allclose(space.canonical_vectors(U), expected, atol=1e-12)
     # Snapping is idempotent and equal keys give equal vectors.
     np.testing.assert_allclose(space.canonical_vectors(space.canonical_vectors(U)), expected, atol=1e-12)
