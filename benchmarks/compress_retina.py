@@ -190,7 +190,7 @@ def make_searcher(method: str, seed: int, args):
 
 
 def cmd_hv(args) -> int:
-    from searchers.ctaea import drive_without_ray
+    from tests.searchers.drive import drive_without_ray
     from trainables.compress_trial import load_base
 
     data = load_data(args.data_root)

@@ -1,7 +1,7 @@
 """Surrogate-assisted CTAEA vs pure CTAEA at equal budget (paper section 5.2, Fig. 1), no Ray.
 
 Problem: the SYNTHETIC analytic compression problem
-``searchers.compression_space.synthetic_compression_objectives`` -- the 7 mixed variables of
+``tests.searchers.synthetic_compression.synthetic_compression_objectives`` -- the 7 mixed variables of
 section 2.2, f1 = FLOPs rate x non-zero-weight rate (normalised by the base model),
 f2 = 1 - accuracy, g = 0.96 x base accuracy - accuracy (eq. 1); pruning without
 fine-tuning, so only ~17 % of random configs are feasible. No network, no data.
@@ -12,7 +12,7 @@ Methods (section 4.3), budget 100 evaluations each, seeds 0..4:
   * CTAEA1: pure CTAEA, population 20 x 5 generations;
   * CTAEA2: pure CTAEA, population 10 x 10 generations.
 The searchers are driven in-process through their Tune ``suggest``/``on_trial_complete``
-API (``searchers.ctaea.drive_without_ray``).
+API (``tests.searchers.drive.drive_without_ray``).
 
 Hypervolume of D* (feasible non-dominated evaluated points), two normalisations:
   * default (``searchers.pareto``): ideal (0, 0), nadir (1, 1), reference (1.1, 1.1) --
@@ -43,10 +43,11 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from searchers import compression_space as space  # noqa: E402
-from searchers.ctaea import CTAEASearcher, drive_without_ray  # noqa: E402
+from searchers.ctaea import CTAEASearcher  # noqa: E402
 from searchers.pareto import hypervolume  # noqa: E402
 from searchers.surrogate_ctaea import SurrogateCTAEASearcher  # noqa: E402
+from tests.searchers.drive import drive_without_ray  # noqa: E402
+from tests.searchers.synthetic_compression import SYNTHETIC_LABEL, synthetic_compression_objectives  # noqa: E402
 
 BAND_IDEAL = (0.0, 0.20)    # base model: error 1 - 0.80
 BAND_NADIR = (1.0, 0.232)   # 1 - tau, tau = 0.96 x 0.80
@@ -74,8 +75,8 @@ def main() -> None:
     parser.add_argument("--pop-size", type=int, default=50)
     parser.add_argument("--n-gen", type=int, default=1000)
     args = parser.parse_args()
-    evaluate = space.synthetic_compression_objectives
-    print(f"data: {space.SYNTHETIC_LABEL}")
+    evaluate = synthetic_compression_objectives
+    print(f"data: {SYNTHETIC_LABEL}")
     print(f"surrogate loop: n={args.n_initial}, budget={args.budget}, k={args.n_infill}, "
           f"CTAEA {args.pop_size} x {args.n_gen}; pure CTAEA 20 x {args.budget // 20} and 10 x {args.budget // 10}")
     methods = {"surrogate": None, "ctaea_20x5": (20, args.budget // 20), "ctaea_10x10": (10, args.budget // 10),

@@ -5,7 +5,7 @@ over the 4-model pool, refit, then CTAEA (population 50, 1000 generations) on th
 surrogate problem, then pick the k = 2 infill points. Measured at 50 evaluated points (the
 first iteration after the initial sample) and 98 (the last iteration at budget 100).
 Target: <= 30 s per iteration on 2 CPU cores. Data: the SYNTHETIC analytic problem of
-``searchers.compression_space.synthetic_compression_objectives`` (no network, no data).
+``tests.searchers.synthetic_compression.synthetic_compression_objectives`` (no network, no data).
 
 Run:  .venv/bin/python benchmarks/ctaea_overhead.py [--n-gen 1000] [--repeats 1]
 """
@@ -22,11 +22,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from searchers import compression_space as space  # noqa: E402
 from searchers.surrogate_ctaea import fit_surrogates, propose_infill  # noqa: E402
+from tests.searchers.synthetic_compression import SYNTHETIC_LABEL, synthetic_compression_objectives  # noqa: E402
 
 
 def _data(n: int, seed: int):
     configs = space.latin_hypercube_configs(n, seed=seed, subset_seed=seed)
-    results = [space.synthetic_compression_objectives(c) for c in configs]
+    results = [synthetic_compression_objectives(c) for c in configs]
     X = space.encode_many(configs)
     F = np.array([[r["f1_compute"], r["f2_error"]] for r in results])
     G = np.array([r["g_accuracy"] for r in results])
@@ -40,7 +41,7 @@ def main() -> None:
     parser.add_argument("--points", type=int, nargs="+", default=[50, 98])
     parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
-    print(f"data: {space.SYNTHETIC_LABEL}")
+    print(f"data: {SYNTHETIC_LABEL}")
     print(f"CPU cores visible: {os.cpu_count()}; CTAEA {args.pop_size} x {args.n_gen} generations")
     for n in args.points:
         for rep in range(args.repeats):

@@ -70,7 +70,8 @@ def main() -> None:
     from scipy.stats import spearmanr
 
     from benchmarks.common import emit, machine
-    from orchestrator.metaspace import MetaSpaceOptions, synthetic_zoo, train_metaspace
+    from orchestrator.metaspace import MetaSpaceOptions, train_metaspace
+    from tests.orchestrator.synthetic_zoo import synthetic_zoo
 
     torch.set_num_threads(args.threads)
     base = rss_mb()

@@ -1,16 +1,16 @@
 """The genome of the pruning + quantization search (compression paper, section 2.2): one record.
 
-Seven design variables, as config-dict keys::
+Seven design variables, as config-dict keys (code names a key by its constant, second column)::
 
-    x1  linear-layer pruning scope      {0 none, 1 all, 2 seeded random subset}
-    x2  conv-layer pruning scope        {0 none, 1 all, 2 seeded random subset}
-    x3  linear pruning intensity (%)    0 < x3 < 100, kept in [1, 99], 2 decimals
-    x4  conv pruning intensity (%)      0 < x4 < 100, kept in [1, 99], 2 decimals
-    x5  linear pruning type             {0 weights, 1 biases, 2 both}
-    x6  conv pruning type               {0 weights, 1 biases, 2 both}
-    x7  quantization                    {0 no, 1 yes}
+    x1  LINEAR_SCOPE      linear-layer pruning scope      {0 none, 1 all, 2 seeded random subset}
+    x2  CONV_SCOPE        conv-layer pruning scope        {0 none, 1 all, 2 seeded random subset}
+    x3  LINEAR_INTENSITY  linear pruning intensity (%)    0 < x3 < 100, kept in [1, 99], 2 decimals
+    x4  CONV_INTENSITY    conv pruning intensity (%)      0 < x4 < 100, kept in [1, 99], 2 decimals
+    x5  LINEAR_TYPE       linear pruning type             {0 weights, 1 biases, 2 both}
+    x6  CONV_TYPE         conv pruning type               {0 weights, 1 biases, 2 both}
+    x7  QUANTIZE          quantization                    {0 no, 1 yes}
 
-plus ``subset_seed``: the searcher's seed, from which the trainable draws the random subset of
+plus ``subset_seed`` (``SUBSET_SEED``): the searcher's seed, from which the trainable draws the random subset of
 layers when a scope is 2, so one search sees one subset.
 
 :meth:`CompressionGenome.from_config` is the one validation, shared by the searchers (encoding,
@@ -47,6 +47,14 @@ PRUNING_TYPES = ("weights", "biases", "both")
 INTENSITY_BOUNDS = (1.0, 99.0)  # percent; the paper's open interval 0 < x < 100, kept off the ends
 INTENSITY_DECIMALS = 2
 
+# The config key of each design variable, named by what it sets. The keys themselves stay the
+# paper's x1..x7: zoo rows and Tune configs already written use them.
+LINEAR_SCOPE, CONV_SCOPE = "x1", "x2"
+LINEAR_INTENSITY, CONV_INTENSITY = "x3", "x4"
+LINEAR_TYPE, CONV_TYPE = "x5", "x6"
+QUANTIZE = "x7"
+SUBSET_SEED = "subset_seed"
+
 
 @dataclass(frozen=True)
 class DesignVariable:
@@ -63,20 +71,22 @@ class DesignVariable:
 
 
 DESIGN_VARIABLES: tuple[DesignVariable, ...] = (
-    DesignVariable("x1", "linear-layer pruning scope (0 none, 1 all, 2 random subset)", n_categories=3),
-    DesignVariable("x2", "conv-layer pruning scope (0 none, 1 all, 2 random subset)", n_categories=3),
-    DesignVariable("x3", "linear pruning intensity (%)", bounds=INTENSITY_BOUNDS),
-    DesignVariable("x4", "conv pruning intensity (%)", bounds=INTENSITY_BOUNDS),
-    DesignVariable("x5", "linear pruning type (0 weights, 1 biases, 2 both)", n_categories=3),
-    DesignVariable("x6", "conv pruning type (0 weights, 1 biases, 2 both)", n_categories=3),
-    DesignVariable("x7", "quantization (0 no, 1 yes)", n_categories=2),
+    DesignVariable(LINEAR_SCOPE, "linear-layer pruning scope (0 none, 1 all, 2 random subset)", n_categories=3),
+    DesignVariable(CONV_SCOPE, "conv-layer pruning scope (0 none, 1 all, 2 random subset)", n_categories=3),
+    DesignVariable(LINEAR_INTENSITY, "linear pruning intensity (%)", bounds=INTENSITY_BOUNDS),
+    DesignVariable(CONV_INTENSITY, "conv pruning intensity (%)", bounds=INTENSITY_BOUNDS),
+    DesignVariable(LINEAR_TYPE, "linear pruning type (0 weights, 1 biases, 2 both)", n_categories=3),
+    DesignVariable(CONV_TYPE, "conv pruning type (0 weights, 1 biases, 2 both)", n_categories=3),
+    DesignVariable(QUANTIZE, "quantization (0 no, 1 yes)", n_categories=2),
 )
 VARIABLE_NAMES: tuple[str, ...] = tuple(v.name for v in DESIGN_VARIABLES)
+CONFIG_KEYS: tuple[str, ...] = (*VARIABLE_NAMES, SUBSET_SEED)  # a full config: the seven and the seed
 N_VARIABLES = len(DESIGN_VARIABLES)
 VARIABLES = {v.name: v for v in DESIGN_VARIABLES}
 
 # Which intensity / type belong to which scope: (scope, intensity, type), linear then conv.
-LAYER_GROUPS: tuple[tuple[str, str, str], ...] = (("x1", "x3", "x5"), ("x2", "x4", "x6"))
+LAYER_GROUPS: tuple[tuple[str, str, str], ...] = ((LINEAR_SCOPE, LINEAR_INTENSITY, LINEAR_TYPE),
+                                                   (CONV_SCOPE, CONV_INTENSITY, CONV_TYPE))
 
 # Canonical values of the "does not matter" variables when their scope is 0.
 CANONICAL_INTENSITY = INTENSITY_BOUNDS[0]
@@ -129,7 +139,7 @@ class CompressionGenome:
                 values[var.name] = _category(var, config[var.name])
         for scope, intensity, _ in LAYER_GROUPS:
             values[intensity] = _intensity(VARIABLES[intensity], config[intensity], used=values[scope] != 0)
-        seed = config.get("subset_seed", 0)
+        seed = config.get(SUBSET_SEED, 0)
         if not _is_number(seed) or int(seed) != seed or seed < 0:
             raise ConfigError(f"subset_seed={seed!r} must be a non-negative integer")
         return cls(**values, subset_seed=int(seed))
@@ -162,11 +172,6 @@ class CompressionGenome:
             if canon[scope] == 0:
                 canon[intensity] = canon[ptype] = None
         return tuple(canon.values())
-
-
-def canonical_config(config: Mapping) -> dict:
-    """The seven variables of ``config``'s canonical genome (``subset_seed`` dropped)."""
-    return CompressionGenome.from_config(config).canonical().variables()
 
 
 def canonical_key(config: Mapping) -> tuple:

@@ -15,14 +15,18 @@ from __future__ import annotations
 import math
 from collections import Counter
 
+from medcore.compression_genome import (CONFIG_KEYS, CONV_INTENSITY, CONV_SCOPE, CONV_TYPE, LINEAR_INTENSITY,
+                                        LINEAR_SCOPE, LINEAR_TYPE, QUANTIZE, SUBSET_SEED)
 from medcore.records import FAILED, OK, ModelRecord, one_class
 from orchestrator import reports
 from orchestrator.config import CompressSearchConfig
 from orchestrator.search import RunContext, Search, Stage, trial_errors
 
 BASE_NAME, BASE_EVAL_NAME, SEARCH_NAME = "compress_base", "compress_base_eval", "compress_search"
-# x1 = x2 = 0, x7 = 0: the base network measured by the same code path as every candidate.
-UNCOMPRESSED = {"x1": 0, "x2": 0, "x3": 50.0, "x4": 50.0, "x5": 0, "x6": 0, "x7": 0, "subset_seed": 0}
+# No layer kind pruned (both scopes 0), not quantized: the base network measured by the same code
+# path as every candidate.
+UNCOMPRESSED = {LINEAR_SCOPE: 0, CONV_SCOPE: 0, LINEAR_INTENSITY: 50.0, CONV_INTENSITY: 50.0, LINEAR_TYPE: 0,
+                CONV_TYPE: 0, QUANTIZE: 0, SUBSET_SEED: 0}
 # f1 is divided by the base FLOPs (``f1_relative``), f2 is the error: both in [0, 1], so the
 # hypervolume uses ideal (0, 0), nadir (1, 1) and reference point (1.1, 1.1).
 OBJECTIVES = ("f1_relative", "f2_error")
@@ -225,7 +229,7 @@ class CompressSearch(Search):
                 "test_balanced_accuracy": base_eval.get("balanced_accuracy")})]
         pareto_ids = ctx.state.get("pareto_ids", set())
         for r in ctx.state["rows"]:
-            genome = {k: r[k] for k in ("x1", "x2", "x3", "x4", "x5", "x6", "x7", "subset_seed")}
+            genome = {k: r[k] for k in CONFIG_KEYS}
             weights, note = candidate_weights(ctx, r, genome, r["trial_id"] in pareto_ids)
             records.append(ModelRecord(
                 search="compress", stage="search", family="compression", architecture={**base_arch, "genome": genome},
@@ -271,7 +275,7 @@ def candidate_weights(ctx: RunContext, row: dict, genome: dict, in_pareto: bool)
     if not in_pareto:
         return None, ("weights not kept: only D* points are stored; apply this genome to the base's weights "
                       "(trainables.compression.evaluate_compression) to rebuild it")
-    if int(genome["x7"]):
+    if int(genome[QUANTIZE]):
         return None, ("weights not kept: an int8 model is an FX-quantized graph the build recipe cannot load; "
                       "apply this genome to the base's weights (trainables.compression.evaluate_compression) "
                       "to rebuild it")
@@ -298,7 +302,7 @@ def _row(record: dict, measured: dict) -> dict:
     m = measured.get(record["trial_id"], {})
     row = {"trial_id": record["trial_id"], "iteration": record["iteration"], "status": record["status"],
            "reason": record.get("reason", ""), "feasible": record.get("feasible"),
-           **{k: record["config"].get(k) for k in ("x1", "x2", "x3", "x4", "x5", "x6", "x7", "subset_seed")},
+           **{k: record["config"].get(k) for k in CONFIG_KEYS},
            **{k: v for k, v in (record.get("objectives") or {}).items()}, "g_accuracy": record.get("constraint")}
     for k in ("accuracy", "auc", "balanced_accuracy", "test_pred_classes", "f1_compute", "flops", "nonzero_rate",
               "size_mb", "inference_ms", "quantized", "float_layers", "confusion"):

@@ -12,7 +12,8 @@ from medcore.errors import ResourceError
 from orchestrator.cli import main
 from orchestrator.config import MedNNSSearchConfig
 from orchestrator.data import load_medmnist, make_synthetic
-from orchestrator.metaspace import MetaSpaceOptions, synthetic_zoo, train_metaspace
+from orchestrator.metaspace import MetaSpaceOptions, train_metaspace
+from tests.orchestrator.synthetic_zoo import synthetic_zoo
 from tests.stage_calls import Stop, capture_run_tuner
 from orchestrator.search import RunContext
 from orchestrator.searches.mednns import MedNNSSearch

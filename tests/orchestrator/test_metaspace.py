@@ -16,8 +16,9 @@ from medcore.records import DatasetInfo
 from orchestrator.cli import main
 from orchestrator.data import MedMNISTData, load_medmnist, make_synthetic
 from orchestrator.metaspace import (DatasetEncodings, MetaSpace, MetaSpaceOptions, encode_datasets,
-                                    load_or_encode, synthetic_zoo, train_metaspace)
+                                    load_or_encode, train_metaspace)
 from orchestrator.zoo import read_zoo, write_rows
+from tests.orchestrator.synthetic_zoo import synthetic_zoo
 
 FAST = dict(batch_size=256, seed=0)
 

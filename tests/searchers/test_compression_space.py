@@ -7,6 +7,7 @@ import pytest
 from medcore import compression_genome as genome
 from medcore.errors import ConfigError
 from searchers import compression_space as space
+from tests.searchers.synthetic_compression import synthetic_compression_objectives
 
 
 def _all_category_combinations():
@@ -86,7 +87,7 @@ def test_genome_rules_floats_for_ints_unused_intensity_and_seed():
     # an intensity whose scope is 0 only has to be a number; encoding clips it to the bound
     off = {**base, "x1": 0, "x3": 0.0}
     assert genome.CompressionGenome.from_config(off).x3 == 0.0
-    assert genome.canonical_config(off)["x3"] == genome.CANONICAL_INTENSITY
+    assert genome.CompressionGenome.from_config(off).canonical().x3 == genome.CANONICAL_INTENSITY
     assert space.encode(off)[2] == 0.0 and space.decode(space.encode(off))["x3"] == 1.0
     for bad, name in [({"x3": 0.99}, "x3"), ({"x4": 99.01}, "x4"), ({"x1": 0, "x3": float("nan")}, "x3"),
                       ({"x4": "50"}, "x4"), ({"x2": 1.5}, "x2"), ({"x7": "1"}, "x7"), ({"x5": float("inf")}, "x5"),
@@ -105,8 +106,8 @@ def test_canonical_key_ignores_intensity_and_type_of_an_unpruned_layer_kind():
     assert genome.canonical_key(a) == (0, 1, None, 40.0, None, 0, 1)
     both_off = {"x1": 0, "x2": 0, "x3": 5.0, "x4": 6.0, "x5": 1, "x6": 2, "x7": 0}
     assert genome.canonical_key(both_off) == (0, 0, None, None, None, None, 0)
-    assert genome.canonical_config(both_off) == {"x1": 0, "x2": 0, "x3": 1.0, "x4": 1.0,
-                                                "x5": 0, "x6": 0, "x7": 0}
+    assert genome.CompressionGenome.from_config(both_off).canonical().variables() == {
+        "x1": 0, "x2": 0, "x3": 1.0, "x4": 1.0, "x5": 0, "x6": 0, "x7": 0}
     # Scope 1 vs 2 differ even at equal intensity/type.
     assert genome.canonical_key({**a, "x2": 2}) != genome.canonical_key(a)
 
@@ -116,7 +117,7 @@ def test_canonical_vectors_match_the_scalar_definition():
     U = rng.random((400, 7))
     U[::5, 0] = 0.1   # force many scope-0 rows
     U[::7, 1] = 0.2
-    expected = np.array([space.encode(genome.canonical_config(space.decode(u))) for u in U])
+    expected = np.array([space.encode(genome.CompressionGenome.from_config(space.decode(u)).canonical().variables()) for u in U])
     np.testing.assert_allclose(space.canonical_vectors(U), expected, atol=1e-12)
     # Snapping is idempotent and equal keys give equal vectors.
     np.testing.assert_allclose(space.canonical_vectors(space.canonical_vectors(U)), expected, atol=1e-12)
@@ -179,20 +180,20 @@ def test_random_unique_configs_are_new_and_distinct():
 
 def test_synthetic_problem_is_deterministic_labelled_and_shaped_like_eq1():
     base = {"x1": 0, "x2": 0, "x3": 50.0, "x4": 50.0, "x5": 0, "x6": 0, "x7": 0, "subset_seed": 0}
-    r0 = space.synthetic_compression_objectives(base)
+    r0 = synthetic_compression_objectives(base)
     assert r0["f1_compute"] == pytest.approx(1.0)             # uncompressed model
     assert r0["f2_error"] == pytest.approx(0.2)
     assert r0["g_accuracy"] == pytest.approx(0.96 * 0.8 - 0.8)
     assert "synthetic" in r0["data"] and r0["status"] == "ok"
-    quantized = space.synthetic_compression_objectives({**base, "x7": 1})
+    quantized = synthetic_compression_objectives({**base, "x7": 1})
     assert quantized["f1_compute"] < r0["f1_compute"]
     pruned = {**base, "x2": 1, "x4": 90.0}
-    heavy = space.synthetic_compression_objectives(pruned)
+    heavy = synthetic_compression_objectives(pruned)
     assert heavy["f1_compute"] < r0["f1_compute"] and heavy["g_accuracy"] > 0   # too much pruning
-    mild = space.synthetic_compression_objectives({**pruned, "x4": 20.0})
+    mild = synthetic_compression_objectives({**pruned, "x4": 20.0})
     assert mild["g_accuracy"] <= 0 and mild["f1_compute"] < r0["f1_compute"]
-    assert space.synthetic_compression_objectives(pruned) == heavy
+    assert synthetic_compression_objectives(pruned) == heavy
     # The random subset depends on the searcher's seed, deterministically.
     subset = {**base, "x2": 2, "x4": 60.0}
-    assert (space.synthetic_compression_objectives({**subset, "subset_seed": 1})
-            != space.synthetic_compression_objectives({**subset, "subset_seed": 2}))
+    assert (synthetic_compression_objectives({**subset, "subset_seed": 1})
+            != synthetic_compression_objectives({**subset, "subset_seed": 2}))

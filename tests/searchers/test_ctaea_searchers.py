@@ -14,14 +14,15 @@ from ray.tune.search import Searcher
 from medcore.compression_genome import canonical_key
 from medcore.errors import ConfigError
 from searchers import compression_space as space
-from searchers.ctaea import (FAILED_CONSTRAINT_VIOLATION, CTAEASearcher, drive_without_ray,
-                             parse_trial_result, reference_directions)
+from searchers.ctaea import FAILED_CONSTRAINT_VIOLATION, CTAEASearcher, parse_trial_result, reference_directions
 from searchers.pareto import feasible_nondominated_indices, hypervolume, non_dominated_mask
 from searchers.surrogate_ctaea import (SurrogateCTAEASearcher, SurrogateSolution, propose_infill,
                                        select_infill)
 from searchers.surrogates import default_surrogate_pool
+from tests.searchers.drive import drive_without_ray
+from tests.searchers.synthetic_compression import synthetic_compression_objectives
 
-evaluate = space.synthetic_compression_objectives
+evaluate = synthetic_compression_objectives
 
 # Small but complete settings for the bookkeeping tests of the surrogate loop: two real pool
 # members (the fastest) instead of four; the full pool runs in the hypervolume and Tune tests.
@@ -331,7 +332,7 @@ def test_hypervolume_matches_a_2d_sweep_of_a_random_front():
 def _synthetic_trainable(config):
     from ray import tune
 
-    tune.report(space.synthetic_compression_objectives(config))
+    tune.report(synthetic_compression_objectives(config))
 
 
 def test_surrogate_searcher_under_ray_tune(ray_local, tmp_path):
