@@ -14,8 +14,8 @@ from medcore.errors import ConfigError
 from orchestrator import config as config_module
 from orchestrator import registry, spec as spec_module
 from orchestrator.cli import _check_run, main
-from orchestrator.config import (SEED_RANGE, DartsSearchConfig, ODESearchConfig, Resources, _typed_leaves, from_dict,
-                                 quote)
+from orchestrator.config import SEED_RANGE, DartsSearchConfig, ODESearchConfig, Resources
+from orchestrator.schema import _typed_leaves, from_dict, quote
 from orchestrator.data import SAMPLE_ROOT
 from orchestrator.spec import MAX_SPEC_BYTES, SearchEntry, load_spec, parse_spec, topological_order
 

@@ -141,7 +141,8 @@ def test_a_cell_refuses_an_unknown_implant():
 # ---- threading: config -> Stage II / Stage III trainables -> summary and zoo ---------------------
 
 def test_the_config_refuses_an_unknown_implant_in_one_line():
-    from orchestrator.config import DartsSearchConfig, from_dict
+    from orchestrator.config import DartsSearchConfig
+    from orchestrator.schema import from_dict
 
     assert DartsSearchConfig().implant == "replace"
     assert from_dict(DartsSearchConfig, {"implant": "residual"}).validate().implant == "residual"
