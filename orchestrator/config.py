@@ -4,8 +4,8 @@ A config is a dataclass tree: the search's own settings at the top, ``resources`
 how trials run) and ``fit`` (the training recipe) nested. The generic machinery (fields with
 their help, choices and bounds; flags and dicts onto the tree) is :mod:`orchestrator.schema`;
 here are the concrete classes and their rules. :meth:`SearchConfig.validate` checks everything
-once, raising a :class:`ConfigError` that names the field path, rendered as the flag on the CLI
-and as ``searches[i].field`` in a spec.
+once, the declared values first, raising a :class:`ConfigError` that names the field path,
+rendered as the flag on the CLI and as ``searches[i].field`` in a spec.
 """
 from __future__ import annotations
 
@@ -19,6 +19,9 @@ from orchestrator.schema import check_values, clip, opt, quote
 
 # Seeds go to numpy's legacy RandomState and torch.manual_seed: numpy's range is the narrower.
 SEED_RANGE = (0, 2**32 - 1)
+# The fit loop's arithmetic and tensor layout (trainables.fit holds the same tuples; it imports torch).
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 
 
 def seed_arg(text: str) -> int:
@@ -114,10 +117,10 @@ class FitOptions:
                          "split's class log-odds, so an imbalanced split does not rank classes backwards "
                          "in the first epochs)", choices=HEAD_BIAS)
     precision: str = opt("auto", "arithmetic of training: auto (bf16 autocast on CPUs with native bf16, fp16 AMP on "
-                         "CUDA, else fp32), fp32, bf16 or fp16 (CUDA)", choices=("auto", "fp32", "bf16", "fp16"))
+                         "CUDA, else fp32), fp32, bf16 or fp16 (CUDA)", choices=PRECISIONS)
     memory_format: str = opt("auto", "tensor layout: auto (channels-last unless the model has InstanceNorm, where "
                              "it is slower on CPUs; always on CUDA), channels_last or contiguous",
-                             choices=("auto", "channels_last", "contiguous"))
+                             choices=MEMORY_FORMATS)
 
     def check(self, prefix: str = "fit."):
         for name in ("max_epochs", "batch_size"):
@@ -129,11 +132,6 @@ class FitOptions:
             raise ConfigError(f"must be > 0, got {self.lr}", prefix + "lr")
         if self.weight_decay < 0:
             raise ConfigError(f"must be >= 0, got {self.weight_decay}", prefix + "weight_decay")
-        if self.metric not in ("val_acc", "val_auc"):
-            raise ConfigError(f"must be val_acc or val_auc, got {quote(self.metric)}", prefix + "metric")
-        if self.head_bias not in HEAD_BIAS:
-            raise ConfigError(f"must be one of {', '.join(HEAD_BIAS)}, got {quote(self.head_bias)}",
-                              prefix + "head_bias")
 
     def fit_config(self, seed: int, epochs: int | None = None) -> dict:
         """The keyword arguments of ``trainables.fit.FitConfig``."""
@@ -160,15 +158,23 @@ class SearchConfig:
     resources: Resources = opt(factory=Resources)
 
     def validate(self):
-        """Check every field once; raises ConfigError naming the field path. Returns self."""
+        """Check every field once; raises ConfigError naming the field path. Returns self.
+
+        The one way in for the CLI, specs and the Python API, in this order: what the fields
+        declare (:func:`check_values`: types, bounds, choices), the data, the resources, and the
+        search's own :meth:`check`, which may rely on all of them."""
         check_values(self)
+        self.check_data()
+        self.resources.check()
+        self.check()
+        return self
+
+    def check_data(self):
+        """The image size and dataset: a MedMNIST size and flag (a search reading other data overrides it)."""
         if self.size not in (28, 64, 128, 224):
             raise ConfigError(f"must be 28, 64, 128 or 224, got {self.size}", "size")
         if not isinstance(self.dataset, str) or not self.dataset:
             raise ConfigError("must name a dataset", "dataset")
-        self.resources.check()
-        self.check()
-        return self
 
     def check(self):
         """The search's own checks (subclasses)."""
@@ -208,7 +214,7 @@ SYNTHETIC = "synthetic"
 
 def _synthetic(value) -> bool:
     """A ``data`` naming no file (a ``literal`` of :func:`opt`): 'synthetic', or blank (which
-    :meth:`DartsSearchConfig.validate` refuses in its own words)."""
+    :meth:`DartsSearchConfig.check_data` refuses in its own words)."""
     return value == SYNTHETIC or (isinstance(value, str) and not value.strip())
 
 
@@ -307,9 +313,9 @@ class BaseTrainOptions(FitOptions):
     head_bias: str = opt("default", "not read by compress (its base network trains with PyTorch's default output "
                          "bias); only 'default' is accepted", choices=HEAD_BIAS)
     precision: str = opt("auto", "not read by compress (its base network trains at the fit loop's default, auto); "
-                         "only 'auto' is accepted", choices=("auto", "fp32", "bf16", "fp16"))
+                         "only 'auto' is accepted", choices=PRECISIONS)
     memory_format: str = opt("auto", "not read by compress (its base network trains at the fit loop's default, "
-                             "auto); only 'auto' is accepted", choices=("auto", "channels_last", "contiguous"))
+                             "auto); only 'auto' is accepted", choices=MEMORY_FORMATS)
 
 
 # Pure CTAEA (``searcher: ctaea``) trains nothing but evaluates each point on the real function as
@@ -350,11 +356,6 @@ class CompressSearchConfig(SearchConfig):
         if self.base_checkpoint is not None and not Path(self.base_checkpoint).expanduser().is_dir():
             raise ConfigError(f"{clip(self.base_checkpoint)} not found (expected a train_base checkpoint folder)",
                               "base_checkpoint")
-        if self.searcher not in ("surrogate", "ctaea"):
-            raise ConfigError(f"must be surrogate or ctaea, got {quote(self.searcher)}", "searcher")
-        if self.constraint_metric not in ("accuracy", "auc", "balanced_accuracy"):
-            raise ConfigError(f"must be accuracy, auc or balanced_accuracy, got {self.constraint_metric}",
-                              "constraint_metric")
         for name, low in (("infill", 1), ("initial", 2), ("ctaea_pop", 2), ("ctaea_gens", 1),
                           ("inference_batch", 1), ("inference_repeats", 1), ("budget", 1)):
             if getattr(self, name) < low:
@@ -441,10 +442,6 @@ class StrategySearchConfig(SearchConfig):
         for name, low in (("budget", 1), ("grace_period", 1), ("reduction_factor", 2)):
             if getattr(self, name) < low:
                 raise ConfigError(f"must be >= {low}, got {getattr(self, name)}", name)
-        if self.scheduler not in ("asha", "fifo"):
-            raise ConfigError(f"must be asha or fifo, got {quote(self.scheduler)}", "scheduler")
-        if self.augment_backend not in ("batched", "loop"):
-            raise ConfigError(f"must be batched or loop, got {quote(self.augment_backend)}", "augment_backend")
         self.fit.check()
         parse_objectives(self.objectives, self.fit.max_epochs)
         if self.metaspace is not None and not Path(self.metaspace).expanduser().is_dir():
@@ -492,17 +489,13 @@ class DartsSearchConfig(SearchConfig):
                                   "zero-initialised: it starts as the frozen U-Net)", choices=("replace", "residual"))
 
     def medmnist_flags(self) -> list[str]:
-        return []  # --data names a Decathlon folder, its npz or "synthetic"; checked by validate
+        return []  # --data names a Decathlon folder, its npz or "synthetic"; checked by check_data and check
 
-    def validate(self):
-        check_values(self)
+    def check_data(self):
         if self.size < 32 or self.size % 32:
             raise ConfigError(f"must be a multiple of 32 (>= 32), got {self.size}", "size")
         if not str(self.data).strip():
             raise ConfigError("must name a Decathlon folder, an .npz file or 'synthetic'", "data")
-        self.resources.check()
-        self.check()
-        return self
 
     def backbones(self) -> list[str]:
         return [b.strip() for b in self.backbone.split(",") if b.strip()]
@@ -522,10 +515,6 @@ class DartsSearchConfig(SearchConfig):
         from trainables.nets.skip_baselines import BASELINES
         from trainables.nets.unets import BACKBONES
 
-        if self.spatial_dims not in (2, 3):
-            raise ConfigError(f"must be 2 or 3, got {self.spatial_dims}", "spatial_dims")
-        if self.implant not in ("replace", "residual"):  # argparse checks the flag; this, a spec or the API
-            raise ConfigError(f"unknown implant {quote(self.implant)}; known: replace, residual", "implant")
         if not self.backbones():
             raise ConfigError("must name at least one backbone", "backbone")
         for b in self.backbones():

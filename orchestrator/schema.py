@@ -3,8 +3,9 @@ choices, bounds and path marks (:func:`opt`).
 
 Generic, with no search in it: flags are generated from the fields (:func:`add_flags`), YAML and
 JSON map onto the same objects (:func:`from_dict`), and :func:`check_values` checks what every
-field's type promises (finite floats, 64-bit ints, capped strings, bounds). The concrete configs
-live in :mod:`orchestrator.config`.
+field's declaration promises (finite floats, 64-bit ints, capped strings, bounds, choices) on every
+path in, so a flag, a spec and the Python API give the same one-line :class:`ConfigError`. The
+concrete configs live in :mod:`orchestrator.config`.
 """
 from __future__ import annotations
 
@@ -65,12 +66,19 @@ def key_text(key, limit: int = QUOTE_LIMIT) -> str:
     return clip(key if isinstance(key, (str, int, float, bool)) or key is None else quote(key, limit), limit)
 
 
+def _one_of(choices) -> str:
+    """``a or b`` / ``a, b or c``: the choices of a field as an error line names them."""
+    names = [str(c) for c in choices]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
 def check_values(cfg) -> None:
-    """The checks every field gets from its declared type, before any search's own rules: a float
+    """The checks every field gets from its declaration, before any search's own rules: a float
     is finite (NaN compares false with every bound, so it would pass them all: ``max_gflops: .nan``
     would mean "no cap"), an int fits in 64 bits, a string is at most :data:`MAX_STRING`
-    characters, and a field with ``bounds`` lies within them (seeds: :data:`orchestrator.config.SEED_RANGE`)."""
-    for path, parts, kind, bounds in _typed_leaves(type(cfg)):
+    characters, a field with ``bounds`` lies within them, and one with ``choices`` is one of them
+    (the only check of choices: the CLI leaves them to this, so a flag reads like a spec)."""
+    for path, parts, kind, bounds, choices in _typed_leaves(type(cfg)):
         value = cfg
         for part in parts:
             value = getattr(value, part)
@@ -85,13 +93,15 @@ def check_values(cfg) -> None:
             raise ConfigError(f"must fit in 64 bits, got {quote(value)}", path)
         if kind is str and isinstance(value, str) and len(value) > MAX_STRING:
             raise ConfigError(f"longer than {MAX_STRING} characters: {quote(value)}", path)
+        if choices is not None and value not in choices:
+            raise ConfigError(f"must be {_one_of(choices)}, got {quote(value)}", path)
 
 
 @functools.lru_cache(maxsize=None)
 def _typed_leaves(cls) -> tuple:
-    """``(path, attribute chain, scalar type, bounds)`` of every leaf of ``cls``, once per class."""
-    return tuple((path, tuple(path.split(".")), _scalar_type(tp), f.metadata.get("bounds"))
-                 for path, f, tp in leaves(cls))
+    """``(path, attribute chain, scalar type, bounds, choices)`` of every leaf of ``cls``, once per class."""
+    return tuple((path, tuple(path.split(".")), _scalar_type(tp), f.metadata.get("bounds"),
+                  f.metadata.get("choices")) for path, f, tp in leaves(cls))
 
 
 @functools.lru_cache(maxsize=None)
@@ -146,7 +156,9 @@ def _scalar_type(tp):
 
 
 def add_flags(parser: argparse.ArgumentParser, cls) -> None:
-    """One flag per leaf field of ``cls``; the dest is the field path."""
+    """One flag per leaf field of ``cls``; the dest is the field path. A field's choices show in
+    ``--help`` as argparse shows them (``{a,b}``) but are not argparse's to check:
+    :func:`check_values` refuses a bad one in the words a spec and the Python API get."""
     defaults = cls()
     for path, f, tp in leaves(cls):
         default = _get(defaults, path)
@@ -157,7 +169,9 @@ def add_flags(parser: argparse.ArgumentParser, cls) -> None:
             parser.add_argument(flag_of(f), dest=path, action=action, default=default, help=help_text)
             continue
         shown = f" (default: {default})" if default not in (None, "") else ""
-        parser.add_argument(flag_of(f), dest=path, type=kind, default=default, choices=f.metadata.get("choices"),
+        choices = f.metadata.get("choices")
+        metavar = "{" + ",".join(map(str, choices)) + "}" if choices is not None else None
+        parser.add_argument(flag_of(f), dest=path, type=kind, default=default, metavar=metavar,
                             help=help_text + shown)
 
 

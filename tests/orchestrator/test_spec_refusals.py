@@ -216,7 +216,7 @@ def test_every_float_field_of_every_search_must_be_finite():
     checked = 0
     for name in registry.names():
         cls = registry.get(name).config_cls
-        for path, _, kind, _ in _typed_leaves(cls):
+        for path, _, kind, _, _ in _typed_leaves(cls):
             if kind is not float:
                 continue
             for bad in (math.nan, math.inf):
@@ -245,7 +245,7 @@ def test_a_seed_outside_numpys_range_is_refused(run_refused, seed):
 
 def test_every_seed_field_has_numpys_range():
     seeds = [(name, path, bounds) for name in registry.names()
-             for path, _, _, bounds in _typed_leaves(registry.get(name).config_cls) if "seed" in path]
+             for path, _, _, bounds, _ in _typed_leaves(registry.get(name).config_cls) if "seed" in path]
     assert seeds and all(bounds == SEED_RANGE for _, _, bounds in seeds), seeds
     assert ODESearchConfig(seed=2**32 - 1).validate().seed == 2**32 - 1
     with pytest.raises(ConfigError, match="must be in"):
