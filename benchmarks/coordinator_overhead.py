@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.common import emit, machine
-from orchestrator.config import SearchConfig, opt
+from orchestrator.config import SearchConfig
+from orchestrator.schema import opt
 from orchestrator.search import Search, Stage
 
 ROOT = Path(__file__).resolve().parent.parent

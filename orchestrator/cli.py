@@ -24,7 +24,8 @@ from pathlib import Path
 
 from medcore.errors import ConfigError, MedtuneError
 from orchestrator import registry
-from orchestrator.config import add_flags, flag_names, from_dict, from_flags, seed_arg
+from orchestrator.config import seed_arg
+from orchestrator.schema import add_flags, flag_names, from_dict, from_flags
 
 # Modules that add top-level commands: each has add_commands(subparsers); a command's
 # handler(args) -> exit code is set with set_defaults(handler=...).

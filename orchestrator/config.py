@@ -1,106 +1,27 @@
 """Typed search configurations: one schema per search, shared by the CLI, YAML specs and Python.
 
 A config is a dataclass tree: the search's own settings at the top, ``resources`` (where and
-how trials run) and ``fit`` (the training recipe) nested. CLI flags are generated from the
-fields (:func:`add_flags`; help text lives on the field), YAML maps onto the same objects
-(:func:`from_dict`), and :meth:`SearchConfig.validate` checks everything once, raising a
-:class:`ConfigError` that names the field path, rendered as the flag on the CLI and as
-``searches[i].field`` in a spec.
+how trials run) and ``fit`` (the training recipe) nested. The generic machinery (fields with
+their help, choices and bounds; flags and dicts onto the tree) is :mod:`orchestrator.schema`;
+here are the concrete classes and their rules. :meth:`SearchConfig.validate` checks everything
+once, the declared values first, raising a :class:`ConfigError` that names the field path,
+rendered as the flag on the CLI and as ``searches[i].field`` in a spec.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import functools
-import math
-import reprlib
-import typing
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from medcore.errors import ConfigError
 from medcore.records import HEAD_BIAS
-
+from orchestrator.schema import check_values, clip, opt, quote
 
 # Seeds go to numpy's legacy RandomState and torch.manual_seed: numpy's range is the narrower.
 SEED_RANGE = (0, 2**32 - 1)
-# Every int field fits in 64 bits (torch and numpy hold them as int64); no config string needs more.
-INT_RANGE = (-(2**63), 2**63 - 1)
-MAX_STRING = 4096
-# At most this much of a user's value is quoted in an error line.
-QUOTE_LIMIT = 80
-
-
-def opt(default=None, help: str = "", flag: str | None = None, choices=None, factory=None, bounds=None,
-        path: bool = False, literal=None):
-    """A config field with its CLI help (and optional flag name, choices, and inclusive ``bounds``
-    checked by :func:`check_values`). ``path``: it holds a local file or folder (a spec resolves
-    a relative one against its own folder, :func:`path_fields`); ``literal(value)`` is true for
-    the values of such a field that name no path (kept as written, :func:`names_path`)."""
-    meta = {"help": help, "flag": flag, "choices": choices, "bounds": bounds, "path": path, "literal": literal}
-    if factory is not None:
-        return field(default_factory=factory, metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-def quote(value, limit: int = QUOTE_LIMIT) -> str:
-    """``repr(value)`` for an error line, at most about ``limit`` characters: a long string is cut
-    with '…' and its length, a deep or long container shortened (a 5 MB value must not become
-    a 5 MB line)."""
-    if isinstance(value, str):
-        return repr(value) if len(value) <= limit else f"{value[:limit]!r}… ({len(value)} characters)"
-    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 3 * limit:
-        if value.bit_length() < 14000:  # str() refuses ints past 4300 digits
-            return f"a {len(str(abs(value)))}-digit number"
-        return f"a number of about {int(value.bit_length() * math.log10(2)) + 1} digits"
-    short = reprlib.Repr()
-    short.maxlevel, short.maxstring, short.maxother, short.maxlong = 3, limit, limit, limit
-    short.maxlist = short.maxtuple = short.maxdict = short.maxset = 6
-    try:
-        text = short.repr(value)
-    except (ValueError, RecursionError):  # an int past Python's str() digit limit inside a container
-        text = f"<{type(value).__name__}>"
-    return text if len(text) <= limit else text[:limit] + "…"
-
-
-def clip(text, limit: int = QUOTE_LIMIT) -> str:
-    """``str(text)`` unquoted (a path in a message), cut like :func:`quote` when long."""
-    text = str(text)
-    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
-
-
-def key_text(key, limit: int = QUOTE_LIMIT) -> str:
-    """A mapping key as part of a field path (``fit.lr``), cut like :func:`quote` when long."""
-    return clip(key if isinstance(key, (str, int, float, bool)) or key is None else quote(key, limit), limit)
-
-
-def check_values(cfg) -> None:
-    """The checks every field gets from its declared type, before any search's own rules: a float
-    is finite (NaN compares false with every bound, so it would pass them all: ``max_gflops: .nan``
-    would mean "no cap"), an int fits in 64 bits, a string is at most :data:`MAX_STRING`
-    characters, and a field with ``bounds`` lies within them (seeds: :data:`SEED_RANGE`)."""
-    for path, parts, kind, bounds in _typed_leaves(type(cfg)):
-        value = cfg
-        for part in parts:
-            value = getattr(value, part)
-        if value is None or isinstance(value, bool):
-            continue
-        number = isinstance(value, (int, float))
-        if bounds is not None and number and not bounds[0] <= value <= bounds[1]:
-            raise ConfigError(f"must be in [{bounds[0]}, {bounds[1]}], got {quote(value)}", path)
-        if kind is float and number and not math.isfinite(value):
-            raise ConfigError(f"must be a finite number, got {value}", path)
-        if kind is int and isinstance(value, int) and not INT_RANGE[0] <= value <= INT_RANGE[1]:
-            raise ConfigError(f"must fit in 64 bits, got {quote(value)}", path)
-        if kind is str and isinstance(value, str) and len(value) > MAX_STRING:
-            raise ConfigError(f"longer than {MAX_STRING} characters: {quote(value)}", path)
-
-
-@functools.lru_cache(maxsize=None)
-def _typed_leaves(cls) -> tuple:
-    """``(path, attribute chain, scalar type, bounds)`` of every leaf of ``cls``, once per class."""
-    return tuple((path, tuple(path.split(".")), _scalar_type(tp), f.metadata.get("bounds"))
-                 for path, f, tp in leaves(cls))
+# The fit loop's arithmetic and tensor layout (trainables.fit holds the same tuples; it imports torch).
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 
 
 def seed_arg(text: str) -> int:
@@ -196,10 +117,10 @@ class FitOptions:
                          "split's class log-odds, so an imbalanced split does not rank classes backwards "
                          "in the first epochs)", choices=HEAD_BIAS)
     precision: str = opt("auto", "arithmetic of training: auto (bf16 autocast on CPUs with native bf16, fp16 AMP on "
-                         "CUDA, else fp32), fp32, bf16 or fp16 (CUDA)", choices=("auto", "fp32", "bf16", "fp16"))
+                         "CUDA, else fp32), fp32, bf16 or fp16 (CUDA)", choices=PRECISIONS)
     memory_format: str = opt("auto", "tensor layout: auto (channels-last unless the model has InstanceNorm, where "
                              "it is slower on CPUs; always on CUDA), channels_last or contiguous",
-                             choices=("auto", "channels_last", "contiguous"))
+                             choices=MEMORY_FORMATS)
 
     def check(self, prefix: str = "fit."):
         for name in ("max_epochs", "batch_size"):
@@ -211,11 +132,6 @@ class FitOptions:
             raise ConfigError(f"must be > 0, got {self.lr}", prefix + "lr")
         if self.weight_decay < 0:
             raise ConfigError(f"must be >= 0, got {self.weight_decay}", prefix + "weight_decay")
-        if self.metric not in ("val_acc", "val_auc"):
-            raise ConfigError(f"must be val_acc or val_auc, got {quote(self.metric)}", prefix + "metric")
-        if self.head_bias not in HEAD_BIAS:
-            raise ConfigError(f"must be one of {', '.join(HEAD_BIAS)}, got {quote(self.head_bias)}",
-                              prefix + "head_bias")
 
     def fit_config(self, seed: int, epochs: int | None = None) -> dict:
         """The keyword arguments of ``trainables.fit.FitConfig``."""
@@ -242,15 +158,23 @@ class SearchConfig:
     resources: Resources = opt(factory=Resources)
 
     def validate(self):
-        """Check every field once; raises ConfigError naming the field path. Returns self."""
+        """Check every field once; raises ConfigError naming the field path. Returns self.
+
+        The one way in for the CLI, specs and the Python API, in this order: what the fields
+        declare (:func:`check_values`: types, bounds, choices), the data, the resources, and the
+        search's own :meth:`check`, which may rely on all of them."""
         check_values(self)
+        self.check_data()
+        self.resources.check()
+        self.check()
+        return self
+
+    def check_data(self):
+        """The image size and dataset: a MedMNIST size and flag (a search reading other data overrides it)."""
         if self.size not in (28, 64, 128, 224):
             raise ConfigError(f"must be 28, 64, 128 or 224, got {self.size}", "size")
         if not isinstance(self.dataset, str) or not self.dataset:
             raise ConfigError("must name a dataset", "dataset")
-        self.resources.check()
-        self.check()
-        return self
 
     def check(self):
         """The search's own checks (subclasses)."""
@@ -290,14 +214,14 @@ SYNTHETIC = "synthetic"
 
 def _synthetic(value) -> bool:
     """A ``data`` naming no file (a ``literal`` of :func:`opt`): 'synthetic', or blank (which
-    :meth:`DartsSearchConfig.validate` refuses in its own words)."""
+    :meth:`DartsSearchConfig.check_data` refuses in its own words)."""
     return value == SYNTHETIC or (isinstance(value, str) and not value.strip())
 
 
 def _json_text(value) -> bool:
     """A ``space`` naming no file (a ``literal`` of :func:`opt`): what
     :func:`trainables.strategy.parse_space` reads as JSON text (blank: no overrides; starting
-    with '{'), or no string at all (:func:`from_dict` refuses it as one)."""
+    with '{'), or no string at all (:func:`orchestrator.schema.from_dict` refuses it as one)."""
     return not isinstance(value, str) or not value.strip() or value.lstrip().startswith("{")
 
 
@@ -389,9 +313,9 @@ class BaseTrainOptions(FitOptions):
     head_bias: str = opt("default", "not read by compress (its base network trains with PyTorch's default output "
                          "bias); only 'default' is accepted", choices=HEAD_BIAS)
     precision: str = opt("auto", "not read by compress (its base network trains at the fit loop's default, auto); "
-                         "only 'auto' is accepted", choices=("auto", "fp32", "bf16", "fp16"))
+                         "only 'auto' is accepted", choices=PRECISIONS)
     memory_format: str = opt("auto", "not read by compress (its base network trains at the fit loop's default, "
-                             "auto); only 'auto' is accepted", choices=("auto", "channels_last", "contiguous"))
+                             "auto); only 'auto' is accepted", choices=MEMORY_FORMATS)
 
 
 # Pure CTAEA (``searcher: ctaea``) trains nothing but evaluates each point on the real function as
@@ -432,11 +356,6 @@ class CompressSearchConfig(SearchConfig):
         if self.base_checkpoint is not None and not Path(self.base_checkpoint).expanduser().is_dir():
             raise ConfigError(f"{clip(self.base_checkpoint)} not found (expected a train_base checkpoint folder)",
                               "base_checkpoint")
-        if self.searcher not in ("surrogate", "ctaea"):
-            raise ConfigError(f"must be surrogate or ctaea, got {quote(self.searcher)}", "searcher")
-        if self.constraint_metric not in ("accuracy", "auc", "balanced_accuracy"):
-            raise ConfigError(f"must be accuracy, auc or balanced_accuracy, got {self.constraint_metric}",
-                              "constraint_metric")
         for name, low in (("infill", 1), ("initial", 2), ("ctaea_pop", 2), ("ctaea_gens", 1),
                           ("inference_batch", 1), ("inference_repeats", 1), ("budget", 1)):
             if getattr(self, name) < low:
@@ -470,159 +389,6 @@ class CompressSearchConfig(SearchConfig):
             raise ConfigError(f"searcher ctaea would evaluate `ctaea_pop` x `ctaea_gens` = {self.ctaea_pop} x "
                               f"{self.ctaea_gens} = {evaluations} real points, more than {CTAEA_MAX_EVALUATIONS}; "
                               f"the paper's pure CTAEA is 20 x 5 or 10 x 10", "ctaea_gens")
-
-
-# ---- dataclass tree <-> flags and dicts -------------------------------------------------
-
-@functools.lru_cache(maxsize=None)
-def _hints(cls) -> dict:
-    """``typing.get_type_hints`` once per class (a spec of many searches builds many configs)."""
-    return typing.get_type_hints(cls)
-
-
-def leaves(cls, prefix: str = ""):
-    """(path, field, owner class) of every non-dataclass field, depth first."""
-    hints = _hints(cls)
-    for f in fields(cls):
-        tp = hints[f.name]
-        if is_dataclass(tp):
-            yield from leaves(tp, prefix + f.name + ".")
-        else:
-            yield prefix + f.name, f, tp
-
-
-def flag_of(f) -> str:
-    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
-
-
-def flag_names(cls) -> dict[str, str]:
-    """Field path -> CLI flag, for rendering errors in the CLI's words."""
-    return {path: flag_of(f) for path, f, _ in leaves(cls)}
-
-
-@functools.lru_cache(maxsize=None)
-def _path_leaves(cls) -> dict:
-    """Field path -> field, of every leaf of ``cls`` marked ``path`` (once per class)."""
-    return {path: f for path, f, _ in leaves(cls) if f.metadata.get("path")}
-
-
-def path_fields(cls) -> tuple[str, ...]:
-    """The field paths (``data_root``, ``fit.x``) of ``cls`` that hold a local file or folder, so
-    a spec resolves them against its own folder without keeping a list."""
-    return tuple(_path_leaves(cls))
-
-
-def names_path(cls, path: str, value) -> bool:
-    """Whether ``value`` of path field ``path`` names a path: not a value the field reads as
-    something else (``data: synthetic``, JSON text in ``space``)."""
-    literal = _path_leaves(cls)[path].metadata.get("literal")
-    return literal is None or not literal(value)
-
-
-def _scalar_type(tp):
-    """The concrete type behind ``X | None``."""
-    args = [a for a in typing.get_args(tp) if a is not type(None)]
-    return args[0] if args else tp
-
-
-def add_flags(parser: argparse.ArgumentParser, cls) -> None:
-    """One flag per leaf field of ``cls``; the dest is the field path."""
-    defaults = cls()
-    for path, f, tp in leaves(cls):
-        default = _get(defaults, path)
-        kind = _scalar_type(tp)
-        help_text = f.metadata.get("help", "")
-        if kind is bool:
-            action = "store_false" if default else "store_true"
-            parser.add_argument(flag_of(f), dest=path, action=action, default=default, help=help_text)
-            continue
-        shown = f" (default: {default})" if default not in (None, "") else ""
-        parser.add_argument(flag_of(f), dest=path, type=kind, default=default, choices=f.metadata.get("choices"),
-                            help=help_text + shown)
-
-
-def from_flags(cls, args: argparse.Namespace):
-    """Build ``cls`` from the parsed flags of :func:`add_flags`."""
-    values = {path: getattr(args, path) for path, _, _ in leaves(cls)}
-    return from_dict(cls, _nest(values))
-
-
-def _nest(flat: dict) -> dict:
-    out: dict = {}
-    for path, value in flat.items():
-        node = out
-        *parents, leaf = path.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return out
-
-
-def _get(obj, path: str):
-    for part in path.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def from_dict(cls, data, path: str = ""):
-    """Build a config tree from a (YAML / JSON) dict, checking names and types.
-
-    Unknown fields and wrong types raise ConfigError naming the field path.
-    """
-    if not isinstance(data, dict):
-        raise ConfigError(f"expected a mapping, got {type(data).__name__}", path.rstrip(".") or None)
-    hints = _hints(cls)
-    names = {f.name for f in fields(cls)}
-    for key in data:
-        if key not in names:
-            raise ConfigError(f"unknown field for {_label(cls)}; known: {', '.join(sorted(names))}",
-                              path + key_text(key))
-    kwargs = {}
-    for f in fields(cls):
-        if f.name not in data:
-            continue
-        tp, value = hints[f.name], data[f.name]
-        if is_dataclass(tp):
-            kwargs[f.name] = from_dict(tp, value, path + f.name + ".")
-        else:
-            kwargs[f.name] = _coerce(value, tp, path + f.name)
-    return cls(**kwargs)
-
-
-def _label(cls) -> str:
-    return cls.__name__
-
-
-def _coerce(value, tp, path: str):
-    optional = type(None) in typing.get_args(tp)
-    kind = _scalar_type(tp)
-    if value is None:
-        if optional:
-            return None
-        raise ConfigError(f"must not be empty (expected {kind.__name__})", path)
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-    elif kind is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif kind is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            try:
-                return float(value)
-            except OverflowError:  # an int past float's range
-                raise ConfigError(f"must be a finite number, got {quote(value)}", path) from None
-    elif kind is str:
-        if isinstance(value, str):
-            return value
-    else:
-        return value
-    raise ConfigError(f"expected {kind.__name__}, got {quote(value)}", path)
-
-
-def replace(cfg, **changes):
-    """A copy of ``cfg`` with top-level fields changed (``dataclasses.replace``)."""
-    return dataclasses.replace(cfg, **changes)
 
 
 @dataclass
@@ -676,10 +442,6 @@ class StrategySearchConfig(SearchConfig):
         for name, low in (("budget", 1), ("grace_period", 1), ("reduction_factor", 2)):
             if getattr(self, name) < low:
                 raise ConfigError(f"must be >= {low}, got {getattr(self, name)}", name)
-        if self.scheduler not in ("asha", "fifo"):
-            raise ConfigError(f"must be asha or fifo, got {quote(self.scheduler)}", "scheduler")
-        if self.augment_backend not in ("batched", "loop"):
-            raise ConfigError(f"must be batched or loop, got {quote(self.augment_backend)}", "augment_backend")
         self.fit.check()
         parse_objectives(self.objectives, self.fit.max_epochs)
         if self.metaspace is not None and not Path(self.metaspace).expanduser().is_dir():
@@ -727,17 +489,13 @@ class DartsSearchConfig(SearchConfig):
                                   "zero-initialised: it starts as the frozen U-Net)", choices=("replace", "residual"))
 
     def medmnist_flags(self) -> list[str]:
-        return []  # --data names a Decathlon folder, its npz or "synthetic"; checked by validate
+        return []  # --data names a Decathlon folder, its npz or "synthetic"; checked by check_data and check
 
-    def validate(self):
-        check_values(self)
+    def check_data(self):
         if self.size < 32 or self.size % 32:
             raise ConfigError(f"must be a multiple of 32 (>= 32), got {self.size}", "size")
         if not str(self.data).strip():
             raise ConfigError("must name a Decathlon folder, an .npz file or 'synthetic'", "data")
-        self.resources.check()
-        self.check()
-        return self
 
     def backbones(self) -> list[str]:
         return [b.strip() for b in self.backbone.split(",") if b.strip()]
@@ -757,10 +515,6 @@ class DartsSearchConfig(SearchConfig):
         from trainables.nets.skip_baselines import BASELINES
         from trainables.nets.unets import BACKBONES
 
-        if self.spatial_dims not in (2, 3):
-            raise ConfigError(f"must be 2 or 3, got {self.spatial_dims}", "spatial_dims")
-        if self.implant not in ("replace", "residual"):  # argparse checks the flag; this, a spec or the API
-            raise ConfigError(f"unknown implant {quote(self.implant)}; known: replace, residual", "implant")
         if not self.backbones():
             raise ConfigError("must name at least one backbone", "backbone")
         for b in self.backbones():

@@ -17,7 +17,7 @@ searches:
 
 Everything is checked before anything starts, and each refusal is one line naming the field
 path (``searches[1].budget: must be at least pop_size (20), got 5``). Field types, ranges and
-the search's own rules come from its config class (:func:`orchestrator.config.from_dict`,
+the search's own rules come from its config class (:func:`orchestrator.schema.from_dict`,
 ``validate()``); this module adds the file itself (UTF-8, at most :data:`MAX_SPEC_BYTES`, no
 key given twice, no more than :data:`MAX_DEPTH` levels, aliases adding at most
 :data:`MAX_ALIAS_VALUES` values), names (safe folder names), types, dependencies, the dataset
@@ -35,7 +35,7 @@ from pathlib import Path
 
 from medcore.errors import ConfigError, MedtuneError
 from orchestrator import registry
-from orchestrator.config import MAX_STRING, from_dict, key_text, names_path, path_fields, quote
+from orchestrator.schema import MAX_STRING, from_dict, key_text, names_path, path_fields, quote
 
 TOP_LEVEL = ("storage", "zoo", "searches")
 ENTRY_KEYS = ("name", "type", "after", "datasets")
@@ -402,7 +402,7 @@ def check_dataset_file(cfg, prefix: str = "", dataset_field: str = "dataset", fl
 
 
 def _resolve_paths(cls, fields: dict, where: str, base_dir: Path) -> dict:
-    """``fields`` with each path field of ``cls`` (:func:`orchestrator.config.path_fields`) that
+    """``fields`` with each path field of ``cls`` (:func:`orchestrator.schema.path_fields`) that
     names a path resolved by :func:`_path_value`, a nested one (``fit.x``) inside its mapping.
     Mappings are copied, never changed (``datasets:`` entries share them); a nested section
     that is no mapping is left to :func:`from_dict` to refuse."""

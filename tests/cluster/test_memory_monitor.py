@@ -12,7 +12,8 @@ import pytest
 
 from medcore.records import FAILED, OK, OUT_OF_MEMORY
 from orchestrator import registry
-from orchestrator.config import SearchConfig, opt
+from orchestrator.config import SearchConfig
+from orchestrator.schema import opt
 from orchestrator.driver import run_search
 from orchestrator.search import Search, Stage, result_trial_id, trial_errors
 from tests.conftest import release_shared_ray

@@ -105,7 +105,7 @@ def test_constraint_metric_is_a_config_field_refused_in_one_line():
         CompressSearchConfig(constraint_metric="f1").validate()
     assert refused.value.field == "constraint_metric"
     CompressSearchConfig(constraint_metric="balanced_accuracy").validate()
-    from orchestrator.config import flag_names
+    from orchestrator.schema import flag_names
 
     assert flag_names(CompressSearchConfig)["constraint_metric"] == "--constraint-metric"
 

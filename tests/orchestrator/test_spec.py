@@ -9,7 +9,8 @@ import yaml
 
 from medcore.errors import ConfigError
 from orchestrator import registry
-from orchestrator.config import SearchConfig, leaves, opt, path_fields
+from orchestrator.config import SearchConfig
+from orchestrator.schema import leaves, opt, path_fields
 from orchestrator.data import SAMPLE_ROOT
 from orchestrator.spec import _resolve_paths, load_spec, parse_spec
 

@@ -14,8 +14,8 @@ from medcore.errors import ConfigError
 from orchestrator import config as config_module
 from orchestrator import registry, spec as spec_module
 from orchestrator.cli import _check_run, main
-from orchestrator.config import (SEED_RANGE, DartsSearchConfig, ODESearchConfig, Resources, _typed_leaves, from_dict,
-                                 quote)
+from orchestrator.config import SEED_RANGE, DartsSearchConfig, ODESearchConfig, Resources
+from orchestrator.schema import _typed_leaves, from_dict, quote
 from orchestrator.data import SAMPLE_ROOT
 from orchestrator.spec import MAX_SPEC_BYTES, SearchEntry, load_spec, parse_spec, topological_order
 
@@ -216,7 +216,7 @@ def test_every_float_field_of_every_search_must_be_finite():
     checked = 0
     for name in registry.names():
         cls = registry.get(name).config_cls
-        for path, _, kind, _ in _typed_leaves(cls):
+        for path, _, kind, _, _ in _typed_leaves(cls):
             if kind is not float:
                 continue
             for bad in (math.nan, math.inf):
@@ -245,7 +245,7 @@ def test_a_seed_outside_numpys_range_is_refused(run_refused, seed):
 
 def test_every_seed_field_has_numpys_range():
     seeds = [(name, path, bounds) for name in registry.names()
-             for path, _, _, bounds in _typed_leaves(registry.get(name).config_cls) if "seed" in path]
+             for path, _, _, bounds, _ in _typed_leaves(registry.get(name).config_cls) if "seed" in path]
     assert seeds and all(bounds == SEED_RANGE for _, _, bounds in seeds), seeds
     assert ODESearchConfig(seed=2**32 - 1).validate().seed == 2**32 - 1
     with pytest.raises(ConfigError, match="must be in"):

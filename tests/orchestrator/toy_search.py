@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medcore.records import FAILED, OK
-from orchestrator.config import SearchConfig, opt
+from orchestrator.config import SearchConfig
+from orchestrator.schema import opt
 from orchestrator.search import Search, Stage, result_trial_id, trial_errors
 
 
