@@ -9,9 +9,9 @@ Stages: ``search`` -> ``retrain``.
   PRUNED (:class:`PruningOptunaSearch`). Two objectives (``--objectives val_acc@10,val_acc@final``):
   NSGA-II through OptunaSearch's metric/mode lists with FIFO, every trial trained to
   ``--max-epochs`` -- ASHA needs one scalar, and a trial it stops has no value at the final epoch,
-  so it would vanish from the front it is meant to populate. The search space is a dict of
-  Optuna distributions held by the searcher, which Tune saves with the experiment every few
-  seconds: ``Tuner.restore`` continues the same study (trials neither lost nor repeated).
+  so it would vanish from the front it is meant to populate. The search space (Tune domains,
+  :func:`tune_space`) becomes a dict of Optuna distributions held by the searcher, which Tune
+  saves with the experiment every few seconds: ``Tuner.restore`` continues the same study (trials neither lost nor repeated).
   With ``--optuna-storage`` the study also lives in ``<out>/optuna.db`` (SQLite) for
   ``optuna-dashboard sqlite:///<out>/optuna.db``, and is read back from there after the run
   (:func:`final_study`); each study trial names its Tune trial (:func:`trial_numbers`).
@@ -91,18 +91,29 @@ def _optuna_search_cls():
     return PruningOptunaSearch
 
 
-def optuna_space(space: dict) -> dict:
-    """Optuna distributions of a parsed space (:func:`trainables.strategy.parse_space`)."""
-    from optuna.distributions import CategoricalDistribution, FloatDistribution
+def tune_space(space: dict) -> dict:
+    """A parsed space (:func:`trainables.strategy.parse_space`) as Tune's own domains: a choice
+    is ``tune.choice``, a float range ``tune.loguniform`` on a log scale, else ``tune.quniform``
+    with a step or ``tune.uniform``."""
+    from ray import tune
 
     out = {}
     for name, spec in space.items():
         if spec[0] == "choice":
-            out[name] = CategoricalDistribution(list(spec[1]))
+            out[name] = tune.choice(list(spec[1]))
         else:
             _, low, high, log, step = spec
-            out[name] = FloatDistribution(low, high, log=log, step=step)
+            out[name] = (tune.loguniform(low, high) if log else
+                         tune.quniform(low, high, step) if step else tune.uniform(low, high))
     return out
+
+
+def optuna_space(space: dict) -> dict:
+    """The Optuna distributions OptunaSearch makes of :func:`tune_space` (its own converter, given
+    explicitly: handed Tune domains, the searcher converts them but logs a warning each run)."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    return OptunaSearch.convert_search_space(tune_space(space))
 
 
 def trial_numbers(study) -> dict[str, int]:

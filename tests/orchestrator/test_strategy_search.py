@@ -10,7 +10,7 @@ import pytest
 from medcore.records import OK
 from orchestrator.config import Resources, StrategyFitOptions, StrategySearchConfig
 from orchestrator.search import TRIAL_RETRIES
-from orchestrator.searches.strategy import final_study, make_searcher, objective_setup, trial_numbers
+from orchestrator.searches.strategy import final_study, make_searcher, objective_setup, optuna_space, trial_numbers
 from tests.figures import capture
 from trainables.strategy import parse_space
 
@@ -350,3 +350,16 @@ def test_the_study_names_its_tune_trials_with_or_without_storage(tmp_path):
         assert trial_numbers(study) == {"a": 0, "b": 1}
         assert [(t.state.name, t.values, t.params["lr"]) for t in study.trials] == [
             ("COMPLETE", [0.6], 0.001), ("PRUNED", None, second["lr"])]
+
+
+def test_the_space_reaches_optuna_as_the_distributions_it_names():
+    """The parsed space goes through Tune's domains and OptunaSearch's converter: each choice a
+    categorical, each range a float distribution with its bounds, log scale and step, in order."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    space = parse_space({"dropout": {"low": 0.1, "high": 0.4}, "l2": {"low": 1e-6, "high": 1e-2, "log": True},
+                         "batch_size": [16, 32]})
+    expected = {name: CategoricalDistribution(list(spec[1])) if spec[0] == "choice" else
+                FloatDistribution(spec[1], spec[2], log=spec[3], step=spec[4]) for name, spec in space.items()}
+    assert list(optuna_space(space).items()) == list(expected.items())
+    assert optuna_space(parse_space())["dropout"] == FloatDistribution(0.0, 0.5, step=0.1)
