@@ -9,11 +9,12 @@ Stages: ``search`` -> ``retrain``.
   PRUNED (:class:`PruningOptunaSearch`). Two objectives (``--objectives val_acc@10,val_acc@final``):
   NSGA-II through OptunaSearch's metric/mode lists with FIFO, every trial trained to
   ``--max-epochs`` -- ASHA needs one scalar, and a trial it stops has no value at the final epoch,
-  so it would vanish from the front it is meant to populate. The search space is a dict of
-  Optuna distributions held by the searcher, which Tune saves with the experiment every few
-  seconds: ``Tuner.restore`` continues the same study (trials neither lost nor repeated).
+  so it would vanish from the front it is meant to populate. The search space (Tune domains,
+  :func:`tune_space`) becomes a dict of Optuna distributions held by the searcher, which Tune
+  saves with the experiment every few seconds: ``Tuner.restore`` continues the same study (trials neither lost nor repeated).
   With ``--optuna-storage`` the study also lives in ``<out>/optuna.db`` (SQLite) for
-  ``optuna-dashboard sqlite:///<out>/optuna.db``.
+  ``optuna-dashboard sqlite:///<out>/optuna.db``, and is read back from there after the run
+  (:func:`final_study`); each study trial names its Tune trial (:func:`trial_numbers`).
 * ``retrain``: the best strategy and the default recipe trained again with test evaluation at
   every epoch; the best's weights go to the zoo.
 
@@ -29,7 +30,8 @@ recipe's ``--batch-size`` is halved until its retrain fits, like the other searc
 Outputs in ``--out``: ``trials.csv`` (every trial's strategy, Optuna state, values),
 ``curves.csv`` (every trial's per-epoch metrics), ``summary.json``, ``learning_curves.png``
 (best strategies vs the default recipe), ``param_importances.png`` (Optuna's fANOVA) and, for
-two objectives, ``pareto_front.png``.
+two objectives, ``pareto_front.png``: tables, statistics and plots in
+:mod:`orchestrator.searches.strategy_report`.
 """
 from __future__ import annotations
 
@@ -44,11 +46,14 @@ from medcore.records import FAILED, OK, ModelRecord
 from orchestrator import reports
 from orchestrator.config import StrategySearchConfig
 from orchestrator.search import RunContext, Search, Stage
+from orchestrator.searches.strategy_report import (COMPLETE, PRUNED, network_label, param_importances,
+                                                   plot_importances, plot_learning_curves, plot_pareto,
+                                                   retrain_report, trial_rows)
 
 SEARCH_NAME, RETRAIN_NAME = "strategy_search", "strategy_retrain"
 FAMILY = "strategy"
 STORAGE_FILE = "optuna.db"
-PRUNED, COMPLETE, FAIL = "PRUNED", "COMPLETE", "FAIL"
+TUNE_TRIAL_ID = "tune_trial_id"  # the Optuna user attr naming the Tune trial of a study trial
 
 
 def _optuna_search_cls():
@@ -58,7 +63,22 @@ def _optuna_search_cls():
     class PruningOptunaSearch(OptunaSearch):
         """OptunaSearch where a trial that ends before its last epoch (stopped by the scheduler:
         its final result says ``finished=False``) is told to the study as PRUNED, not COMPLETE
-        with a premature value (Ray's OptunaSearch marks it COMPLETE)."""
+        with a premature value (Ray's OptunaSearch marks it COMPLETE); each study trial records
+        its Tune trial id (user attr :data:`TUNE_TRIAL_ID`), so the study alone, read back from
+        its storage after the run, maps Tune trials to Optuna numbers (:func:`trial_numbers`).
+        Ray's private attributes are read here only, in the subclass."""
+
+        def suggest(self, trial_id):
+            new = trial_id not in self._ot_trials
+            config = super().suggest(trial_id)
+            if new:  # asked just now: still running, so its attrs can be set (saved with the study)
+                self._ot_trials[trial_id].set_user_attr(TUNE_TRIAL_ID, trial_id)
+            return config
+
+        @property
+        def study(self):
+            """The study as this searcher holds it (the only copy without an Optuna storage)."""
+            return self._ot_study
 
         def on_trial_complete(self, trial_id, result=None, error=False):
             if (result and not error and result.get("finished") is False and trial_id in self._ot_trials
@@ -71,18 +91,46 @@ def _optuna_search_cls():
     return PruningOptunaSearch
 
 
-def optuna_space(space: dict) -> dict:
-    """Optuna distributions of a parsed space (:func:`trainables.strategy.parse_space`)."""
-    from optuna.distributions import CategoricalDistribution, FloatDistribution
+def tune_space(space: dict) -> dict:
+    """A parsed space (:func:`trainables.strategy.parse_space`) as Tune's own domains: a choice
+    is ``tune.choice``, a float range ``tune.loguniform`` on a log scale, else ``tune.quniform``
+    with a step or ``tune.uniform``."""
+    from ray import tune
 
     out = {}
     for name, spec in space.items():
         if spec[0] == "choice":
-            out[name] = CategoricalDistribution(list(spec[1]))
+            out[name] = tune.choice(list(spec[1]))
         else:
             _, low, high, log, step = spec
-            out[name] = FloatDistribution(low, high, log=log, step=step)
+            out[name] = (tune.loguniform(low, high) if log else
+                         tune.quniform(low, high, step) if step else tune.uniform(low, high))
     return out
+
+
+def optuna_space(space: dict) -> dict:
+    """The Optuna distributions OptunaSearch makes of :func:`tune_space` (its own converter, given
+    explicitly: handed Tune domains, the searcher converts them but logs a warning each run)."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    return OptunaSearch.convert_search_space(tune_space(space))
+
+
+def trial_numbers(study) -> dict[str, int]:
+    """Tune trial id -> Optuna trial number, from the user attr the searcher sets when it asks."""
+    return {t.user_attrs[TUNE_TRIAL_ID]: t.number for t in study.trials if TUNE_TRIAL_ID in t.user_attrs}
+
+
+def final_study(searcher, storage_url: str | None, study_name: str):
+    """The study after the run: loaded from its Optuna storage (``--optuna-storage``: the record
+    itself, the one ``optuna-dashboard`` reads); without one the study lives only in the searcher
+    (Tune saves it with the experiment; :meth:`~orchestrator.search.RunContext.run_tuner` leaves
+    the searcher in its final state), so it is the searcher's."""
+    if storage_url is None:
+        return searcher.study
+    import optuna
+
+    return optuna.load_study(study_name=study_name, storage=storage_url)
 
 
 def default_strategy(cfg: StrategySearchConfig, batch_size: int | None = None) -> dict:
@@ -349,50 +397,14 @@ class StrategySearch(Search):
         grid = ctx.run_tuner(SEARCH_NAME, self._trainable(ctx, retrain=False), metric=metrics[0], mode=modes[0],
                              resources=self._resources(ctx, "search"), tune_config=tune.TuneConfig(
                                  search_alg=searcher, scheduler=scheduler, num_samples=cfg.budget))
-        # ``searcher`` holds the study's final state now, fresh or restored (run_tuner)
-        ctx.state["study"], ctx.state["ot_numbers"] = searcher._ot_study, {
-            tid: t.number for tid, t in searcher._ot_trials.items()}
+        study = ctx.state["study"] = final_study(searcher, self.storage_url(ctx), ctx.run_id)
         ctx.state["search_outcomes"] = ctx.outcomes(grid)
-        rows, curves = self._trial_rows(ctx)
+        rows, curves = trial_rows(ctx.state["search_outcomes"], study, trial_numbers(study), metrics,
+                                  self._default(ctx))
         if len(rows) < cfg.budget:
             raise RunError(f"the {SEARCH_NAME} experiment stopped after {len(rows)} of {cfg.budget} trials; "
                            f"everything evaluated is saved in {ctx.experiment_path(SEARCH_NAME)}; rerun with --resume")
         ctx.state["rows"], ctx.state["curves"] = rows, curves
-
-    def _trial_rows(self, ctx: RunContext):
-        from optuna.trial import TrialState
-
-        cfg, study, numbers = ctx.cfg, ctx.state["study"], ctx.state["ot_numbers"]
-        metrics, _ = objective_setup(cfg)
-        by_number = {t.number: t for t in study.trials}
-        rows, curves = [], []
-        for o in ctx.state["search_outcomes"]:
-            tid = o.trial_id
-            number = numbers.get(tid)
-            ot = by_number.get(number)
-            strategy = dict(ot.params) if ot is not None else dict(o.config)
-            m = o.metrics
-            state = ot.state.name if ot is not None else ("FAIL" if o.failed else "UNKNOWN")
-            status = FAILED if o.failed or m.get("status") == FAILED else OK
-            df = o.metrics_dataframe
-            epochs = int(df["epoch"].max()) if df is not None and "epoch" in df and len(df) else 0
-            row = {"trial_id": tid, "optuna_number": number, "optuna_state": state, "status": status,
-                   "reason": o.reason if o.failed else m.get("reason", ""), "epochs": epochs,
-                   "default_recipe": strategy == self._default(ctx), **strategy,
-                   **{k: m.get(k) for k in ("best_val_acc", "best_val_auc", "best_epoch", "val_acc", "val_auc")},
-                   **{k: m.get(k) for k in metrics if k not in ("best_val_acc", "best_val_auc")}}
-            if ot is not None and ot.state == TrialState.COMPLETE:
-                row["value"] = ot.values[0] if len(ot.values) == 1 else None
-                if len(ot.values) > 1:
-                    row.update({f"value_{k}": v for k, v in zip(metrics, ot.values)})
-            rows.append(row)
-            if df is not None and len(df):
-                keep = [c for c in dict.fromkeys(("epoch", "train_loss", "val_loss", "val_acc", "val_auc",
-                                                  "best_val_acc", "best_val_auc", *metrics)) if c in df]
-                for rec in df[keep].to_dict("records"):
-                    curves.append({"trial_id": tid, "optuna_number": number, **rec})
-        rows.sort(key=lambda r: (r["optuna_number"] is None, r["optuna_number"] or 0))
-        return rows, curves
 
     def best_row(self, ctx: RunContext) -> dict | None:
         """One objective: the COMPLETE trial with the highest value (ties: fewer epochs, lower
@@ -433,24 +445,6 @@ class StrategySearch(Search):
             ctx.state["retrained"]["best"] = ctx.state["retrained"]["default"]
 
     # ---- outputs ------------------------------------------------------------------------------
-    def _final(self, ctx: RunContext, label: str) -> dict | None:
-        entry = ctx.state["retrained"].get(label)
-        if entry is None:
-            return None
-        m, checkpoint, curve = entry
-        out = {k: m.get(k) for k in ("status", "reason", "val_acc", "val_auc", "test_acc", "test_auc", "best_epoch",
-                                      "epoch", "params")}
-        for k in sorted({int(key.split("@")[1]) for key in objective_setup(ctx.cfg)[0] if "@" in key
-                         and key.split("@")[1].isdigit()} | {10}):
-            hit = [r for r in curve if r.get("epoch") == k and not _is_final(r)]
-            if hit:
-                out[f"test_acc@{k}"], out[f"test_auc@{k}"] = hit[0].get("test_acc"), hit[0].get("test_auc")
-        epochs = [r for r in curve if not _is_final(r)]
-        if epochs:
-            out["test_acc@final"], out["test_auc@final"] = epochs[-1].get("test_acc"), epochs[-1].get("test_auc")
-        out["checkpoint"] = None if checkpoint is None else checkpoint.path
-        return out
-
     def summarize(self, ctx: RunContext) -> dict:
         cfg, data = ctx.cfg, ctx.data
         out, synthetic = ctx.out, bool(data.info.synthetic)
@@ -471,7 +465,8 @@ class StrategySearch(Search):
         full = cfg.budget * cfg.fit.max_epochs
         states = Counter(r["optuna_state"] for r in rows)
         failed = [r for r in rows if r["status"] == FAILED]
-        final_best, final_default = self._final(ctx, "best"), self._final(ctx, "default")
+        retrained = ctx.state["retrained"]
+        final_best, final_default = (retrain_report(retrained.get(label), metrics) for label in ("best", "default"))
         from trainables.strategy import DEFAULT_SPACE
 
         summary = {
@@ -547,102 +542,7 @@ class StrategySearch(Search):
                   f"early stopping: {summary['trial_epochs_saved']:.0%}")
 
 
-def network_label(source: dict) -> str:
-    """The trained network in a few words (memory messages): its name, zoo id or meta-space pick."""
-    if source.get("recommended"):
-        return f"meta-space model {source['recommended']}"
-    if source.get("from_zoo"):
-        return f"zoo model {source['from_zoo']}"
-    return str(source.get("model", "network"))
-
-
 def nn_linear():
     from torch import nn
 
     return nn.Linear
-
-
-def _is_final(row: dict) -> bool:
-    """The retrain's last report (test of the val-selected weights), not an epoch row (NaN there)."""
-    return bool(row.get("final") == True)  # noqa: E712 -- NaN in the epoch rows of a dataframe
-
-
-# ---- importances and plots -------------------------------------------------------------------------
-def param_importances(study, metrics: list[str]) -> dict:
-    """Optuna's parameter importances (fANOVA) per objective; needs two COMPLETE trials that differ."""
-    import optuna
-
-    out: dict = {"evaluator": "optuna fANOVA"}
-    try:
-        if len(metrics) == 1:
-            out["values"] = {metrics[0]: dict(optuna.importance.get_param_importances(study))}
-        else:
-            out["values"] = {m: dict(optuna.importance.get_param_importances(study, target=lambda t, i=i: t.values[i]))
-                             for i, m in enumerate(metrics)}
-    except (RuntimeError, ValueError) as exc:
-        out["values"], out["error"] = {}, str(exc).splitlines()[0][:300]
-    return out
-
-
-def plot_learning_curves(rows, curves, best, metrics, metric: str, path: Path, synthetic: bool) -> Path:
-    """Validation metric per epoch: the three best strategies vs the default recipe (dashed)."""
-    plt = reports._plt()
-    key = metric  # val_acc / val_auc per epoch
-    done = [r for r in rows if r["optuna_state"] == COMPLETE and r["status"] == OK]
-    score = (lambda r: r.get("value") if r.get("value") is not None else r.get(f"value_{metrics[-1]}") or 0.0)
-    top = sorted((r for r in done if not r["default_recipe"]), key=score, reverse=True)[:3]
-    if best is not None and best not in top:
-        top = [best] + top[:2]
-    by_trial: dict = {}
-    for c in curves:
-        by_trial.setdefault(c["trial_id"], []).append(c)
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for r in rows:  # every other trial, faint: where ASHA stopped them
-        pts = by_trial.get(r["trial_id"], [])
-        if pts and r not in top and not r["default_recipe"]:
-            ax.plot([p["epoch"] for p in pts], [p.get(key) for p in pts], color="0.85", lw=0.8)
-    for i, r in enumerate(top):
-        pts = by_trial.get(r["trial_id"], [])
-        label = f"#{r['optuna_number']}: {r['init']}, {r['norm']}, {r['optimizer']} {r['lr']:.1e}, {r['augment']}"
-        ax.plot([p["epoch"] for p in pts], [p.get(key) for p in pts], lw=2 if i == 0 else 1.2, label=label)
-    for r in rows:
-        if r["default_recipe"]:
-            pts = by_trial.get(r["trial_id"], [])
-            ax.plot([p["epoch"] for p in pts], [p.get(key) for p in pts], "k--", lw=1.5,
-                    label=f"default recipe (#{r['optuna_number']})")
-            break
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(key)
-    ax.legend(fontsize=7)
-    reports._title(ax, "learning curves: best strategies vs the default recipe", synthetic)
-    return reports.save_figure(fig, path, dpi=120)
-
-
-def plot_importances(values: dict, path: Path, synthetic: bool) -> Path:
-    plt = reports._plt()
-    fig, axes = plt.subplots(1, len(values), figsize=(5 * len(values), 3.5), squeeze=False)
-    for ax, (objective, imp) in zip(axes[0], values.items()):
-        names = list(imp)[::-1]
-        ax.barh(names, [imp[n] for n in names], color="steelblue")
-        ax.set_xlabel(f"importance for {objective}")
-        reports._title(ax, "Optuna parameter importances (fANOVA)", synthetic)
-    return reports.save_figure(fig, path, dpi=120)
-
-
-def plot_pareto(rows, study, metrics, path: Path, synthetic: bool) -> Path:
-    plt = reports._plt()
-    front = {t.number for t in study.best_trials}
-    xs, ys = f"value_{metrics[0]}", f"value_{metrics[1]}"
-    done = [r for r in rows if r.get(xs) is not None]
-    fig, ax = plt.subplots(figsize=(5, 4))
-    ax.scatter([r[xs] for r in done], [r[ys] for r in done], c="0.6", s=18, label="trials")
-    pf = sorted((r for r in done if r["optuna_number"] in front), key=lambda r: r[xs])
-    ax.plot([r[xs] for r in pf], [r[ys] for r in pf], "o-", color="crimson", label="Pareto front (NSGA-II)")
-    for r in done:
-        if r["default_recipe"]:
-            ax.scatter([r[xs]], [r[ys]], marker="*", s=120, c="k", label="default recipe")
-    ax.set_xlabel(metrics[0])
-    ax.set_ylabel(metrics[1])
-    ax.legend(fontsize=7)
-    reports._title(ax, "two objectives: early vs final accuracy", synthetic)
-    return reports.save_figure(fig, path, dpi=120)

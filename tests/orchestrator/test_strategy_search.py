@@ -10,7 +10,7 @@ import pytest
 from medcore.records import OK
 from orchestrator.config import Resources, StrategyFitOptions, StrategySearchConfig
 from orchestrator.search import TRIAL_RETRIES
-from orchestrator.searches.strategy import make_searcher
+from orchestrator.searches.strategy import final_study, make_searcher, objective_setup, optuna_space, trial_numbers
 from tests.figures import capture
 from trainables.strategy import parse_space
 
@@ -57,10 +57,25 @@ def _tuner(tmp_path, cfg, searcher, scheduler, epochs, callbacks=None, sleep=0.0
                                                 verbose=0))
 
 
-def _study(tmp_path, cfg):
+def _storage(tmp_path):
+    return f"sqlite:///{tmp_path / 'optuna.db'}"
+
+
+def _stored_searcher(tmp_path, cfg):
+    """A searcher whose study lives in an Optuna storage (as with --optuna-storage)."""
+    return make_searcher(cfg, parse_space(cfg.space), _storage(tmp_path), study_name="strategy")
+
+
+def _stored_study(tmp_path):
+    """The study as the search reads it after the run: from its storage."""
+    return final_study(None, _storage(tmp_path), "strategy")
+
+
+def _restored_study(tmp_path, cfg):
+    """A study without storage: the searcher's, restored from the state Tune saved (run_tuner)."""
     searcher = make_searcher(cfg, parse_space(cfg.space))
     searcher.restore_from_dir(str(tmp_path / "tune" / "exp"))
-    return searcher._ot_study
+    return final_study(searcher, None, "strategy")
 
 
 def test_asha_stops_poor_trials_and_optuna_sees_them_pruned(ray_local, tmp_path):
@@ -68,13 +83,14 @@ def test_asha_stops_poor_trials_and_optuna_sees_them_pruned(ray_local, tmp_path)
     from ray.tune.schedulers import ASHAScheduler
 
     cfg = _cfg(tmp_path, budget=8, fit=StrategyFitOptions(max_epochs=9))
-    searcher = make_searcher(cfg, parse_space(cfg.space))
+    searcher = _stored_searcher(tmp_path, cfg)
     asha = ASHAScheduler(time_attr="epoch", metric="best_val_acc", mode="max", max_t=9, grace_period=1,
                          reduction_factor=3)
     grid = _tuner(tmp_path, cfg, searcher, asha, epochs=9).fit()
     epochs = {r.metrics["trial_id"]: (r.config["lr"], r.metrics["epoch"]) for r in grid}
     assert len(epochs) == 8
-    study = _study(tmp_path, cfg)
+    study = _stored_study(tmp_path)
+    assert set(trial_numbers(study)) == set(epochs)  # every Tune trial named in the study
     states = {t.number: (t.params["lr"], t.state) for t in study.trials}
     pruned = [lr for lr, s in states.values() if s == TrialState.PRUNED]
     complete = [lr for lr, s in states.values() if s == TrialState.COMPLETE]
@@ -90,10 +106,10 @@ def test_nsga2_over_two_objectives_with_fifo(ray_local, tmp_path):
     from ray.tune.schedulers import FIFOScheduler
 
     cfg = _cfg(tmp_path, budget=4, objectives="val_acc@2,val_acc@final", fit=StrategyFitOptions(max_epochs=3))
-    searcher = make_searcher(cfg, parse_space(cfg.space))
+    searcher = _stored_searcher(tmp_path, cfg)
     grid = _tuner(tmp_path, cfg, searcher, FIFOScheduler(), epochs=3).fit()
     assert len(grid) == 4 and all(r.metrics["epoch"] == 3 for r in grid)
-    study = _study(tmp_path, cfg)
+    study = _stored_study(tmp_path)
     assert type(study.sampler).__name__ == "NSGAIISampler" and len(study.directions) == 2
     assert all(t.state == TrialState.COMPLETE and len(t.values) == 2 for t in study.trials)
     front = {t.params["lr"] for t in study.best_trials}
@@ -134,10 +150,9 @@ def test_resume_loses_and_repeats_nothing(ray_local, tmp_path):
     with pytest.raises(Exception, match="driver killed"):
         _tuner(tmp_path, cfg, searcher, FIFOScheduler(), epochs=2, callbacks=[CrashAfterThree()], sleep=0.5).fit()
     started_before_crash = {json.loads(line)["trial"] for line in (tmp_path / "log.jsonl").read_text().splitlines()}
-    saved = make_searcher(cfg, parse_space(cfg.space))
-    saved.restore_from_dir(str(tmp_path / "tune" / "exp"))
-    before = {t.number: (t.params, t.state.name, t.values) for t in saved._ot_study.trials}
-    number_of = {tid: t.number for tid, t in saved._ot_trials.items()}
+    saved = _restored_study(tmp_path, cfg)
+    before = {t.number: (t.params, t.state.name, t.values) for t in saved.trials}
+    number_of = trial_numbers(saved)
     finished_before = {n for n, (_, s, _) in before.items() if s == "COMPLETE"}
     assert 3 <= len(finished_before) < BUDGET
     flag.unlink()
@@ -145,7 +160,7 @@ def test_resume_loses_and_repeats_nothing(ray_local, tmp_path):
     assert tune.Tuner.can_restore(path)
     trainable = tune.with_parameters(curve_trainable, log=str(tmp_path / "log.jsonl"), epochs=2, sleep=0.5)
     grid = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True).fit()
-    study = _study(tmp_path, cfg)
+    study = _restored_study(tmp_path, cfg)
     assert len(grid) == BUDGET and len({r.metrics["trial_id"] for r in grid}) == BUDGET
     assert sorted(t.number for t in study.trials) == list(range(BUDGET))  # nothing lost, no trial asked twice
     assert all(t.state.name == "COMPLETE" for t in study.trials)
@@ -205,6 +220,7 @@ def test_tiny_strategy_search_end_to_end(ray_local, tmp_path, monkeypatch):
 
     study = optuna.load_study(study_name=s["study_name"], storage=f"sqlite:///{out / 'optuna.db'}")
     assert len(study.trials) == 3
+    assert trial_numbers(study) == dict(zip(trials.trial_id, trials.optuna_number))  # rows matched by Tune id
     # the best model from the zoo rebuilds and takes its weights
     from orchestrator.export import build_model, read_state_dict
 
@@ -312,3 +328,38 @@ def test_the_nsga2_searcher_pickles_as_tune_saves_it(tmp_path):
     assert again.suggest("t1")["lr"] in LR_SPACE["lr"]
     with pickle.loads(pickle.dumps(again._sampler))._thread_lock:  # a working, unlocked lock
         pass
+
+
+def test_the_study_names_its_tune_trials_with_or_without_storage(tmp_path):
+    """Each study trial records its Tune trial id when the searcher asks for it, so the study read
+    after the run (from its storage, or the searcher's own as Tune saved and restores it) maps Tune
+    trials to Optuna numbers; a trial the scheduler stopped is PRUNED there, a finished one COMPLETE."""
+    cfg = _cfg(tmp_path, budget=4, fit=StrategyFitOptions(max_epochs=3))
+    [metric], _ = objective_setup(cfg)
+    for storage in (_storage(tmp_path), None):
+        searcher = make_searcher(cfg, parse_space(cfg.space), storage, study_name="strategy")
+        first, second = searcher.suggest("a"), searcher.suggest("b")
+        assert searcher.suggest("a") == first and first["lr"] == 0.001  # asked again: the same (default) trial
+        searcher.on_trial_complete("a", {metric: 0.6, "finished": True})
+        searcher.on_trial_complete("b", {metric: 0.3, "finished": False})
+        if storage is None:  # as run_tuner leaves it: restored from the state Tune saved
+            searcher.save(str(tmp_path / "searcher.pkl"))
+            searcher = make_searcher(cfg, parse_space(cfg.space))
+            searcher.restore(str(tmp_path / "searcher.pkl"))
+        study = final_study(searcher, storage, "strategy")
+        assert trial_numbers(study) == {"a": 0, "b": 1}
+        assert [(t.state.name, t.values, t.params["lr"]) for t in study.trials] == [
+            ("COMPLETE", [0.6], 0.001), ("PRUNED", None, second["lr"])]
+
+
+def test_the_space_reaches_optuna_as_the_distributions_it_names():
+    """The parsed space goes through Tune's domains and OptunaSearch's converter: each choice a
+    categorical, each range a float distribution with its bounds, log scale and step, in order."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    space = parse_space({"dropout": {"low": 0.1, "high": 0.4}, "l2": {"low": 1e-6, "high": 1e-2, "log": True},
+                         "batch_size": [16, 32]})
+    expected = {name: CategoricalDistribution(list(spec[1])) if spec[0] == "choice" else
+                FloatDistribution(spec[1], spec[2], log=spec[3], step=spec[4]) for name, spec in space.items()}
+    assert list(optuna_space(space).items()) == list(expected.items())
+    assert optuna_space(parse_space())["dropout"] == FloatDistribution(0.0, 0.5, step=0.1)
