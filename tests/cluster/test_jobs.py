@@ -102,6 +102,26 @@ def test_the_token_probe_passes_a_cluster_without_token_auth(monkeypatch):
         _reload_auth()
 
 
+def test_a_coordinator_runs_each_search_as_a_ray_job(token_head, tmp_path):
+    """``medtune run --address http://HEAD:8265``: the coordinator submits each search as a Ray
+    job (with its plugin searches in the job's environment); the job's logs land in driver.log
+    and the run finishes with its report."""
+    import yaml
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"searches": [{"name": "a", "type": "toy", "n_trials": 2,
+                                                  "resources": {"cpus_per_trial": 1, "max_concurrent": 1}}]}))
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", str(spec), "--out", str(tmp_path / "run"),
+                           "--address", token_head.dashboard_url], capture_output=True, text=True,
+                          env=token_head.env(MEDTUNE_SEARCHES=TOY), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rec = json.loads((tmp_path / "run" / "run.json").read_text())["searches"]["a"]
+    assert rec["state"] == "done" and rec["job_id"].startswith("medtune-run-") and rec["job_id"].endswith("-a-1")
+    assert "logs of job" in (tmp_path / "run" / "a" / "driver.log").read_text()
+    assert json.loads((tmp_path / "run" / "a" / "summary.json").read_text())["n_ok"] == 2
+    assert (tmp_path / "run" / "report.html").exists()
+
+
 @pytest.fixture(scope="module")
 def head_and_worker():
     """A head with no CPUs (the dashboard, job drivers and Tune drivers need none) and a 2-CPU

@@ -1,4 +1,5 @@
-"""The driver end to end: bad input, a tiny real search, and resume after Ctrl+C or a killed driver."""
+"""The driver end to end: bad input, a tiny real search, a clean stop on Ctrl+C or SIGTERM, and resume
+after a killed driver."""
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ from orchestrator.config import FitOptions, ODESearchConfig
 from orchestrator.data import SAMPLE_ROOT
 from orchestrator.driver import run_search
 from tests.figures import assert_same_points, capture, series
+from tests.orchestrator.toy_search import finished_trials
 
 SAMPLE = ["--dataset", "adrenalmnist3d", "--data-root", str(SAMPLE_ROOT)]
 
@@ -144,43 +146,76 @@ def _wait_for_trials(proc, out: Path, n: int) -> None:
     time.sleep(3)  # Tune saves experiment + searcher state every 2 s (TUNE_GLOBAL_CHECKPOINT_S)
 
 
+TOY_ENV = {"MEDTUNE_SEARCHES": "toy=tests.orchestrator.toy_search:ToySearch"}
+
+
+
+def _wait_for_toy(proc, out: Path, n: int) -> None:
+    deadline = time.time() + 300
+    while len(finished_trials(out)) < n and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.3)
+    assert proc.poll() is None, "search ended before it could be interrupted"
+    time.sleep(3)  # Tune saves experiment + searcher state every 2 s (TUNE_GLOBAL_CHECKPOINT_S)
+
+
 @pytest.mark.ray
-def test_interrupted_and_killed_driver_resume_without_losing_or_repeating_candidates(tmp_path):
+def test_ctrl_c_and_sigterm_stop_the_driver_cleanly_and_it_resumes(tmp_path):
+    """Ctrl+C (SIGINT to the foreground group) and SIGTERM (what `ray job stop` and schedulers
+    send) stop the driver on the same clean path: it says how to resume, exits 130 / 143, and
+    does not summarise the half-done search (Tune alone would end it as finished); the resumed
+    search finishes without running a finished trial again. Driven by the toy plugin search (its
+    trials only sleep): the real ODE search's kill-and-resume is the next test."""
+    out = tmp_path / "run"
+    n = 8
+    cmd = [sys.executable, "-m", "orchestrator.cli", "search", "toy", "--n-trials", str(n), "--sleep", "1.0",
+           "--max-concurrent", "1", "--out", str(out)]
+    env = {**{k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS")},
+           **TOY_ENV}
+
+    proc = _start(cmd, env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_for_toy(proc, out, 2)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted;" in err and "rerun with --resume" in err, err[-2000:]
+    assert not (out / "summary.json").exists()
+    interrupted = finished_trials(out)
+    assert 2 <= len(interrupted) < n
+
+    proc = _start(cmd + ["--resume"], env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_for_toy(proc, out, len(interrupted) + 1)
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and "terminated;" in err and "rerun with --resume" in err, err[-2000:]
+    assert "Traceback" not in err and not (out / "summary.json").exists()
+    assert json.loads((out / "status.json").read_text())["state"] == "interrupted"
+    terminated = finished_trials(out)
+    assert interrupted < terminated
+
+    done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert finished_trials(out) == set(range(n))
+    started = [int(i) for i in (out / "runs.log").read_text().split()]
+    assert all(started.count(i) == 1 for i in terminated)  # no finished trial ran again
+    assert json.loads((out / "summary.json").read_text())["n_ok"] == n
+
+
+@pytest.mark.ray
+def test_a_sigkilled_driver_resumes_without_losing_or_repeating_candidates(tmp_path):
+    """The real risk of resume: the ODE searcher's own state and Tune's experiment restored after
+    a SIGKILL, when nothing could be saved at the kill itself."""
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "orchestrator.cli", "search", "ode", *SAMPLE, "--budget", "12", "--pop-size", "6",
            "--max-epochs", "1", "--fraction", "0.1", "--max-gflops", "0.1", "--top-k", "0", "--seed", "1",
            "--max-concurrent", "1", "--out", str(out)]
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS")}
 
-    # Ctrl+C (SIGINT to the foreground group): the driver stops, says how to resume, exits 130,
-    # and does not summarise the half-done search (Tune alone would end it as finished).
-    proc = _start(cmd, env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _wait_for_trials(proc, out, 3)  # one trial at a time: a 3rd folder means 2 were evaluated
-    os.killpg(proc.pid, signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and "interrupted;" in err and "rerun with --resume" in err, err[-2000:]
-    assert not (out / "summary.json").exists()
-    interrupted = {d.name for d in _trial_dirs(out) if _finished_dir(d)}
-    assert len(interrupted) >= 1
-
-    # resumed, then SIGTERM (what `ray job stop` and schedulers send): the same clean path, exit 143
-    proc = _start(cmd + ["--resume"], env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _wait_for_trials(proc, out, len(_trial_dirs(out)) + 1)
-    os.kill(proc.pid, signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143 and "terminated;" in err and "rerun with --resume" in err, err[-2000:]
-    assert "Traceback" not in err and not (out / "summary.json").exists()
-    assert json.loads((out / "status.json").read_text())["state"] == "interrupted"
-    terminated = {d.name for d in _trial_dirs(out) if _finished_dir(d)}
-    assert interrupted <= terminated
-
-    # resumed, then SIGKILL: nothing can be saved at the kill itself
-    proc = _start(cmd + ["--resume"], env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_for_trials(proc, out, len(_trial_dirs(out)) + 2)
+    proc = _start(cmd, env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for_trials(proc, out, 4)  # one trial at a time: a 4th folder means 3 were evaluated
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     before = {d.name for d in _trial_dirs(out) if _finished_dir(d)}
-    assert terminated < before, [(d.name, sorted(p.name for p in d.iterdir())) for d in _trial_dirs(out)]
+    assert len(before) >= 2, [(d.name, sorted(p.name for p in d.iterdir())) for d in _trial_dirs(out)]
+    assert not (out / "summary.json").exists()
 
     done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=env, timeout=400)
     assert done.returncode == 0, done.stderr[-2000:]

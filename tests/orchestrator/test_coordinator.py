@@ -7,10 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -23,6 +20,7 @@ from orchestrator.coordinator.run_status import _alive, format_status, run_statu
 from orchestrator.data import SAMPLE_ROOT
 from orchestrator.manifest import SCHEMA, SEARCH_MANIFEST, Manifest, last_error_line
 from orchestrator.spec import parse_spec
+from tests.orchestrator.toy_search import finished_trials
 
 TINY = {"dataset": "adrenalmnist3d", "data_root": str(SAMPLE_ROOT), "budget": 4, "pop_size": 4, "fraction": 0.1,
         "max_gflops": 0.05, "top_k": 0, "fit": {"max_epochs": 1},
@@ -387,15 +385,6 @@ def test_run_status_report_failure_and_resume(tmp_path):
     assert again.returncode == 0 and "nothing to resume" in again.stdout
 
 
-def _finished_trials(out: Path) -> set[int]:
-    """The toy index of every trial whose result Tune recorded (its one report: it finished)."""
-    done = set()
-    for result in (out / "tune" / "toy").glob("*/result.json"):
-        if result.read_text().strip():
-            done.add(json.loads((result.parent / "params.json").read_text())["i"])
-    return done
-
-
 @pytest.mark.ray
 @pytest.mark.timeout(900)  # Ray nodes and driver processes: minutes on a busy 2-core machine
 def test_sigkilled_coordinator_resumes_without_losing_or_repeating_trials(tmp_path):
@@ -407,7 +396,7 @@ def test_sigkilled_coordinator_resumes_without_losing_or_repeating_trials(tmp_pa
     spec = write_spec(tmp_path / "spec.yaml", [_toy("s", n_trials=n, sleep=1.5)])
     run_dir = tmp_path / "run"
     proc = start("run", spec, "--out", run_dir)
-    wait_for(lambda: len(_finished_trials(run_dir / "s")) >= 2, proc, timeout=600)
+    wait_for(lambda: len(finished_trials(run_dir / "s")) >= 2, proc, timeout=600)
     time.sleep(3)  # Tune saves the experiment state every 2 s
     driver_pid = json.loads((run_dir / "run.json").read_text())["searches"]["s"]["pid"]
     os.kill(proc.pid, signal.SIGKILL)  # the coordinator alone: its children must follow
@@ -417,7 +406,7 @@ def test_sigkilled_coordinator_resumes_without_losing_or_repeating_trials(tmp_pa
         time.sleep(0.5)
     assert not _alive(driver_pid), "the search's driver outlived its SIGKILLed coordinator"
     assert json.loads((run_dir / "s" / "status.json").read_text())["state"] == "interrupted"  # stopped, not killed
-    before = _finished_trials(run_dir / "s")
+    before = finished_trials(run_dir / "s")
     assert 2 <= len(before) < n
     status = medtune("status", run_dir)
     assert "coordinator not running" in status.stdout and "medtune resume" in status.stdout
@@ -426,59 +415,10 @@ def test_sigkilled_coordinator_resumes_without_losing_or_repeating_trials(tmp_pa
     resumed = medtune("resume", run_dir, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert not Path(killed_node).exists()  # the killed run's Ray temp dir is cleaned up
-    assert _finished_trials(run_dir / "s") == set(range(n))  # nothing evaluated before the kill was lost
+    assert finished_trials(run_dir / "s") == set(range(n))  # nothing evaluated before the kill was lost
     started = [int(i) for i in (run_dir / "s" / "runs.log").read_text().split()]
     assert all(started.count(i) == 1 for i in before)  # and no finished trial was trained again
     assert json.loads((run_dir / "s" / "summary.json").read_text())["n_ok"] == n
-
-
-@pytest.mark.slow
-@pytest.mark.ray
-@pytest.mark.timeout(1800)  # Ray nodes and driver processes: minutes on a busy 2-core machine
-def test_searches_as_ray_jobs_on_a_cluster(tmp_path):
-    """``--address http://...``: each search is a Ray job; its logs land in driver.log."""
-    def free():
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("", 0))
-            return s.getsockname()[1]
-
-    dashboard, temp_dir = free(), tempfile.mkdtemp(prefix="mtjob", dir="/tmp")  # short: Ray's socket paths
-    cmd = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", "--port", str(free()),
-           "--dashboard-port", str(dashboard), "--dashboard-host", "127.0.0.1", "--include-dashboard", "true",
-           "--dashboard-agent-listen-port", str(free()), "--dashboard-agent-grpc-port", str(free()),
-           "--metrics-export-port", str(free()), "--ray-client-server-port", str(free()),
-           "--runtime-env-agent-port", str(free()), "--num-cpus", "2", "--disable-usage-stats",
-           "--temp-dir", temp_dir]
-    env = {**ENV, "RAY_AUTH_MODE": "token"}
-    cluster = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
-    try:
-        spec = write_spec(tmp_path / "spec.yaml", [{"name": "a", "type": "ode", **TINY}])
-        address = f"http://127.0.0.1:{dashboard}"
-        deadline = time.time() + 180
-        while True:  # the dashboard answers (any HTTP status) once the head node is up
-            try:
-                urllib.request.urlopen(f"{address}/api/version", timeout=5)
-                break
-            except urllib.error.HTTPError:
-                break
-            except OSError:
-                assert cluster.poll() is None and time.time() < deadline, "the test cluster did not start"
-                time.sleep(2)
-        proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", str(spec), "--out",
-                               str(tmp_path / "run"), "--address", address], capture_output=True, text=True,
-                              env=env, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        rec = json.loads((tmp_path / "run" / "run.json").read_text())["searches"]["a"]
-        assert rec["state"] == "done" and rec["job_id"].startswith("medtune-run-") and rec["job_id"].endswith("-a-1")
-        assert "logs of job" in (tmp_path / "run" / "a" / "driver.log").read_text()
-        assert (tmp_path / "run" / "a" / "summary.json").exists() and (tmp_path / "run" / "report.html").exists()
-    finally:
-        cluster.terminate()  # `ray start --block` stops its own node on SIGTERM
-        cluster.wait(timeout=120)
-        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_a_search_job_carries_the_plugin_searches_of_its_coordinator(monkeypatch, tmp_path):

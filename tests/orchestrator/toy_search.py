@@ -3,6 +3,7 @@ that appends its index to ``<out>/runs.log`` and fails where ``fail`` says so. R
 under the name ``toy`` by the tests that use it (never by the product)."""
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,16 @@ class ToyConfig(SearchConfig):
 
     def medmnist_flags(self) -> list[str]:
         return []  # the toy reads no data
+
+
+def finished_trials(out: Path) -> set[int]:
+    """The toy index of every trial of the run in ``out`` whose result Tune recorded (its one
+    report: it finished)."""
+    done = set()
+    for result in (Path(out) / "tune" / "toy").glob("*/result.json"):
+        if result.read_text().strip():
+            done.add(json.loads((result.parent / "params.json").read_text())["i"])
+    return done
 
 
 def toy_trainable(config, log: str, fail: str, sleep: float):
