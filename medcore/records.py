@@ -32,6 +32,9 @@ def one_class(row) -> bool:
 
 # Where a fit recipe starts the output layer's bias: PyTorch's default, or the train labels' prior.
 HEAD_BIAS = ("default", "prior")
+# The fit loop's arithmetic and tensor layout, checked by trainables.fit and offered by the configs.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 
 # The reason recorded for a trial whose worker was killed for memory (Ray's memory monitor).
 OUT_OF_MEMORY = "out of memory"

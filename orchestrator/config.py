@@ -14,14 +14,11 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from medcore.errors import ConfigError
-from medcore.records import HEAD_BIAS
+from medcore.records import HEAD_BIAS, MEMORY_FORMATS, PRECISIONS
 from orchestrator.schema import check_values, clip, opt, quote
 
 # Seeds go to numpy's legacy RandomState and torch.manual_seed: numpy's range is the narrower.
 SEED_RANGE = (0, 2**32 - 1)
-# The fit loop's arithmetic and tensor layout (trainables.fit holds the same tuples; it imports torch).
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 
 
 def seed_arg(text: str) -> int:

@@ -15,6 +15,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from medcore.compression_genome import CONV_SCOPE, CONV_TYPE, LINEAR_SCOPE, LINEAR_TYPE, QUANTIZE
 from medcore.records import one_class
 from orchestrator.report_data import find_trial
 
@@ -193,7 +194,7 @@ def _latency_label(summary: dict) -> str:
 
 def _genome(entry: dict) -> str:
     parts = []
-    for k in ("x1", "x2", "x5", "x6", "x7"):
+    for k in (LINEAR_SCOPE, CONV_SCOPE, LINEAR_TYPE, CONV_TYPE, QUANTIZE):
         if k in entry and entry[k] is not None:
             parts.append(f"{k}={entry[k]:g}" if isinstance(entry[k], (int, float)) else f"{k}={entry[k]}")
     return " ".join(parts) or entry.get("trial_id", "")

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from medcore.errors import ConfigError
-from medcore.records import HEAD_BIAS
+from medcore.records import HEAD_BIAS, MEMORY_FORMATS, PRECISIONS
 from trainables.initializers import prior_bias
 from trainables.tasks import make_task
 
@@ -61,10 +61,6 @@ class FitConfig:
     precision: str = "auto"  # "auto" | "fp32" | "bf16" | "fp16" (CUDA): see resolve_precision
     memory_format: str = "auto"  # "auto" | "channels_last" | "contiguous": see resolve_channels_last
     time_limit_s: float = 0.0  # > 0: stop after the epoch that ends past this many seconds (equal-compute budgets)
-
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 
 
 def cpu_has_bf16() -> bool:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from monai.networks.layers.factories import Conv, Norm
 from torch import nn
 
 from medcore.errors import ConfigError
@@ -326,7 +327,7 @@ class Bottleneck(nn.Module):
 
     def __init__(self, cin: int, mid: int, out: int, stride: int, shortcut: bool, spatial_dims: int):
         super().__init__()
-        conv, bn = (nn.Conv2d, nn.BatchNorm2d) if spatial_dims == 2 else (nn.Conv3d, nn.BatchNorm3d)
+        conv, bn = Conv[Conv.CONV, spatial_dims], Norm[Norm.BATCH, spatial_dims]
         self.conv1, self.bn1 = conv(cin, mid, 1, bias=False), bn(mid)
         self.conv2, self.bn2 = conv(mid, mid, 3, stride, 1, bias=False), bn(mid)
         self.conv3, self.bn3 = conv(mid, out, 1, bias=False), bn(out)
@@ -350,7 +351,7 @@ class ResNetSubnet(nn.Module):
         d_stride, d_pool = default_stem(spatial_dims, size)
         stem_stride = d_stride if stem_stride is None else stem_stride
         self.stem_pool, self.spatial_dims, self.config = d_pool if stem_pool is None else stem_pool, spatial_dims, config
-        conv, bn = (nn.Conv2d, nn.BatchNorm2d) if spatial_dims == 2 else (nn.Conv3d, nn.BatchNorm3d)
+        conv, bn = Conv[Conv.CONV, spatial_dims], Norm[Norm.BATCH, spatial_dims]
         self.stem, self.stem_bn = conv(in_channels, STEM_CHANNELS, 3, stem_stride, 1, bias=False), bn(STEM_CHANNELS)
         self.stages = nn.ModuleList()
         cin = STEM_CHANNELS
@@ -362,7 +363,7 @@ class ResNetSubnet(nn.Module):
             cin = out
         self.classifier = nn.Linear(cin, n_outputs)
         for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Conv3d)):
+            if isinstance(m, conv):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def features(self, x):
