@@ -1,0 +1,55 @@
+"""Stage outputs: what the driver keeps of each stage (``ctx.outputs``, read with
+``ctx.output(cls)``) and writes to ``<out>/stages/<stage>.json``: the persisted fields round-trip
+through JSON, runtime fields stay out of the file, and a stage that returns something other than
+what it declares is refused."""
+import json
+from dataclasses import dataclass
+
+import pytest
+
+from orchestrator.driver import keep_output
+from orchestrator.search import RunContext, Stage, output_from_json, output_to_json, runtime
+from tests.orchestrator.toy_search import ToyConfig, ToyOutput, ToySearch
+
+
+@dataclass
+class _WithRuntime:
+    ids: list[str]
+    model: object = runtime()
+
+
+def _ctx(tmp_path):
+    return RunContext(search=ToySearch(), cfg=ToyConfig(out=str(tmp_path)), data=None, run_id="toy-1")
+
+
+def _round_trip(output):
+    return output_from_json(type(output), json.loads(json.dumps(output_to_json(output))))
+
+
+def test_the_driver_keeps_a_stage_output_and_writes_its_json(tmp_path):
+    ctx = _ctx(tmp_path)
+    output = ToyOutput([{"i": 0, "status": "ok", "reason": ""}, {"i": 1, "status": "failed", "reason": "boom"}])
+    keep_output(ctx, Stage("search", None, ToyOutput), output)
+    assert ctx.outputs == {"search": output} and ctx.output(ToyOutput) is output
+    saved = json.loads((tmp_path / "stages" / "search.json").read_text())
+    assert output_from_json(ToyOutput, saved) == output
+    with pytest.raises(KeyError, match="no stage has returned a _WithRuntime"):
+        ctx.output(_WithRuntime)
+
+
+def test_runtime_fields_stay_out_of_the_file(tmp_path):
+    ctx = _ctx(tmp_path)
+    keep_output(ctx, Stage("load", None, _WithRuntime), _WithRuntime(["a"], model=object()))
+    assert json.loads((tmp_path / "stages" / "load.json").read_text()) == {"ids": ["a"]}
+    back = _round_trip(ctx.output(_WithRuntime))
+    assert back == _WithRuntime(["a"]) and back.model is None
+
+
+def test_a_stage_returning_other_than_it_declares_is_refused(tmp_path):
+    ctx = _ctx(tmp_path)
+    with pytest.raises(TypeError, match="stage search returned a dict, not a ToyOutput"):
+        keep_output(ctx, Stage("search", None, ToyOutput), {"rows": []})
+    with pytest.raises(TypeError, match="stage tidy declares no output but returned a ToyOutput"):
+        keep_output(ctx, Stage("tidy", None), ToyOutput([]))
+    keep_output(ctx, Stage("tidy", None), None)
+    assert ctx.outputs == {} and not (tmp_path / "stages").exists()
