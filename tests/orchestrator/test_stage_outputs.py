@@ -53,3 +53,17 @@ def test_a_stage_returning_other_than_it_declares_is_refused(tmp_path):
         keep_output(ctx, Stage("tidy", None), ToyOutput([]))
     keep_output(ctx, Stage("tidy", None), None)
     assert ctx.outputs == {} and not (tmp_path / "stages").exists()
+
+
+def test_ode_outputs_round_trip():
+    from orchestrator.searches.ode import ODEBaselineOutput, ODERetrainOutput, ODESearchOutput
+
+    record = {"candidate": 0, "generation": 0, "phase": "init", "status": "ok", "reason": "", "fitness": 0.8,
+              "genome": [0.1, 0.9], "key": "k", "config": {"architecture": {"n_stacks": 1}}, "metrics": {"val_auc": 0.8},
+              "curve": [0.7, 0.8], "fidelity": 2, "trial_id": "t1"}
+    for output in (ODESearchOutput(history=[record], best_per_generation=[[0, 0.8]], generation=1, restarts=0,
+                                   rungs=[{"epochs": 2, "candidates": 1}], epochs_trained=2, ended="", top=[record]),
+                   ODERetrainOutput({'{"n_stacks": 1}': {"report": {"status": "ok", "val_auc": 0.7},
+                                                         "weights": "/tmp/ck"}}),
+                   ODEBaselineOutput({"status": "failed", "reason": "out of memory"}), ODEBaselineOutput()):
+        assert _round_trip(output) == output
