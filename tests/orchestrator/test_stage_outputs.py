@@ -67,3 +67,16 @@ def test_ode_outputs_round_trip():
                                                          "weights": "/tmp/ck"}}),
                    ODEBaselineOutput({"status": "failed", "reason": "out of memory"}), ODEBaselineOutput()):
         assert _round_trip(output) == output
+
+
+def test_compress_outputs_round_trip_without_the_loaded_base():
+    from orchestrator.searches.compress import CompressBaseOutput, CompressSearchOutput
+
+    record = {"trial_id": "t0", "iteration": 0, "status": "ok", "reason": "", "feasible": True,
+              "config": {"x1": 1, "x3": 10.0}, "constraint": -0.01, "objectives": {"f1_relative": 0.5, "f2_error": 0.1}}
+    found = CompressSearchOutput(base_eval={"status": "ok", "accuracy": 0.9, "confusion": [[1, 0], [0, 1]]},
+                                 measured={"t0": {"accuracy": 0.88, "float_layers": ["fc"]}}, history=[record],
+                                 d_star=[record], hypervolume=0.75)
+    assert _round_trip(found) == found
+    base = _round_trip(CompressBaseOutput("/runs/base/checkpoint_000003", base=object()))
+    assert base == CompressBaseOutput("/runs/base/checkpoint_000003") and base.base is None
