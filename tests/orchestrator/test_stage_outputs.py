@@ -80,3 +80,17 @@ def test_compress_outputs_round_trip_without_the_loaded_base():
     assert _round_trip(found) == found
     base = _round_trip(CompressBaseOutput("/runs/base/checkpoint_000003", base=object()))
     assert base == CompressBaseOutput("/runs/base/checkpoint_000003") and base.base is None
+
+
+def test_mednns_outputs_round_trip_without_runtime_objects():
+    from orchestrator.searches.mednns import MetaspaceOutput, QueryOutput, SupernetsOutput, ZooOutput
+
+    supernets = SupernetsOutput(refs={"a": "/t/ck"}, metrics={"a": {"params": 10, "epoch": 2}}, checkpoints={"a": 1})
+    assert _round_trip(supernets) == supernets and _round_trip(supernets).checkpoints is None
+    metaspace = MetaspaceOutput({"a": "/out/metaspace/a"}, encodings=object(), spaces={}, zoo_rows=object())
+    assert _round_trip(metaspace) == MetaspaceOutput({"a": "/out/metaspace/a"})
+    query = QueryOutput(["T1", "T5"], {"a": {"model_id": "m1", "source_dataset": "b", "family": "ofa_resnet2d",
+                                             "architecture": {"d": [1]}, "score": 0.5}},
+                        {"a": {"T1": {"acc_at": {"1": 0.7}, "test_acc_curve": [0.7]}, "T5": {"error": "boom"}}})
+    for output in (ZooOutput(12, {"a": {"subnets": 12, "seconds": 1.5, "subnets_per_s": 8.0}}), query):
+        assert _round_trip(output) == output
