@@ -94,3 +94,16 @@ def test_mednns_outputs_round_trip_without_runtime_objects():
                         {"a": {"T1": {"acc_at": {"1": 0.7}, "test_acc_curve": [0.7]}, "T5": {"error": "boom"}}})
     for output in (ZooOutput(12, {"a": {"subnets": 12, "seconds": 1.5, "subnets_per_s": 8.0}}), query):
         assert _round_trip(output) == output
+
+
+def test_darts_outputs_round_trip_without_the_loaded_unets():
+    from orchestrator.searches.darts import Stage1Output, Stage2Output, Stage3Output
+
+    first = Stage1Output([{"backbone": "unet", "val_dice": 0.4, "test_dice": 0.4, "best_epoch": 1, "params": 1,
+                           "checkpoint": "/t/ck"}], {"attention_unet": "out of memory"}, unets={"unet": object()})
+    assert _round_trip(first) == first and _round_trip(first).unets is None
+    second = Stage2Output([{"backbone": "unet", "epoch": 2, "search_dice": 0.3, "searching": True,
+                            "genotype": {"edges": [["conv", 0]]}, "alphas": [[0.5, 0.5]], "betas": [0.5]}], {})
+    third = Stage3Output([{"backbone": "unet", "skip": "iac", "seed": 0, "snapshot_epochs": [2], "status": "ok",
+                           "genotype": {"edges": [["conv", 0]]}, "implant": "replace", "val_dice": 0.5}])
+    assert _round_trip(second) == second and _round_trip(third) == third
