@@ -240,6 +240,7 @@ class RunContext:
     data: object
     run_id: str
     outputs: dict = field(default_factory=dict)  # stage name -> its output (set by the driver)
+    setup: object = None  # what a search derives before its stages, its own dataclass (runtime only)
     memory: dict = field(default_factory=dict)  # stage -> TrialMemory (Search.plan_memory)
     memory_limit: float | None = None  # what one trial may request on the largest node (None: no cap)
     memory_share: float | None = None  # a trial's fair share of that node: its CPUs' part of the memory

@@ -107,3 +107,16 @@ def test_darts_outputs_round_trip_without_the_loaded_unets():
     third = Stage3Output([{"backbone": "unet", "skip": "iac", "seed": 0, "snapshot_epochs": [2], "status": "ok",
                            "genotype": {"edges": [["conv", 0]]}, "implant": "replace", "val_dice": 0.5}])
     assert _round_trip(second) == second and _round_trip(third) == third
+
+
+def test_strategy_outputs_round_trip_without_the_study():
+    from orchestrator.searches.strategy import StrategyRetrainOutput, StrategySearchOutput
+
+    row = {"trial_id": "t0", "optuna_number": 0, "optuna_state": "COMPLETE", "status": "ok", "value": 0.8,
+           "lr": 0.01, "batch_size": 32, "epochs": 3, "default_recipe": True}
+    found = StrategySearchOutput([row], [{"trial_id": "t0", "epoch": 1, "val_auc": 0.7}], study=object())
+    assert _round_trip(found) == found and _round_trip(found).study is None
+    entry = {"report": {"status": "ok", "test_auc": 0.8}, "weights": "/t/ck", "curve": [{"epoch": 1}]}
+    retrain = StrategyRetrainOutput(row, {"default": {"lr": 0.01}, "best": {"lr": 0.01}},
+                                    {"default": entry, "best": entry})
+    assert _round_trip(retrain) == retrain
