@@ -59,6 +59,11 @@ def tune_config():
     return tune.TuneConfig(max_concurrent_trials=1, reuse_actors=True)
 
 
+@dataclass
+class SleepOutput:
+    n: int  # trials run
+
+
 class SleepSearch(Search):
     name = "sleep"
     description = "benchmark only: trials that sleep"
@@ -69,18 +74,18 @@ class SleepSearch(Search):
         return None
 
     def stages(self, ctx):
-        return [Stage("sleep", self.run)]
+        return [Stage("sleep", self.run, SleepOutput)]
 
     def run(self, ctx):
         from ray import tune
 
         grid = ctx.run_tuner("sleep", sleep_trainable, tune_config=tune_config(), metric="score", param_space={
             "seconds": ctx.cfg.seconds, "i": tune.grid_search(list(range(ctx.cfg.trials)))})
-        ctx.state["n"] = len(grid)
+        return SleepOutput(len(grid))
 
     def summarize(self, ctx):
-        return {"search": "sleep", "dataset": ctx.cfg.dataset, "synthetic": False, "n_evaluated": ctx.state["n"],
-                "n_ok": ctx.state["n"]}
+        n = ctx.output(SleepOutput).n
+        return {"search": "sleep", "dataset": ctx.cfg.dataset, "synthetic": False, "n_evaluated": n, "n_ok": n}
 
 
 def spans(experiment: Path) -> dict:

@@ -4,8 +4,9 @@ Order matters and is the same for every search: validate the config; check the r
 (``--out`` usable, ``--data-root`` not a file); take the run folder's lock (one driver per
 folder, whatever the timing); check the folder holds this search's run (or none, or a run
 to ``--resume``); load the data once; start or join Ray; refuse per-trial requests the
-cluster cannot satisfy; run the stages; summarise; write the zoo; and refuse a run where
-every candidate failed. Every refusal is one line (a MedtuneError) before work starts.
+cluster cannot satisfy; run the stages (each stage's output kept for the next and written to
+``stages/<stage>.json``); summarise; write the zoo; and refuse a run where every candidate
+failed. Every refusal is one line (a MedtuneError) before work starts.
 """
 from __future__ import annotations
 
@@ -20,9 +21,10 @@ from orchestrator.runlock import RunLock
 from orchestrator.runtime import (check_reachable, check_trial_fits, largest_node_memory, local_node_cpus,
                                   local_node_memory, memory_share, node_capacities,
                                   ray_session, sigterm_as_interrupt)
-from orchestrator.search import RunContext, Search
+from orchestrator.search import RunContext, Search, Stage, output_to_json
 
 MANIFEST = "run.json"
+STAGES = "stages"  # <out>/stages/<stage>.json: each finished stage's output
 
 
 def run_search(search: str | Search, cfg, data=None) -> dict:
@@ -77,7 +79,7 @@ def _run(search: Search, cfg, data, out: Path, manifest: dict, started: float) -
         for stage in search.stages(ctx):
             ctx.stage = stage.name
             status.update_status(out, stage=stage.name, stages={stage.name: {"state": status.RUNNING}})
-            stage.run(ctx)
+            keep_output(ctx, stage, stage.run(ctx))
             status.update_status(out, stages={stage.name: {"state": status.DONE}})
     summary = search.summarize(ctx)
     summary.update(out=str(out), run=ctx.run_id, wall_time_s=round(time.time() - started, 1))
@@ -88,6 +90,21 @@ def _run(search: Search, cfg, data, out: Path, manifest: dict, started: float) -
         summary["zoo"] = write_zoo(ctx, records)
     atomic.write_json(out / "summary.json", summary)
     return summary
+
+
+def keep_output(ctx: RunContext, stage: Stage, output) -> None:
+    """``output`` as ``ctx.outputs[stage]`` and, its persisted fields, in ``<out>/stages/<stage>.json``
+    (rewritten when a resumed run re-runs the stage). A stage must return what it declares."""
+    if stage.output is None:
+        if output is not None:
+            raise TypeError(f"stage {stage.name} declares no output but returned a {type(output).__name__}")
+        return
+    if not isinstance(output, stage.output):
+        raise TypeError(f"stage {stage.name} returned a {type(output).__name__}, not a {stage.output.__name__}")
+    ctx.outputs[stage.name] = output
+    folder = ctx.out / STAGES
+    folder.mkdir(exist_ok=True)
+    atomic.write_json(folder / f"{stage.name}.json", output_to_json(output))
 
 
 def plan_memory(search: Search, ctx: RunContext, node_memory: float, nodes: list[dict] | None = None) -> None:

@@ -6,7 +6,10 @@ tables and plots, and the :class:`~medcore.records.ModelRecord` s it adds to the
 generic driver (:mod:`orchestrator.driver`) runs the stages; each stage runs its Tune
 experiments through :meth:`RunContext.run_tuner`, where fresh-versus-resume, failure
 handling, TensorBoard logging, progress, per-trial resources and the searcher's final state are
-handled once, and reads what each trial came to through :meth:`RunContext.outcomes`.
+handled once, and reads what each trial came to through :meth:`RunContext.outcomes`. A stage
+returns its outputs as a typed dataclass (:class:`Stage` ``output``) that later stages,
+``summarize`` and ``zoo_records`` read with :meth:`RunContext.output`; the driver keeps it and
+writes its JSON fields to ``<out>/stages/<stage>.json`` (:func:`output_to_json`).
 """
 from __future__ import annotations
 
@@ -38,10 +41,35 @@ MEMORY_GRANULE = 2**30
 CHECKPOINTS_KEPT = 2
 
 
+# A stage output field that exists only in the driver's memory (a loaded network, a searcher, a
+# data frame): not written to stages/<stage>.json, derived again when a resumed run re-runs the stage.
+RUNTIME = "medtune_runtime"
+
+
+def runtime(default=None):
+    """A :data:`RUNTIME` field of a stage output (after its persisted fields)."""
+    return field(default=default, repr=False, compare=False, metadata={RUNTIME: True})
+
+
+def output_to_json(output) -> dict:
+    """The persisted fields of a stage output (every field but the :func:`runtime` ones), as the
+    driver writes them to ``stages/<stage>.json``; they hold JSON values only."""
+    return {f.name: getattr(output, f.name) for f in dataclasses.fields(output) if not f.metadata.get(RUNTIME)}
+
+
+def output_from_json(cls: type, data: dict):
+    """A ``cls`` stage output from :func:`output_to_json`'s fields (runtime fields at their defaults)."""
+    return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if not f.metadata.get(RUNTIME)})
+
+
 @dataclass
 class Stage:
+    """A named step of a search: ``run(ctx)`` returns an ``output`` instance (a dataclass of the
+    search's module), or None for a stage without ``output``."""
+
     name: str
-    run: Callable[["RunContext"], None]
+    run: Callable[["RunContext"], object]
+    output: type | None = None
 
 
 class Search:
@@ -204,13 +232,15 @@ def trial_outcomes(grid, configured_only: bool = False) -> list[TrialOutcome]:
 
 @dataclass
 class RunContext:
-    """What a stage sees: the validated config, the data, the run folders and shared state."""
+    """What a stage sees: the validated config, the data, the run folders and the outputs of the
+    stages before it."""
 
     search: Search
     cfg: object
     data: object
     run_id: str
-    state: dict = field(default_factory=dict)  # stage outputs for later stages and summarize
+    outputs: dict = field(default_factory=dict)  # stage name -> its output (set by the driver)
+    setup: object = None  # what a search derives before its stages, its own dataclass (runtime only)
     memory: dict = field(default_factory=dict)  # stage -> TrialMemory (Search.plan_memory)
     memory_limit: float | None = None  # what one trial may request on the largest node (None: no cap)
     memory_share: float | None = None  # a trial's fair share of that node: its CPUs' part of the memory
@@ -219,6 +249,13 @@ class RunContext:
     @property
     def out(self) -> Path:
         return self.cfg.out_dir
+
+    def output(self, cls: type):
+        """The output of the stage that returned a ``cls`` (KeyError when none has yet)."""
+        for value in self.outputs.values():
+            if isinstance(value, cls):
+                return value
+        raise KeyError(f"no stage has returned a {cls.__name__}")
 
     # what each trial of a finished experiment came to (:func:`trial_outcomes`)
     outcomes = staticmethod(trial_outcomes)

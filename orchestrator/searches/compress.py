@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from dataclasses import dataclass
 
 from medcore.compression_genome import (CONFIG_KEYS, CONV_INTENSITY, CONV_SCOPE, CONV_TYPE, LINEAR_INTENSITY,
                                         LINEAR_SCOPE, LINEAR_TYPE, QUANTIZE, SUBSET_SEED)
 from medcore.records import FAILED, OK, ModelRecord, one_class
 from orchestrator import reports
 from orchestrator.config import CompressSearchConfig
-from orchestrator.search import RunContext, Search, Stage, trial_errors
+from orchestrator.search import RunContext, Search, Stage, runtime, trial_errors
 
 BASE_NAME, BASE_EVAL_NAME, SEARCH_NAME = "compress_base", "compress_base_eval", "compress_search"
 # No layer kind pruned (both scopes 0), not quantized: the base network measured by the same code
@@ -31,6 +32,31 @@ UNCOMPRESSED = {LINEAR_SCOPE: 0, CONV_SCOPE: 0, LINEAR_INTENSITY: 50.0, CONV_INT
 # hypervolume uses ideal (0, 0), nadir (1, 1) and reference point (1.1, 1.1).
 OBJECTIVES = ("f1_relative", "f2_error")
 BASE_BUILDER = "resnet"  # trainables.builders name
+
+
+@dataclass
+class CompressBaseOutput:
+    """The base stage: ``ref``, where the base network's checkpoint is (``--base-checkpoint`` or
+    the base trial's final checkpoint); ``base``, the network loaded from it
+    (:class:`trainables.compress_trial.BaseCheckpoint`, runtime only: the stage loads it again
+    on resume)."""
+
+    ref: str
+    base: object = runtime()
+
+
+@dataclass
+class CompressSearchOutput:
+    """The search stage: ``base_eval``, the base measured uncompressed (its last report);
+    ``measured``, trial id -> each candidate's measurements; ``history``, the searcher's records
+    (with the reasons only Tune saw); ``d_star``, the records of D* (feasible non-dominated) and
+    ``hypervolume``, its hypervolume (:meth:`searchers.ctaea.CTAEASearcher.d_star`)."""
+
+    base_eval: dict
+    measured: dict[str, dict]
+    history: list[dict]
+    d_star: list[dict]
+    hypervolume: float
 
 
 def constraint_of(metric: str, base_accuracy: float, base_eval: dict) -> dict:
@@ -92,17 +118,16 @@ class CompressSearch(Search):
 
     def stages(self, ctx: RunContext) -> list[Stage]:
         make_searcher(ctx.cfg)  # bad searcher settings fail before any training
-        return [Stage("base", self.base), Stage("search", self.search)]
+        return [Stage("base", self.base, CompressBaseOutput), Stage("search", self.search, CompressSearchOutput)]
 
-    def base(self, ctx: RunContext) -> None:
+    def base(self, ctx: RunContext) -> CompressBaseOutput:
         from ray import tune
 
         from trainables.compress_trial import load_base, train_base
 
         cfg = ctx.cfg
         if cfg.base_checkpoint:
-            ctx.state["base"], ctx.state["base_ref"] = load_base(cfg.base_checkpoint), str(cfg.base_checkpoint)
-            return
+            return CompressBaseOutput(str(cfg.base_checkpoint), load_base(cfg.base_checkpoint))
         fit = cfg.fit
         batch, resources = ctx.stage_memory("base", fit.batch_size)
         grid = ctx.run_tuner(BASE_NAME, tune.with_parameters(train_base, data=ctx.data), resources=resources,
@@ -115,14 +140,14 @@ class CompressSearch(Search):
             from medcore.errors import RunError
 
             raise RunError(f"training the base network failed: {trial_errors(grid) or result.error}")
-        ctx.state["base"], ctx.state["base_ref"] = load_base(result.checkpoint), result.checkpoint.path
+        return CompressBaseOutput(result.checkpoint.path, load_base(result.checkpoint))
 
-    def search(self, ctx: RunContext) -> None:
+    def search(self, ctx: RunContext) -> CompressSearchOutput:
         from ray import tune
 
         from trainables.compress_trial import compress_trial
 
-        cfg, base = ctx.cfg, ctx.state["base"]
+        cfg, base = ctx.cfg, ctx.output(CompressBaseOutput).base
         base_accuracy = float(base.meta["metrics"]["test_acc"])
         # never lowered (plan_memory refuses instead): the timed batch is part of what is measured
         batch, resources = ctx.stage_memory("search", cfg.inference_batch)
@@ -134,41 +159,40 @@ class CompressSearch(Search):
 
         # the base measured uncompressed first (its own constraint is on accuracy: it is not searched)
         grid = ctx.run_tuner(BASE_EVAL_NAME, trainable(), resources=resources, param_space=dict(UNCOMPRESSED))
-        ctx.state["base_eval"] = grid[0].metrics or {}
-        constraint = constraint_of(cfg.constraint_metric, base_accuracy, ctx.state["base_eval"])
+        base_eval = grid[0].metrics or {}
+        constraint = constraint_of(cfg.constraint_metric, base_accuracy, base_eval)
         searcher = make_searcher(cfg)
         grid = ctx.run_tuner(SEARCH_NAME, trainable(**constraint), resources=resources, metric="accuracy",
                              tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1))
         outcomes = ctx.outcomes(grid)
-        ctx.state["measured"] = {o.metrics["trial_id"]: o.metrics for o in outcomes if "trial_id" in o.metrics}
+        measured = {o.metrics["trial_id"]: o.metrics for o in outcomes if "trial_id" in o.metrics}
         # ``searcher`` holds the search's final state now, fresh or restored (run_tuner)
         ctx.require_finished(searcher, SEARCH_NAME)
         errors = {o.trial_id: o.reason for o in outcomes if o.failed}  # what only Tune saw
         for rec in searcher.history:
             if rec["status"] != OK and rec.get("trial_id") in errors:
                 rec["reason"] = errors[rec["trial_id"]]
-        ctx.state["searcher"] = searcher
+        d_star, hv = searcher.d_star()
+        return CompressSearchOutput(base_eval=base_eval, measured=measured, history=searcher.history, d_star=d_star,
+                                    hypervolume=hv)
 
     # ---- outputs -----------------------------------------------------------------------
     def summarize(self, ctx: RunContext) -> dict:
         from trainables.compress_trial import ACCURACY_TOLERANCE
 
-        cfg, data, base, searcher = ctx.cfg, ctx.data, ctx.state["base"], ctx.state["searcher"]
-        base_eval, measured = ctx.state["base_eval"], ctx.state["measured"]
+        cfg, data, base_out, found = ctx.cfg, ctx.data, ctx.output(CompressBaseOutput), ctx.output(CompressSearchOutput)
+        base, base_eval, measured = base_out.base, found.base_eval, found.measured
         out, synthetic = ctx.out, bool(data.info.synthetic)
-        rows = [_row(r, measured) for r in searcher.history]
-        ctx.state["rows"] = rows
+        rows = [_row(r, measured) for r in found.history]
         reports.write_table([{k: v for k, v in r.items() if k != "confusion"} for r in rows], out / "evaluated.csv",
                             synthetic)
-        d_star, hv = searcher.d_star()
-        pareto = [_row(r, measured) for r in d_star]
-        ctx.state["pareto_ids"] = {r["trial_id"] for r in pareto}
+        pareto, hv = [_row(r, measured) for r in found.d_star], found.hypervolume
         base_summary = {"accuracy": base_eval.get("accuracy"), "auc": base_eval.get("auc"),
                         "balanced_accuracy": base_eval.get("balanced_accuracy"),
                         "test_pred_classes": base_eval.get("test_pred_classes"),
                         "flops": base_eval.get("flops"), "inference_ms": base_eval.get("inference_ms"),
                         "size_mb": base_eval.get("size_mb"), "model": base.build["name"],
-                        "checkpoint": ctx.state["base_ref"], "train_metrics": base.meta.get("metrics", {})}
+                        "checkpoint": base_out.ref, "train_metrics": base.meta.get("metrics", {})}
         base_summary["one_class"] = one_class(base_summary)
         base_value = constraint_of(cfg.constraint_metric, base.meta["metrics"]["test_acc"], base_eval)["base_constraint"]
         reports.plot_compression_front(rows, base_eval, out / "objective_space.png", synthetic)
@@ -213,13 +237,14 @@ class CompressSearch(Search):
     def zoo_records(self, ctx: RunContext) -> list[ModelRecord]:
         from searchers.compression_space import encode
 
-        base, base_eval = ctx.state["base"], ctx.state["base_eval"]
+        base_out, found = ctx.output(CompressBaseOutput), ctx.output(CompressSearchOutput)
+        base, base_eval = base_out.base, found.base_eval
         build = {"builder": BASE_BUILDER, "kwargs": base.build}
         base_arch = {"model": base.build["name"]}
         train = base.meta.get("metrics", {})
         records = [ModelRecord(
             search="compress", stage="base", family="resnet", architecture=base_arch, encoding=[],
-            status=OK, build=build, weights=ctx.state["base_ref"], metrics={
+            status=OK, build=build, weights=base_out.ref, metrics={
                 "val_acc": train.get("best_val_acc"), "val_auc": train.get("best_val_auc"),
                 "test_acc": base_eval.get("accuracy", train.get("test_acc")),
                 "test_auc": base_eval.get("auc", train.get("test_auc")), "params": train.get("params"),
@@ -227,8 +252,8 @@ class CompressSearch(Search):
                 "size_mb": base_eval.get("size_mb"),
                 "test_pred_classes": base_eval.get("test_pred_classes", train.get("test_pred_classes")),
                 "test_balanced_accuracy": base_eval.get("balanced_accuracy")})]
-        pareto_ids = ctx.state.get("pareto_ids", set())
-        for r in ctx.state["rows"]:
+        pareto_ids = {r["trial_id"] for r in found.d_star}
+        for r in (_row(r, found.measured) for r in found.history):
             genome = {k: r[k] for k in CONFIG_KEYS}
             weights, note = candidate_weights(ctx, r, genome, r["trial_id"] in pareto_ids)
             records.append(ModelRecord(
@@ -288,7 +313,7 @@ def candidate_weights(ctx: RunContext, row: dict, genome: dict, in_pareto: bool)
 
     path = ctx.out / WEIGHTS_DIR / str(row["trial_id"]) / "model.pt"
     if not path.is_file():  # a resumed summary keeps what an earlier one saved
-        model = copy.deepcopy(ctx.state["base"].model).cpu()
+        model = copy.deepcopy(ctx.output(CompressBaseOutput).base.model).cpu()
         apply_pruning(model, CompressionGenome.from_config(genome))
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(".model.pt.tmp")

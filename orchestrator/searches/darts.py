@@ -25,17 +25,45 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import dataclass
 
 from medcore.errors import RunError
 from medcore.records import FAILED, OK, ModelRecord
 from orchestrator import reports
 from orchestrator.config import DartsSearchConfig
-from orchestrator.search import RunContext, Search, Stage
+from orchestrator.search import RunContext, Search, Stage, runtime
 from orchestrator.searches.darts_report import (IAC, REPLACE, by_genotype, genotype_row, improvement_table,
                                                 last_epoch, paired_tests, plot_alpha_beta, plot_cell,
                                                 plot_dice_per_stage, plot_slices)
 
 STAGE1, STAGE2, STAGE3 = "darts_stage1", "darts_stage2", "darts_stage3"
+
+
+@dataclass
+class Stage1Output:
+    """Stage I: one row per trained U-Net (backbone, Dice, best epoch, params, checkpoint path),
+    backbone -> why the others failed, and ``unets``: backbone -> the loaded U-Net
+    (:func:`trainables.unet_trial.load_unet`, runtime only: loaded again on resume)."""
+
+    rows: list[dict]
+    failed: dict[str, str]
+    unets: dict = runtime()
+
+
+@dataclass
+class Stage2Output:
+    """Stage II: one entry per (backbone, epoch) of the searches (search Dice, genotype, alphas,
+    betas), and backbone -> why its search failed."""
+
+    history: list[dict]
+    failed: dict[str, str]
+
+
+@dataclass
+class Stage3Output:
+    """Stage III: one row per cell or baseline run (status, Dice, gain, checkpoint path)."""
+
+    rows: list[dict]
 
 
 class DartsSearch(Search):
@@ -68,10 +96,11 @@ class DartsSearch(Search):
                 for stage in what}
 
     def stages(self, ctx: RunContext) -> list[Stage]:
-        return [Stage("stage1", self.stage1), Stage("stage2", self.stage2), Stage("stage3", self.stage3)]
+        return [Stage("stage1", self.stage1, Stage1Output), Stage("stage2", self.stage2, Stage2Output),
+                Stage("stage3", self.stage3, Stage3Output)]
 
     # ---- Stage I: the U-Nets --------------------------------------------------------------
-    def stage1(self, ctx: RunContext) -> None:
+    def stage1(self, ctx: RunContext) -> Stage1Output:
         from ray import tune
 
         from trainables.unet_trial import load_unet, train_unet
@@ -98,15 +127,15 @@ class DartsSearch(Search):
                          "best_epoch": m["best_epoch"], "params": m["params"], "checkpoint": o.checkpoint.path})
         if not unets:
             raise RunError(f"Stage I failed for every backbone: {failed}")
-        ctx.state.update(unets=unets, stage1=rows, stage1_failed=failed)
+        return Stage1Output(rows, failed, unets=unets)
 
     # ---- Stage II: one bilevel search per backbone ---------------------------------------------
-    def stage2(self, ctx: RunContext) -> None:
+    def stage2(self, ctx: RunContext) -> Stage2Output:
         from ray import tune
 
         from trainables.darts_trial import search_trial
 
-        cfg, unets = ctx.cfg, ctx.state["unets"]
+        cfg, unets = ctx.cfg, ctx.output(Stage1Output).unets
         batch, resources = ctx.stage_memory("stage2", cfg.batch_size)
         grid = ctx.run_tuner(STAGE2, tune.with_parameters(search_trial, data=ctx.data, unets=unets),
                              metric="val_dice", resources=resources, param_space={
@@ -127,7 +156,7 @@ class DartsSearch(Search):
                                 "alphas": json.loads(row.alphas), "betas": json.loads(row.betas)})
         if not history:
             raise RunError(f"Stage II failed for every backbone: {failed}")
-        ctx.state.update(history=history, stage2_failed=failed)
+        return Stage2Output(history, failed)
 
     # ---- Stage III: discrete cells and baselines on the frozen U-Nets ---------------------------
     def candidates(self, ctx: RunContext) -> list[dict]:
@@ -135,7 +164,7 @@ class DartsSearch(Search):
         cfg = ctx.cfg
         snapshots = set(cfg.snapshot_epochs())
         genotypes: dict = {}
-        for h in ctx.state["history"]:
+        for h in ctx.output(Stage2Output).history:
             if h["epoch"] in snapshots:
                 key = (h["backbone"], json.dumps(h["genotype"], sort_keys=True))
                 genotypes.setdefault(key, []).append(h["epoch"])
@@ -152,7 +181,7 @@ class DartsSearch(Search):
                                  "seed": cfg.seed + r})
         return runs
 
-    def stage3(self, ctx: RunContext) -> None:
+    def stage3(self, ctx: RunContext) -> Stage3Output:
         from ray import tune
 
         from trainables.darts_trial import skips_trial
@@ -160,7 +189,7 @@ class DartsSearch(Search):
         cfg = ctx.cfg
         runs = self.candidates(ctx)
         batch, resources = ctx.stage_memory("stage3", cfg.batch_size)
-        grid = ctx.run_tuner(STAGE3, tune.with_parameters(skips_trial, data=ctx.data, unets=ctx.state["unets"]),
+        grid = ctx.run_tuner(STAGE3, tune.with_parameters(skips_trial, data=ctx.data, unets=ctx.output(Stage1Output).unets),
                              metric="val_dice", resources=resources, param_space={
                                  "run": tune.grid_search(runs), "epochs": cfg.stage3_epochs,
                                  "batch_size": batch, "lr": 1e-3})
@@ -180,14 +209,15 @@ class DartsSearch(Search):
                            skip_params=m["skip_params"], best_epoch=m["best_epoch"],
                            checkpoint=o.checkpoint.path if o.checkpoint else None)
             rows.append(row)
-        ctx.state["stage3"] = rows
+        return Stage3Output(rows)
 
     # ---- outputs -----------------------------------------------------------------------------
     def summarize(self, ctx: RunContext) -> dict:
         cfg, data, out = ctx.cfg, ctx.data, ctx.out
         synthetic = bool(data.info.synthetic)
-        stage1 = {r["backbone"]: r for r in ctx.state["stage1"]}
-        history, stage3 = ctx.state["history"], ctx.state["stage3"]
+        first, second = ctx.output(Stage1Output), ctx.output(Stage2Output)
+        stage1 = {r["backbone"]: r for r in first.rows}
+        history, stage3 = second.history, ctx.output(Stage3Output).rows
         ok = [r for r in stage3 if r["status"] == OK]
         iac = by_genotype([r for r in ok if r["skip"] == IAC])
         best = max(iac, key=lambda g: (g["dice"], -g["epoch"]), default=None)
@@ -201,8 +231,7 @@ class DartsSearch(Search):
             "baseline_dice": stage1[best["backbone"]]["val_dice"] if best else None,
             "best": None if best is None else {k: best[k] for k in ("genotype", "epoch", "dice", "backbone",
                                                                     "epochs", "runs", "gain")},
-            "stage1": list(stage1.values()), "stage1_failed": ctx.state.get("stage1_failed", {}),
-            "stage2_failed": ctx.state.get("stage2_failed", {}),
+            "stage1": list(stage1.values()), "stage1_failed": first.failed, "stage2_failed": second.failed,
             "stage2_final": {b: last_epoch(history, b) for b in stage1 if last_epoch(history, b)},
             "improvement": table2, "statistics": stats,
             "n_evaluated": len(stage3), "n_ok": len(ok), "n_failed": len(stage3) - len(ok),
@@ -216,24 +245,25 @@ class DartsSearch(Search):
                                                     f"best IAC ({best['backbone']}, epoch {best['epoch']})")
             plots["alpha_beta"] = plot_alpha_beta(
                 [h for h in history if h["backbone"] == best["backbone"]], out / "alpha_beta.png", synthetic)
-            plots["slices"] = plot_slices(ctx, best, out / "val_slices.png", synthetic)
+            plots["slices"] = plot_slices(data, first.unets[best["backbone"]], stage3, best, out / "val_slices.png",
+                                          synthetic)
         plots["dice_per_stage"] = plot_dice_per_stage(summary, stage3, out / "dice_per_stage.png",
                                                                     synthetic)
         summary["plots"] = {k: str(v) for k, v in plots.items() if v}
         return summary
 
     def zoo_records(self, ctx: RunContext) -> list[ModelRecord]:
-        records = []
-        for r in ctx.state["stage1"]:
-            unet = ctx.state["unets"][r["backbone"]]
+        records, unets = [], ctx.output(Stage1Output).unets
+        for r in ctx.output(Stage1Output).rows:
+            unet = unets[r["backbone"]]
             records.append(ModelRecord(
                 search="darts", stage="stage1", family="unet", architecture={"backbone": r["backbone"]},
                 encoding=[], status=OK, weights=r["checkpoint"],
                 build={"builder": "unet", "kwargs": {"build": unet.build}},
                 metrics={"val_dice": r["val_dice"], "test_dice": r["test_dice"], "dice": r["val_dice"],
                          "params": r["params"], "epochs": r["best_epoch"]}))
-        for r in ctx.state["stage3"]:
-            unet = ctx.state["unets"][r["backbone"]]
+        for r in ctx.output(Stage3Output).rows:
+            unet = unets[r["backbone"]]
             arch = {"backbone": r["backbone"], "skip": r["skip"], "seed": r["seed"]}
             kwargs = {}
             if r["genotype"]:

@@ -1,8 +1,8 @@
 """The IAC search's tables, statistics and figures: genotypes grouped over runs, Table II's DSC
 gains, the paired tests, and the best cell, alpha/beta, Dice-per-stage and validation-slice plots.
 
-They read the rows the stages of :mod:`orchestrator.searches.darts` leave in the run state
-(``stage1``, ``history``, ``stage3``); ``DartsSearch.summarize`` writes them. Kept apart from the
+They read the rows the stages of :mod:`orchestrator.searches.darts` return (Stage I's rows,
+Stage II's ``history``, Stage III's rows); ``DartsSearch.summarize`` writes them. Kept apart from the
 stages, and never importing them, so the reporting can be read and tested on its own.
 """
 from __future__ import annotations
@@ -12,7 +12,6 @@ import math
 
 from medcore.records import OK
 from orchestrator import reports
-from orchestrator.search import RunContext
 
 IAC = "iac"  # the skip kind of a Stage III run with a searched cell (the baselines have their names)
 REPLACE = "replace"  # the paper's implant (rows written before --implant existed have none)
@@ -226,15 +225,15 @@ def plot_dice_per_stage(summary: dict, stage3: list[dict], path, synthetic: bool
     return reports.save_figure(fig, path, dpi=110)
 
 
-def _best_model(ctx: RunContext, best: dict):
-    """The frozen Stage I U-Net and the best IAC model (its best run's weights), both on CPU."""
+def _best_model(unet, stage3: list[dict], best: dict):
+    """The frozen Stage I U-Net (``unet``, of ``best``'s backbone) and the best IAC model (its best
+    run's weights, of the Stage III rows), both on CPU."""
     import torch
 
     from trainables.darts_trial import build_skip_model
     from trainables.unet_trial import SKIPS_FILE
 
-    unet = ctx.state["unets"][best["backbone"]]
-    runs = [r for r in ctx.state["stage3"] if r["status"] == OK and r["skip"] == IAC
+    runs = [r for r in stage3 if r["status"] == OK and r["skip"] == IAC
             and r["backbone"] == best["backbone"] and _key(r["genotype"]) == _key(best["genotype"])
             and r.get("checkpoint")]
     if not runs:
@@ -245,16 +244,15 @@ def _best_model(ctx: RunContext, best: dict):
     return unet.model().eval(), model.eval()
 
 
-def plot_slices(ctx: RunContext, best: dict, path, synthetic: bool, n: int = 4):
-    """A few val_dt slices (those with the most foreground; 3D: the middle axial slice) with
-    the ground truth, the Stage I U-Net's mask and the best IAC model's mask as contours."""
+def plot_slices(data, unet, stage3: list[dict], best: dict, path, synthetic: bool, n: int = 4):
+    """A few val_dt slices of ``data`` (those with the most foreground; 3D: the middle axial slice)
+    with the ground truth, the Stage I U-Net's mask and the best IAC model's mask as contours."""
     import numpy as np
     import torch
 
-    base, iac = _best_model(ctx, best)
+    base, iac = _best_model(unet, stage3, best)
     if base is None:
         return None
-    data = ctx.data
     x_all, y_all = data.images["val_dt"], data.labels["val_dt"]
     order = np.argsort(-y_all.reshape(len(y_all), -1).sum(1))[:n]
     x = torch.from_numpy(np.ascontiguousarray(x_all[order])).float()

@@ -21,16 +21,60 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 from medcore.errors import RunError
 from medcore.records import OK, ModelRecord
 from orchestrator.config import MedNNSSearchConfig
-from orchestrator.search import RunContext, Search, Stage
+from orchestrator.search import RunContext, Search, Stage, runtime
 
 SUPERNETS, ZOO, FINETUNE = "mednns_supernets", "mednns_zoo", "mednns_finetune"
 BUILDER = "ofa_subnet"  # trainables.builders name
 STRATEGY_K = {"T1": 1, "T5": 5, "T10": 10}
+
+
+@dataclass
+class SupernetsOutput:
+    """The supernets stage: dataset -> its supernet's checkpoint reference (folder or URI, as the
+    zoo rows name it) and its trial's last report; ``checkpoints``: the ``tune.Checkpoint`` s the
+    zoo stage's trials load (runtime only)."""
+
+    refs: dict[str, str]
+    metrics: dict[str, dict]
+    checkpoints: dict = runtime()
+
+
+@dataclass
+class ZooOutput:
+    """The zoo stage: the rows it wrote to the zoo and dataset -> extraction throughput."""
+
+    n_rows: int
+    throughput: dict[str, dict]
+
+
+@dataclass
+class MetaspaceOutput:
+    """The metaspace stage: target -> the folder its meta-space is saved in. Runtime only: the
+    dataset ``encodings`` (cached under ``metaspace/encodings``), the loaded meta-spaces (``spaces``)
+    and the zoo rows they trained on (``zoo_rows``, a data frame)."""
+
+    folders: dict[str, str]
+    encodings: object = runtime()
+    spaces: dict = runtime()
+    zoo_rows: object = runtime()
+
+
+@dataclass
+class QueryOutput:
+    """The query stage: the Tk ``strategies`` that ran; target -> its meta-space's top
+    ``recommended`` model (model_id, source_dataset, family, architecture, score); target ->
+    strategy -> the fine-tuning ``results`` (``acc_at``, ``test_acc_curve``; ``error`` when the
+    trial failed)."""
+
+    strategies: list[str]
+    recommended: dict[str, dict]
+    results: dict[str, dict[str, dict]]
 
 
 def _family(spatial_dims: int) -> str:
@@ -102,14 +146,14 @@ class MedNNSSearch(Search):
         missing = [f for f in cfg.dataset_list() if f not in ctx.data]
         if missing:
             raise RunError(f"no data given for {', '.join(missing)}")
-        return [Stage("supernets", self.supernets), Stage("zoo", self.zoo), Stage("metaspace", self.metaspace),
-                Stage("query", self.query)]
+        return [Stage("supernets", self.supernets, SupernetsOutput), Stage("zoo", self.zoo, ZooOutput),
+                Stage("metaspace", self.metaspace, MetaspaceOutput), Stage("query", self.query, QueryOutput)]
 
     # ---- stages ----------------------------------------------------------------------------
-    def supernets(self, ctx: RunContext) -> None:
+    def supernets(self, ctx: RunContext) -> SupernetsOutput:
         from ray import tune
 
-        from trainables.supernet_trial import train_supernet_for
+        from trainables.supernet_trial import supernet_checkpoint_ref, train_supernet_for
 
         cfg = ctx.cfg
         batch, resources = ctx.stage_memory("supernets", cfg.batch_size)
@@ -119,18 +163,20 @@ class MedNNSSearch(Search):
             "full_epochs": cfg.supernet_full_epochs, "paths": cfg.supernet_paths, "sandwich": cfg.sandwich,
             "lr": cfg.lr, "batch_size": batch, "seed": cfg.seed})
         outcomes = ctx.outcomes(grid)
-        ctx.state["supernets"] = _checkpoints(outcomes, "training the supernet")
-        ctx.state["supernet_metrics"] = {o.config["dataset"]: o.metrics for o in outcomes if o.metrics}
+        checkpoints = _checkpoints(outcomes, "training the supernet")
+        return SupernetsOutput(refs={f: supernet_checkpoint_ref(c) for f, c in checkpoints.items()},
+                               metrics={o.config["dataset"]: o.metrics for o in outcomes if o.metrics},
+                               checkpoints=checkpoints)
 
-    def zoo(self, ctx: RunContext) -> None:
+    def zoo(self, ctx: RunContext) -> ZooOutput:
         from ray import tune
 
         from orchestrator import zoo
-        from trainables.supernet_trial import EXTRACT_BATCH, extract_zoo, read_zoo_rows, supernet_checkpoint_ref
+        from trainables.supernet_trial import EXTRACT_BATCH, extract_zoo, read_zoo_rows
 
-        cfg = ctx.cfg
+        cfg, supernets = ctx.cfg, ctx.output(SupernetsOutput)
         batch, resources = ctx.stage_memory("zoo", EXTRACT_BATCH)
-        grid = ctx.run_tuner(ZOO, tune.with_parameters(extract_zoo, datasets=ctx.data, supernets=ctx.state["supernets"]),
+        grid = ctx.run_tuner(ZOO, tune.with_parameters(extract_zoo, datasets=ctx.data, supernets=supernets.checkpoints),
                              resources=resources,
                              param_space={"dataset": tune.grid_search(cfg.dataset_list()), "n": cfg.zoo_size,
                                           "seed": cfg.seed, "bn_images": cfg.bn_images, "bn_batch": batch,
@@ -141,7 +187,7 @@ class MedNNSSearch(Search):
         for flag, checkpoint in checkpoints.items():
             data = ctx.data[flag]
             info = data.info
-            ref = supernet_checkpoint_ref(ctx.state["supernets"][flag])
+            ref = supernets.refs[flag]
             records = [_record(r, info, ref) for r in read_zoo_rows(checkpoint)]
             rows += zoo.rows_from_records(records, dataset=flag, size=info.size, spatial_dims=info.spatial_dims,
                                           task=info.task, input_shape=list(info.input_shape), run=ctx.run_id,
@@ -149,9 +195,9 @@ class MedNNSSearch(Search):
             m = next(o.metrics for o in outcomes if o.config["dataset"] == flag)
             throughput[flag] = {"subnets": m["n"], "seconds": m["seconds"], "subnets_per_s": m["subnets_per_s"]}
         zoo.write_rows(cfg.zoo_path, rows, writer_id=f"{ctx.run_id}-mednns-zoo")
-        ctx.state["n_zoo"], ctx.state["zoo_throughput"] = len(rows), throughput
+        return ZooOutput(len(rows), throughput)
 
-    def metaspace(self, ctx: RunContext) -> None:
+    def metaspace(self, ctx: RunContext) -> MetaspaceOutput:
         from orchestrator.metaspace import MetaSpace, MetaSpaceOptions, load_or_encode, train_metaspace
         from orchestrator.zoo import read_zoo
 
@@ -165,23 +211,24 @@ class MedNNSSearch(Search):
         options = MetaSpaceOptions(epochs=cfg.metaspace_epochs, lr=cfg.metaspace_lr, use_perf="perf" in losses,
                                    use_rank="rank" in losses, use_fid="fid" in losses,
                                    use_contrastive="contrastive" in losses, seed=cfg.seed)
-        spaces = {}
+        spaces, folders = {}, {}
         for target in flags:
             folder = ctx.out / "metaspace" / target
+            folders[target] = str(folder)
             if cfg.resume and (folder / "metaspace.json").exists():
                 spaces[target] = MetaSpace.load(folder)
                 continue
             spaces[target] = train_metaspace(zoo_rows, encodings, options, exclude=target,
                                              settings="--zoo-size or --datasets (or a --zoo with fewer rows)")
             spaces[target].save(folder)
-        ctx.state.update(encodings=encodings, metaspaces=spaces, zoo_rows=zoo_rows)
+        return MetaspaceOutput(folders, encodings=encodings, spaces=spaces, zoo_rows=zoo_rows)
 
-    def query(self, ctx: RunContext) -> None:
+    def query(self, ctx: RunContext) -> QueryOutput:
         from ray import tune
 
         from trainables.supernet_trial import finetune
 
-        cfg = ctx.cfg
+        cfg, metaspace = ctx.cfg, ctx.output(MetaspaceOutput)
         flags, k_max = cfg.dataset_list(), cfg.top_k
         strategies = _strategies(k_max)
         batch, resources = ctx.stage_memory("query", cfg.batch_size)
@@ -192,8 +239,8 @@ class MedNNSSearch(Search):
             info = ctx.data[target].info
             # rows of other searches may lack a build that carries weights: rank among the
             # supernet subnets (every one of them rebuilds with inherited weights)
-            space = ctx.state["metaspaces"][target]
-            top = space.query(ctx.state["encodings"].embeddings[target], top_k=len(space.models),
+            space = metaspace.spaces[target]
+            top = space.query(metaspace.encodings.embeddings[target], top_k=len(space.models),
                               exclude_dataset=target)
             top = top[top["family"] == _family(info.spatial_dims)].head(k_max).reset_index(drop=True)
             if top.empty:
@@ -216,9 +263,9 @@ class MedNNSSearch(Search):
         for o in ctx.outcomes(grid):
             job = o.config["job"]
             for run in job["runs"]:
-                results[(job["target"], run["strategy"])] = {"error": o.reason} if o.failed \
+                results.setdefault(job["target"], {})[run["strategy"]] = {"error": o.reason} if o.failed \
                     else o.metrics["results"][run["strategy"]]
-        ctx.state.update(recommended=recommended, finetune=results, strategies=strategies)
+        return QueryOutput(strategies, {target: _recommended(top) for target, top in recommended.items()}, results)
 
     # ---- outputs -----------------------------------------------------------------------
     def summarize(self, ctx: RunContext) -> dict:
@@ -229,51 +276,48 @@ class MedNNSSearch(Search):
         synthetic = any(bool(d.info.synthetic) for d in ctx.data.values())
         first = cfg.report_list()[0]
         loo, table = [], []
+        query = ctx.output(QueryOutput)
         for target in flags:
-            top = ctx.state["recommended"][target]
-            res = ctx.state["finetune"]
-            best = top.iloc[0]
+            res = query.results.get(target, {})
 
             def acc(strategy, epoch=first):
-                m = res.get((target, strategy)) or {}
+                m = res.get(strategy) or {}
                 return (m.get("acc_at") or {}).get(str(epoch))
 
-            entry = {"target": target,
-                     "recommended": {"model_id": best["model_id"], "source_dataset": best["dataset"],
-                                     "family": best["family"], "architecture": json.loads(best["architecture"]),
-                                     "score": float(best["score"])},
+            entry = {"target": target, "recommended": query.recommended[target],
                      "epoch": first, "t1_acc": acc("T1"), "scratch_acc": acc("scratch"), "resnet_acc": acc("resnet")}
-            for s in ctx.state["strategies"]:
+            for s in query.strategies:
                 if s != "T1":
                     entry[f"{s.lower()}_acc"] = acc(s)
-            entry["acc_at"] = {s: (res.get((target, s)) or {}).get("acc_at") for s in
-                               ctx.state["strategies"] + ["scratch", "resnet"]}
-            entry["curves"] = {s: (res.get((target, s)) or {}).get("test_acc_curve") for s in
-                               ctx.state["strategies"] + ["scratch", "resnet"]}
-            errors = {s: m["error"] for (t, s), m in res.items() if t == target and "error" in m}
+            entry["acc_at"] = {s: (res.get(s) or {}).get("acc_at") for s in query.strategies + ["scratch", "resnet"]}
+            entry["curves"] = {s: (res.get(s) or {}).get("test_acc_curve") for s in
+                               query.strategies + ["scratch", "resnet"]}
+            errors = {s: m["error"] for s, m in res.items() if "error" in m}
             if errors:
                 entry["errors"] = errors
             loo.append(entry)
             table.append({k: v for k, v in entry.items() if k not in ("curves", "acc_at")})
         reports.write_table(table, out / "loo.csv", synthetic)
-        encodings = ctx.state["encodings"]
+        metaspace = ctx.output(MetaspaceOutput)
+        encodings = metaspace.encodings
         plots = {}
         try:
             plots["fid"] = str(plot_fid(encodings, out / "fid_heatmap.png", synthetic))
             plots["curves"] = str(plot_curves(loo, out / "finetune_curves.png", synthetic))
-            plots["tsne"] = [str(plot_tsne(ctx.state["metaspaces"][t], encodings, ctx.state["zoo_rows"], t,
+            plots["tsne"] = [str(plot_tsne(metaspace.spaces[t], encodings, metaspace.zoo_rows, t,
                                            out / f"tsne_{t}.png", synthetic, cfg.seed)) for t in flags]
         except ImportError as exc:  # matplotlib / sklearn missing: the numbers stand without plots
             plots["error"] = f"plots skipped: {exc}"
         beats = [e for e in loo if _num(e["t1_acc"]) and _num(e["scratch_acc"]) and _num(e["resnet_acc"])
                  and e["t1_acc"] > e["scratch_acc"] and e["t1_acc"] > e["resnet_acc"]]
+        zoo = ctx.output(ZooOutput)
         return {"search": "mednns", "datasets": flags, "dataset": ",".join(flags), "size": cfg.size,
-                "synthetic": synthetic, "n_zoo": ctx.state["n_zoo"], "zoo_throughput": ctx.state["zoo_throughput"],
+                "synthetic": synthetic, "n_zoo": zoo.n_rows, "zoo_throughput": zoo.throughput,
                 "extractor": encodings.extractor, "fid": encodings.fid.round(4).to_dict(),
                 "supernets": {f: {k: m.get(k) for k in ("train_seconds", "params", "epoch")}
-                              for f, m in ctx.state["supernet_metrics"].items()},
+                              for f, m in ctx.output(SupernetsOutput).metrics.items()},
                 "loo": loo, "t1_beats_both": f"{len(beats)} of {len(loo)}", "plots": plots,
-                "zoo": {"path": cfg.zoo_path, "rows": ctx.state["n_zoo"]}, "config": cfg.to_dict()}
+                "zoo": {"path": cfg.zoo_path, "rows": zoo.n_rows}, "config": cfg.to_dict()}
 
     def print_summary(self, summary: dict) -> None:
         if summary.get("synthetic"):
@@ -287,6 +331,13 @@ class MedNNSSearch(Search):
 
 def _num(v) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def _recommended(top) -> dict:
+    """The summary's entry of a target's recommended model: the first row of its meta-space's ranking."""
+    best = top.iloc[0]
+    return {"model_id": best["model_id"], "source_dataset": best["dataset"], "family": best["family"],
+            "architecture": json.loads(best["architecture"]), "score": float(best["score"])}
 
 
 def _checkpoints(outcomes: list, what: str) -> dict:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 
 from medcore.records import FAILED, INFEASIBLE, DUPLICATE, OK, ModelRecord, one_class
 from orchestrator import reports
@@ -28,6 +29,46 @@ from searchers.de import Infeasible
 
 SEARCH_NAME, RETRAIN_NAME, BASELINE_NAME = "ode_search", "ode_retrain", "ode_baseline"
 FAMILY = "cell3d"
+
+
+@dataclass
+class ODESearchOutput:
+    """The search stage: the searcher's final state as the other stages and the summary read it.
+    ``history``: one record per candidate genome considered (``ODESearcher.history``, with the
+    reasons only Tune saw); ``best_per_generation``: (generation, best fitness so far) pairs;
+    ``rungs``: candidates reaching each rung; ``ended``: why the search ended early, or empty;
+    ``top``: the ``top_k`` distinct trained architectures the retrain stage trains, best first
+    (by the searcher's rank: rung reached, then fitness)."""
+
+    history: list[dict]
+    best_per_generation: list
+    generation: int
+    restarts: int
+    rungs: list[dict]
+    epochs_trained: int
+    ended: str
+    top: list[dict]
+
+
+@dataclass
+class ODERetrainOutput:
+    """The retrain stage: architecture key (its JSON, sorted keys) -> ``report`` (the last report,
+    status and reason included) and ``weights`` (the final checkpoint's path, or None)."""
+
+    retrained: dict[str, dict]
+
+
+@dataclass
+class ODEBaselineOutput:
+    """The baseline stage: the ``--baseline`` network's last ``report`` (None: no baseline trained)
+    and ``weights`` (its final checkpoint's path, or None)."""
+
+    report: dict | None = None
+    weights: str | None = None
+
+
+def _path(checkpoint) -> str | None:
+    return None if checkpoint is None else checkpoint.path
 
 
 def top_architectures(records: list[dict], k: int, rank_key=None) -> list[dict]:
@@ -61,7 +102,8 @@ class ODESearch(Search):
     stage_names = ("search", "retrain", "baseline")
 
     def stages(self, ctx: RunContext) -> list[Stage]:
-        return [Stage("search", self.search), Stage("retrain", self.retrain), Stage("baseline", self.baseline)]
+        return [Stage("search", self.search, ODESearchOutput), Stage("retrain", self.retrain, ODERetrainOutput),
+                Stage("baseline", self.baseline, ODEBaselineOutput)]
 
     # ---- stages ------------------------------------------------------------------------
     def _cost(self, ctx: RunContext, data):
@@ -86,7 +128,7 @@ class ODESearch(Search):
         """Per-trial Ray memory request: the estimate, unless the user fixed one."""
         return None if ctx.cfg.resources.memory_per_trial_gb else cost.memory
 
-    def search(self, ctx: RunContext) -> None:
+    def search(self, ctx: RunContext) -> ODESearchOutput:
         from ray import tune
 
         from searchers.ode import RungScheduler
@@ -113,7 +155,11 @@ class ODESearch(Search):
         for rec in searcher.history:  # what only Tune saw: why an errored trial failed
             if rec["status"] == FAILED and rec.get("trial_id") in errors:
                 rec["reason"] = errors[rec["trial_id"]]
-        ctx.state["searcher"] = searcher
+        return ODESearchOutput(
+            history=searcher.history, best_per_generation=searcher.best_per_generation(),
+            generation=searcher.generation, restarts=searcher.restarts, rungs=searcher.rungs_reached(),
+            epochs_trained=searcher.epochs_trained(), ended=getattr(searcher, "ended", "") or "",
+            top=top_architectures(searcher.history, cfg.top_k, searcher.rank_key))
 
     def _full_data_trial(self, ctx: RunContext):
         """The trainable and resources of a full-data training (the retrained picks and the
@@ -127,15 +173,14 @@ class ODESearch(Search):
                                          fit_config=cfg.fit.fit_config(cfg.seed, cfg.retrain_epochs))
         return trainable, ctx.trial_resources(self._memory(ctx, self._cost(ctx, ctx.data)))
 
-    def retrain(self, ctx: RunContext) -> None:
+    def retrain(self, ctx: RunContext) -> ODERetrainOutput:
         from ray import tune
 
         cfg = ctx.cfg
-        searcher = ctx.state["searcher"]
-        top = top_architectures(searcher.history, cfg.top_k, searcher.rank_key)
-        ctx.state["top"], ctx.state["retrained"] = top, {}
+        top = ctx.output(ODESearchOutput).top
+        out = ODERetrainOutput({})
         if not top:
-            return
+            return out
         trainable, resources = self._full_data_trial(ctx)
         grid = ctx.run_tuner(
             RETRAIN_NAME, trainable, resources=resources,
@@ -144,31 +189,33 @@ class ODESearch(Search):
         # an errored trial restored on resume keeps no config: it is left out
         for o in ctx.outcomes(grid, configured_only=True):
             key = json.dumps(o.config["architecture"], sort_keys=True)
-            ctx.state["retrained"][key] = (o.report(), o.checkpoint)
+            out.retrained[key] = {"report": o.report(), "weights": _path(o.checkpoint)}
+        return out
 
-    def baseline(self, ctx: RunContext) -> None:
+    def baseline(self, ctx: RunContext) -> ODEBaselineOutput:
         """Train ``--baseline`` as one more retrain trial: full data, the retrain's recipe,
         seed and epochs. Its own experiment, so a resumed run restores it like the others."""
         from ray import tune
 
         cfg = ctx.cfg
-        ctx.state["baseline"] = None
+        out = ODEBaselineOutput()
         if cfg.baseline == "none":
-            return
+            return out
         trainable, resources = self._full_data_trial(ctx)
         grid = ctx.run_tuner(
             BASELINE_NAME, trainable, resources=resources,
             param_space={"baseline": cfg.baseline}, metric=f"best_{cfg.fit.metric}",
             tune_config=tune.TuneConfig(num_samples=1))
         for o in ctx.outcomes(grid):
-            ctx.state["baseline"] = (o.report(), o.checkpoint)
+            out = ODEBaselineOutput(o.report(), _path(o.checkpoint))
+        return out
 
     # ---- outputs -----------------------------------------------------------------------
     def _baseline_row(self, ctx: RunContext) -> dict | None:
         """The baseline's summary entry (None without ``--baseline``)."""
         if ctx.cfg.baseline == "none":
             return None
-        m, _ = ctx.state.get("baseline") or ({}, None)
+        m = ctx.output(ODEBaselineOutput).report or {}
         row = {"name": ctx.cfg.baseline, "status": m.get("status", FAILED if m else "missing"),
                "reason": m.get("reason", ""), **{k: m.get(k) for k in RETRAINED_KEYS}, "epochs": m.get("epoch")}
         row["one_class"] = one_class(row)
@@ -176,9 +223,10 @@ class ODESearch(Search):
 
     def _final_rows(self, ctx: RunContext) -> list[dict]:
         rows = []
-        for rank, rec in enumerate(ctx.state.get("top", []), 1):
+        retrained = ctx.output(ODERetrainOutput).retrained
+        for rank, rec in enumerate(ctx.output(ODESearchOutput).top, 1):
             key = json.dumps(rec["config"]["architecture"], sort_keys=True)
-            m, _ = ctx.state["retrained"].get(key, ({}, None))
+            m = retrained.get(key, {}).get("report", {})
             row = {"rank": rank, "candidate": rec["candidate"], "architecture": rec["config"]["architecture"],
                    "search_val_metric": rec["fitness"], "status": m.get("status", "missing"),
                    "reason": m.get("reason", ""), **{k: m.get(k) for k in RETRAINED_KEYS}, "epochs": m.get("epoch")}
@@ -187,13 +235,13 @@ class ODESearch(Search):
         return rows
 
     def summarize(self, ctx: RunContext) -> dict:
-        cfg, data, searcher = ctx.cfg, ctx.data, ctx.state["searcher"]
+        cfg, data, searcher = ctx.cfg, ctx.data, ctx.output(ODESearchOutput)
         out, synthetic = ctx.out, bool(data.info.synthetic)
         rows = candidate_rows(searcher.history)
         final = self._final_rows(ctx)
         reports.write_table(rows, out / "candidates.csv", synthetic)
         reports.write_table(final, out / "top_models.csv", synthetic)
-        reports.plot_best_per_generation(searcher.best_per_generation(), out / "best_fitness_per_generation.png",
+        reports.plot_best_per_generation(searcher.best_per_generation, out / "best_fitness_per_generation.png",
                                          cfg.fit.metric, synthetic)
         baseline = self._baseline_row(ctx)
         reports.plot_metric_vs_params(rows, final, out / "test_auc_vs_params.png", synthetic,
@@ -222,8 +270,8 @@ class ODESearch(Search):
             "n_duplicates": sum(r["status"] == DUPLICATE for r in rows),
             "generations": searcher.generation, "restarts": searcher.restarts, "metric": metric,
             # paper: one budget; multi: one entry per rung, the candidates that trained that far
-            "fidelity": cfg.fidelity, "rungs": searcher.rungs_reached(), "epochs_trained": searcher.epochs_trained(),
-            **({"ended": searcher.ended} if getattr(searcher, "ended", "") else {}),
+            "fidelity": cfg.fidelity, "rungs": searcher.rungs, "epochs_trained": searcher.epochs_trained,
+            **({"ended": searcher.ended} if searcher.ended else {}),
             # the pick's retrained scores, read beside the baseline's (trained the same way)
             "pick": pick, "baseline": baseline,
             **({"warning": text} if (text := one_class_warning(pick, baseline)) else {}),
@@ -239,7 +287,7 @@ class ODESearch(Search):
 
         info = ctx.data.info
         records = []
-        for r in ctx.state["searcher"].history:
+        for r in ctx.output(ODESearchOutput).history:
             if r["status"] not in (OK, FAILED):
                 continue
             arch = r["config"]["architecture"]
@@ -250,21 +298,22 @@ class ODESearch(Search):
                 status=r["status"], reason=r.get("reason", ""), metrics=metrics,
                 build={"builder": BUILDER, "kwargs": build_kwargs({"architecture": arch}, info)},
                 trial_id=r.get("trial_id")))
-        for key, (m, checkpoint) in ctx.state.get("retrained", {}).items():
-            arch = json.loads(key)
+        for key, trained in ctx.output(ODERetrainOutput).retrained.items():
+            arch, m = json.loads(key), trained["report"]
             records.append(ModelRecord(
                 search="ode", stage="retrain", family=FAMILY, architecture=arch, encoding=cell_encoding(arch),
                 status=m.get("status", FAILED), reason=m.get("reason", ""), metrics=_vocabulary(m),
                 build={"builder": BUILDER, "kwargs": build_kwargs({"architecture": arch}, info)},
-                weights=None if checkpoint is None else checkpoint.path, trial_id=m.get("trial_id")))
-        if ctx.state.get("baseline"):
-            m, checkpoint = ctx.state["baseline"]
+                weights=trained["weights"], trial_id=m.get("trial_id")))
+        baseline = ctx.output(ODEBaselineOutput)
+        if baseline.report is not None:
+            m = baseline.report
             config = {"baseline": ctx.cfg.baseline}
             records.append(ModelRecord(
                 search="ode", stage="baseline", family="baseline", architecture={"model": ctx.cfg.baseline},
                 encoding=[], status=m.get("status", FAILED), reason=m.get("reason", ""), metrics=_vocabulary(m),
                 build={"builder": builder_of(config), "kwargs": build_kwargs(config, info)},
-                weights=None if checkpoint is None else checkpoint.path, trial_id=m.get("trial_id")))
+                weights=baseline.weights, trial_id=m.get("trial_id")))
         return records
 
     def failure_counts(self, summary: dict) -> tuple[int, int, dict]:

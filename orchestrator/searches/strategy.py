@@ -39,13 +39,14 @@ import json
 import math
 import threading
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from medcore.errors import ConfigError, RunError
 from medcore.records import FAILED, OK, ModelRecord
 from orchestrator import reports
 from orchestrator.config import StrategySearchConfig
-from orchestrator.search import RunContext, Search, Stage
+from orchestrator.search import RunContext, Search, Stage, runtime
 from orchestrator.searches.strategy_report import (COMPLETE, PRUNED, network_label, param_importances,
                                                    plot_importances, plot_learning_curves, plot_pareto,
                                                    retrain_report, trial_rows)
@@ -222,6 +223,42 @@ SPACE_SETTINGS = "the batch_size choices of --space (e.g. '{\"batch_size\": [16,
 DEFAULT_SETTINGS = "--batch-size, --size or the network"
 
 
+@dataclass
+class StrategySetup:
+    """What the search derives once, before its stages (the memory plan needs it too), kept as
+    ``ctx.setup`` (runtime only: derived again when a run resumes): the network's build recipe
+    ``net``, its ``pretrained`` state dict or None, the ``source`` description (summary and zoo)
+    and the parsed ``space`` (its batch choices cut to those that fit, :meth:`StrategySearch.stages`)."""
+
+    net: dict
+    pretrained: object
+    source: dict
+    space: dict
+
+
+@dataclass
+class StrategySearchOutput:
+    """The search stage: one row per trial (strategy, Optuna state and values, :func:`trial_rows`)
+    and their per-epoch ``curves``; ``study``: the Optuna study after the run (:func:`final_study`,
+    runtime only: loaded again on resume)."""
+
+    rows: list[dict]
+    curves: list[dict]
+    study: object = runtime()
+
+
+@dataclass
+class StrategyRetrainOutput:
+    """The retrain stage: the search's ``best`` row (None: no trial completed), label -> the
+    ``strategies`` retrained ("default", and "best" when the search found one) and label -> what
+    each retrain came to (``report``, ``weights``: the final checkpoint's path or None, per-epoch
+    ``curve``); "best" is the default's entry when the default recipe won."""
+
+    best: dict | None
+    strategies: dict[str, dict]
+    retrained: dict[str, dict]
+
+
 class StrategySearch(Search):
     name = "strategy"
     description = "Optuna (TPE + ASHA, or NSGA-II) over training strategies: init, norm, dropout, L1/L2, optimizer, augmentation"
@@ -232,22 +269,22 @@ class StrategySearch(Search):
     def stages(self, ctx: RunContext) -> list[Stage]:
         from trainables.strategy_trial import StrategyMemory
 
-        self._prepare(ctx)
+        setup = self._prepare(ctx)
         plan = ctx.memory.get("search")
         if isinstance(plan, StrategyMemory) and plan.dropped:  # Optuna samples only batches that fit
-            ctx.state["space"] = dict(ctx.state["space"], batch_size=("choice", tuple(plan.batches)))
-        return [Stage("search", self.search), Stage("retrain", self.retrain)]
+            setup.space = dict(setup.space, batch_size=("choice", tuple(plan.batches)))
+        return [Stage("search", self.search, StrategySearchOutput), Stage("retrain", self.retrain, StrategyRetrainOutput)]
 
-    def _prepare(self, ctx: RunContext) -> None:
-        """The network to train, its pretrained weights and the space, once (the memory plan
-        needs them before the stages)."""
+    def _prepare(self, ctx: RunContext) -> StrategySetup:
+        """The network to train, its pretrained weights and the space, once per run (the memory
+        plan needs them before the stages)."""
         from trainables.strategy import parse_space
 
-        if "net" in ctx.state:
-            return
-        net, pretrained, source = self._network(ctx)
-        ctx.state.update(net=net, pretrained=pretrained, source=source,
-                         space=parse_space(ctx.cfg.space, pretrained_available=pretrained is not None))
+        if ctx.setup is None:
+            net, pretrained, source = self._network(ctx)
+            ctx.setup = StrategySetup(net=net, pretrained=pretrained, source=source, space=parse_space(
+                ctx.cfg.space, pretrained_available=pretrained is not None))
+        return ctx.setup
 
     def plan_memory(self, ctx: RunContext, limit: float | None) -> dict:
         """The search's and the retrain's trials sized before Ray starts
@@ -262,12 +299,12 @@ class StrategySearch(Search):
         from trainables.memory import plan_batch
         from trainables.strategy_trial import StrategyMemory, memory_cost
 
-        self._prepare(ctx)
-        cfg, space, info = ctx.cfg, ctx.state["space"], ctx.data.info
-        net, pretrained = ctx.state["net"], ctx.state["pretrained"]
+        setup = self._prepare(ctx)
+        cfg, space, info = ctx.cfg, setup.space, ctx.data.info
+        net, pretrained = setup.net, setup.pretrained
         search_cost = memory_cost(ctx.data, net, space, pretrained)
         retrain_cost = memory_cost(ctx.data, net, space, pretrained, retrain=True)
-        label = f"{network_label(ctx.state['source'])}, {info.size} px"
+        label = f"{network_label(setup.source)}, {info.size} px"
         batches = sorted({int(b) for b in space["batch_size"][1]})
         plan_batch(f"a strategy trial ({label})", retrain_cost, batches[0], limit, SPACE_SETTINGS, lowerable=False)
         fits = tuple(b for b in batches if limit is None or retrain_cost(b) <= limit)
@@ -362,31 +399,32 @@ class StrategySearch(Search):
                             "score": float(row["score"]), "source_dataset": row.get("dataset"),
                             "family": row.get("family"), "weights": row["weights"]}
 
-    def _trainable(self, ctx: RunContext, retrain: bool):
+    def _trainable(self, ctx: RunContext, strategies: dict | None = None):
+        """The search's trainable, or with ``strategies`` (label -> strategy) the retrain's."""
         from ray import tune
 
         from trainables.strategy_trial import retrain_trial, strategy_trial
 
         cfg = ctx.cfg
         metrics, _ = objective_setup(cfg)
-        kwargs = dict(data=ctx.data, net=ctx.state["net"], pretrained=ctx.state["pretrained"],
+        kwargs = dict(data=ctx.data, net=ctx.setup.net, pretrained=ctx.setup.pretrained,
                       fit_options=cfg.fit.fit_config(cfg.seed), augment_backend=cfg.augment_backend,
                       objectives=[m for m in metrics if "@" in m] or [f"{cfg.fit.metric}@final"])
-        if retrain:
-            return tune.with_parameters(retrain_trial, strategies=ctx.state["retrain_strategies"], **kwargs)
+        if strategies is not None:
+            return tune.with_parameters(retrain_trial, strategies=strategies, **kwargs)
         return tune.with_parameters(strategy_trial, **kwargs)
 
     def storage_url(self, ctx: RunContext) -> str | None:
         return f"sqlite:///{ctx.out / STORAGE_FILE}" if ctx.cfg.optuna_storage else None
 
     # ---- stages --------------------------------------------------------------------------
-    def search(self, ctx: RunContext) -> None:
+    def search(self, ctx: RunContext) -> StrategySearchOutput:
         from ray import tune
         from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
         cfg = ctx.cfg
         metrics, modes = objective_setup(cfg)
-        searcher = make_searcher(cfg, ctx.state["space"], self.storage_url(ctx), study_name=ctx.run_id,
+        searcher = make_searcher(cfg, ctx.setup.space, self.storage_url(ctx), study_name=ctx.run_id,
                                  default=self._default(ctx))
         if len(metrics) == 1 and cfg.scheduler == "asha":
             scheduler = ASHAScheduler(time_attr="epoch", metric=metrics[0], mode=modes[0], max_t=cfg.fit.max_epochs,
@@ -394,65 +432,66 @@ class StrategySearch(Search):
                                       reduction_factor=cfg.reduction_factor)
         else:
             scheduler = FIFOScheduler()
-        grid = ctx.run_tuner(SEARCH_NAME, self._trainable(ctx, retrain=False), metric=metrics[0], mode=modes[0],
+        grid = ctx.run_tuner(SEARCH_NAME, self._trainable(ctx), metric=metrics[0], mode=modes[0],
                              resources=self._resources(ctx, "search"), tune_config=tune.TuneConfig(
                                  search_alg=searcher, scheduler=scheduler, num_samples=cfg.budget))
-        study = ctx.state["study"] = final_study(searcher, self.storage_url(ctx), ctx.run_id)
-        ctx.state["search_outcomes"] = ctx.outcomes(grid)
-        rows, curves = trial_rows(ctx.state["search_outcomes"], study, trial_numbers(study), metrics,
-                                  self._default(ctx))
+        study = final_study(searcher, self.storage_url(ctx), ctx.run_id)
+        rows, curves = trial_rows(ctx.outcomes(grid), study, trial_numbers(study), metrics, self._default(ctx))
         if len(rows) < cfg.budget:
             raise RunError(f"the {SEARCH_NAME} experiment stopped after {len(rows)} of {cfg.budget} trials; "
                            f"everything evaluated is saved in {ctx.experiment_path(SEARCH_NAME)}; rerun with --resume")
-        ctx.state["rows"], ctx.state["curves"] = rows, curves
+        return StrategySearchOutput(rows, curves, study=study)
 
     def best_row(self, ctx: RunContext) -> dict | None:
         """One objective: the COMPLETE trial with the highest value (ties: fewer epochs, lower
         number). Two objectives: of the Pareto front, the highest second objective (the final
         epoch's), then the first."""
-        cfg, rows = ctx.cfg, ctx.state["rows"]
+        cfg, found = ctx.cfg, ctx.output(StrategySearchOutput)
+        rows = found.rows
         metrics, _ = objective_setup(cfg)
         done = [r for r in rows if r["optuna_state"] == COMPLETE and r["status"] == OK]
         if not done:
             return None
         if len(metrics) == 1:
             return max(done, key=lambda r: (r["value"], -r["optuna_number"]))
-        front = {t.number for t in ctx.state["study"].best_trials}
+        front = {t.number for t in found.study.best_trials}
         pareto = [r for r in done if r["optuna_number"] in front] or done
         return max(pareto, key=lambda r: (r[f"value_{metrics[1]}"], r[f"value_{metrics[0]}"], -r["optuna_number"]))
 
-    def retrain(self, ctx: RunContext) -> None:
+    def retrain(self, ctx: RunContext) -> StrategyRetrainOutput:
         from ray import tune
 
         from trainables.strategy import DEFAULT_SPACE
 
         best = self.best_row(ctx)
-        ctx.state["best"], ctx.state["retrained"] = best, {}
         strategies = {"default": self._default(ctx)}
         if best is not None:
             strategies["best"] = {k: best[k] for k in DEFAULT_SPACE}
         labels = ["default"] if strategies.get("best") in (None, strategies["default"]) else ["best", "default"]
-        ctx.state["retrain_strategies"] = strategies
-        grid = ctx.run_tuner(RETRAIN_NAME, self._trainable(ctx, retrain=True), param_space={
+        out = StrategyRetrainOutput(best, strategies, {})
+        grid = ctx.run_tuner(RETRAIN_NAME, self._trainable(ctx, strategies), param_space={
             "label": tune.grid_search(labels)}, metric="test_auc",
             resources=self._resources(ctx, "retrain", strategies))
         # an errored trial restored on resume keeps no config: it is left out
         for o in ctx.outcomes(grid, configured_only=True):
             df = o.metrics_dataframe
             curve = df.to_dict("records") if df is not None else []
-            ctx.state["retrained"][o.config["label"]] = (o.report(), o.checkpoint, curve)
-        if "best" not in labels and "default" in ctx.state["retrained"]:  # the default recipe won
-            ctx.state["retrained"]["best"] = ctx.state["retrained"]["default"]
+            out.retrained[o.config["label"]] = {"report": o.report(), "weights": None if o.checkpoint is None
+                                                else o.checkpoint.path, "curve": curve}
+        if "best" not in labels and "default" in out.retrained:  # the default recipe won
+            out.retrained["best"] = out.retrained["default"]
+        return out
 
     # ---- outputs ------------------------------------------------------------------------------
     def summarize(self, ctx: RunContext) -> dict:
         cfg, data = ctx.cfg, ctx.data
         out, synthetic = ctx.out, bool(data.info.synthetic)
-        rows, curves, study = ctx.state["rows"], ctx.state["curves"], ctx.state["study"]
+        found, retrain = ctx.output(StrategySearchOutput), ctx.output(StrategyRetrainOutput)
+        rows, curves, study = found.rows, found.curves, found.study
         metrics, _ = objective_setup(cfg)
         reports.write_table(rows, out / "trials.csv", synthetic)
         reports.write_table(curves, out / "curves.csv", synthetic)
-        best = ctx.state["best"]
+        best = retrain.best
         importances = param_importances(study, metrics)
         plots = {"learning_curves": str(plot_learning_curves(rows, curves, best, metrics, cfg.fit.metric,
                                                              out / "learning_curves.png", synthetic))}
@@ -465,13 +504,13 @@ class StrategySearch(Search):
         full = cfg.budget * cfg.fit.max_epochs
         states = Counter(r["optuna_state"] for r in rows)
         failed = [r for r in rows if r["status"] == FAILED]
-        retrained = ctx.state["retrained"]
+        retrained = retrain.retrained
         final_best, final_default = (retrain_report(retrained.get(label), metrics) for label in ("best", "default"))
         from trainables.strategy import DEFAULT_SPACE
 
         summary = {
             "search": "strategy", "dataset": data.info.flag, "size": data.info.size, "synthetic": synthetic,
-            "network": ctx.state["source"], "sampler": "NSGA-II" if len(metrics) == 2 else "TPE",
+            "network": ctx.setup.source, "sampler": "NSGA-II" if len(metrics) == 2 else "TPE",
             "scheduler": "FIFO" if len(metrics) == 2 or cfg.scheduler == "fifo" else "ASHA",
             "objectives": metrics, "n_evaluated": len(rows), "n_ok": len(rows) - len(failed), "n_failed": len(failed),
             "n_pruned": states.get(PRUNED, 0), "n_complete": states.get(COMPLETE, 0),
@@ -484,7 +523,7 @@ class StrategySearch(Search):
                 "val_acc": (final_best or {}).get("val_acc"), "val_auc": (final_best or {}).get("val_auc"),
                 "test_acc": (final_best or {}).get("test_acc"), "test_auc": (final_best or {}).get("test_auc"),
                 "retrained": final_best},
-            "default": {"strategy": ctx.state["retrain_strategies"]["default"], "retrained": final_default,
+            "default": {"strategy": retrain.strategies["default"], "retrained": final_default,
                         "in_search": any(r["default_recipe"] for r in rows)},
             "importances": importances, "plots": plots,
             "optuna_storage": str(out / STORAGE_FILE) if cfg.optuna_storage else None,
@@ -503,10 +542,10 @@ class StrategySearch(Search):
         from trainables.strategy_trial import BUILD_FILE, zoo_build
         from trainables.strategy import Strategy
 
-        info, net = ctx.data.info, ctx.state["net"]
-        arch_net = ctx.state["source"]
+        info, net = ctx.data.info, ctx.setup.net
+        arch_net, retrain = ctx.setup.source, ctx.output(StrategyRetrainOutput)
         records = []
-        for r in ctx.state["rows"]:
+        for r in ctx.output(StrategySearchOutput).rows:
             strategy = {k: r.get(k) for k in DEFAULT_SPACE}
             if any(v is None for v in strategy.values()):
                 continue
@@ -517,20 +556,21 @@ class StrategySearch(Search):
                 metrics={"val_acc": r.get("best_val_acc"), "val_auc": r.get("best_val_auc"), "epochs": r["epochs"],
                          "optuna_state": r["optuna_state"]}, trial_id=r["trial_id"],
                 build=zoo_build(net, Strategy.from_dict(strategy), info.spatial_dims)))
-        for label, (m, checkpoint, _) in ctx.state["retrained"].items():
-            if label == "best" and ctx.state["retrain_strategies"].get("best") is None:
+        for label, trained in retrain.retrained.items():
+            if label == "best" and retrain.strategies.get("best") is None:
                 continue
-            strategy = ctx.state["retrain_strategies"].get(label) or ctx.state["retrain_strategies"]["default"]
+            m, weights = trained["report"], trained["weights"]
+            strategy = retrain.strategies.get(label) or retrain.strategies["default"]
             build = zoo_build(net, Strategy.from_dict(strategy), info.spatial_dims)
-            if checkpoint is not None and Path(checkpoint.path, BUILD_FILE).is_file():
-                build = json.loads(Path(checkpoint.path, BUILD_FILE).read_text())
+            if weights is not None and Path(weights, BUILD_FILE).is_file():
+                build = json.loads(Path(weights, BUILD_FILE).read_text())
             records.append(ModelRecord(
                 search="strategy", stage=f"retrain-{label}", family=FAMILY,
                 architecture={"network": arch_net, "strategy": strategy, "label": label},
                 encoding=strategy_encoding(strategy), status=m.get("status", FAILED), reason=m.get("reason", ""),
                 metrics={k: m.get(k) for k in ("val_acc", "val_auc", "test_acc", "test_auc", "params") if
                          m.get(k) is not None} | {"epochs": m.get("epoch")},
-                build=build, weights=None if checkpoint is None else checkpoint.path, trial_id=m.get("trial_id")))
+                build=build, weights=weights, trial_id=m.get("trial_id")))
         return records
 
     def print_summary(self, summary: dict) -> None:

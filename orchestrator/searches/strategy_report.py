@@ -71,10 +71,11 @@ def trial_rows(outcomes, study, numbers: dict, metrics: list[str], default: dict
 def retrain_report(entry, metrics: list[str]) -> dict | None:
     """One retrained strategy in ``summary.json``: its final figures, the test ACC/AUC at epoch
     10, at every ``@epoch`` objective and at the last epoch, and its checkpoint. ``entry``: the
-    retrain's (report, checkpoint, per-epoch curve), or None when it has none."""
+    retrain's ``report``, ``weights`` (checkpoint path or None) and per-epoch ``curve``, or None
+    when it has none."""
     if entry is None:
         return None
-    m, checkpoint, curve = entry
+    m, curve = entry["report"], entry["curve"]
     out = {k: m.get(k) for k in ("status", "reason", "val_acc", "val_auc", "test_acc", "test_auc", "best_epoch",
                                   "epoch", "params")}
     for k in sorted({int(key.split("@")[1]) for key in metrics if "@" in key and key.split("@")[1].isdigit()} | {10}):
@@ -84,7 +85,7 @@ def retrain_report(entry, metrics: list[str]) -> dict | None:
     epochs = [r for r in curve if not is_final(r)]
     if epochs:
         out["test_acc@final"], out["test_auc@final"] = epochs[-1].get("test_acc"), epochs[-1].get("test_auc")
-    out["checkpoint"] = None if checkpoint is None else checkpoint.path
+    out["checkpoint"] = entry["weights"]
     return out
 
 

@@ -50,6 +50,13 @@ def hog_trainable(config, hog: int, hog_gb: float):
     tune.report({"score": float(config["candidate"])})
 
 
+@dataclass
+class HogOutput:
+    """candidate -> (status, reason) of every trial."""
+
+    rows: dict[int, tuple[str, str]]
+
+
 class HogSearch(Search):
     name = "memhog"
     description = "test-only: one trial exceeds the memory monitor's threshold"
@@ -57,7 +64,7 @@ class HogSearch(Search):
     stage_names = ("search",)
 
     def stages(self, ctx):
-        return [Stage("search", self.search)]
+        return [Stage("search", self.search, HogOutput)]
 
     def search(self, ctx):
         from ray import tune
@@ -70,11 +77,11 @@ class HogSearch(Search):
             tune_config=tune.TuneConfig(max_concurrent_trials=1), metric="score")
         errors = trial_errors(grid)
         # a trial killed before it reported has no config in its Result: its folder names the candidate
-        ctx.state["rows"] = {int(Path(r.path).name[4:8]): (FAILED, errors[result_trial_id(r)]) if r.error
-                             else (OK, "") for r in grid}
+        return HogOutput({int(Path(r.path).name[4:8]): (FAILED, errors[result_trial_id(r)]) if r.error
+                          else (OK, "") for r in grid})
 
     def summarize(self, ctx):
-        rows = ctx.state["rows"]
+        rows = ctx.output(HogOutput).rows
         reasons: dict[str, int] = {}
         for status, reason in rows.values():
             if status == FAILED:

@@ -137,7 +137,7 @@ def test_stages_run_at_the_planned_batch_and_memory(data, monkeypatch):
     monkeypatch.setattr(tune, "with_parameters", with_parameters)
     monkeypatch.setattr(trial, "load_base", lambda path: SimpleNamespace(meta={"metrics": {"test_acc": 0.5}}))
     monkeypatch.setattr(ctx, "run_tuner", run_tuner)
-    ctx.search.base(ctx)
+    ctx.outputs["base"] = ctx.search.base(ctx)
     with pytest.raises(_Stop):
         ctx.search.search(ctx)
 

@@ -131,25 +131,21 @@ def _measured(i, accuracy, pred_classes):
             "inference_ms": 5.0 - i, "quantized": False, "float_layers": [], "confusion": [[60, 0], [9, 0]]}
 
 
-class _History(SimpleNamespace):
-    def d_star(self):
-        front = [r for r in self.history if r["feasible"]]
-        return front, 0.75
-
-
 def _ctx(tmp_path, base_pred_classes, model):
+    from orchestrator.search import RunContext
     from trainables.compress_trial import BaseCheckpoint
 
     rows = [(0, 0, True, 0.87, 1), (1, 1, True, 0.87, 1), (2, 0, False, 0.6, 2)]
     base_eval = {"status": "ok", **_measured(-1, 0.87, base_pred_classes), "inference_ms": 10.0}
     base = BaseCheckpoint(model=model, build={"name": "resnet10"}, meta={"metrics": {"test_acc": 0.87}})
     cfg = CompressSearchConfig(dataset="adrenalmnist3d", out=str(tmp_path))
-    return SimpleNamespace(
-        cfg=cfg, out=tmp_path, data=SimpleNamespace(info=SimpleNamespace(flag="adrenalmnist3d", size=28,
-                                                                          synthetic=False)),
-        state={"base": base, "base_ref": str(tmp_path / "base"), "base_eval": base_eval,
-               "searcher": _History(history=[_record(i, x7, f, a, p) for i, x7, f, a, p in rows]),
-               "measured": {f"t{i}": _measured(i, a, p) for i, _, _, a, p in rows}})
+    history = [_record(i, x7, f, a, p) for i, x7, f, a, p in rows]
+    outputs = {"base": cs.CompressBaseOutput(str(tmp_path / "base"), base),
+               "search": cs.CompressSearchOutput(
+                   base_eval=base_eval, measured={f"t{i}": _measured(i, a, p) for i, _, _, a, p in rows},
+                   history=history, d_star=[r for r in history if r["feasible"]], hypervolume=0.75)}
+    return RunContext(search=cs.CompressSearch(), cfg=cfg, run_id="r", outputs=outputs, data=SimpleNamespace(
+        info=SimpleNamespace(flag="adrenalmnist3d", size=28, synthetic=False)))
 
 
 def _linear():

@@ -12,7 +12,7 @@ import pytest
 from medcore.errors import ResourceError
 from orchestrator.config import DartsSearchConfig
 from orchestrator.search import RunContext
-from orchestrator.searches.darts import DartsSearch
+from orchestrator.searches.darts import DartsSearch, Stage1Output
 from orchestrator.segmentation_data import load_segmentation
 
 GB = 2**30
@@ -103,7 +103,7 @@ def test_each_stage_trains_at_its_planned_batch_with_its_planned_memory(monkeypa
     search = DartsSearch()
     with pytest.raises(Stop):
         search.stage1(ctx)
-    ctx.state["unets"] = {"unet": None}
+    ctx.outputs["stage1"] = Stage1Output([], {}, unets={"unet": None})
     with pytest.raises(Stop):
         search.stage2(ctx)
     (_, stage1), (_, stage2) = calls

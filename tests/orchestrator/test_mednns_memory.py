@@ -16,7 +16,7 @@ from orchestrator.metaspace import MetaSpaceOptions, train_metaspace
 from tests.orchestrator.synthetic_zoo import synthetic_zoo
 from tests.stage_calls import Stop, capture_run_tuner
 from orchestrator.search import RunContext
-from orchestrator.searches.mednns import MedNNSSearch
+from orchestrator.searches.mednns import MedNNSSearch, MetaspaceOutput, SupernetsOutput
 from trainables import supernet_trial
 from trainables.memory import BASELINE_BYTES
 
@@ -122,7 +122,8 @@ def test_supernets_and_zoo_run_at_their_planned_batch_and_memory(captured):
     ctx, calls = captured
     with pytest.raises(Stop):
         ctx.search.supernets(ctx)
-    ctx.state["supernets"] = {f: None for f in FLAGS}
+    ctx.outputs["supernets"] = SupernetsOutput(refs={f: "x" for f in FLAGS}, metrics={},
+                                               checkpoints={f: None for f in FLAGS})
     with pytest.raises(Stop):
         ctx.search.zoo(ctx)
     (_, supernets), (_, zoo) = calls
@@ -145,8 +146,8 @@ class _Space:
 
 def test_finetuning_runs_at_the_lowered_batch_with_its_planned_memory(captured):
     ctx, calls = captured
-    ctx.state.update(metaspaces={f: _Space() for f in FLAGS},
-                     encodings=type("E", (), {"embeddings": {f: None for f in FLAGS}})())
+    ctx.outputs["metaspace"] = MetaspaceOutput({}, spaces={f: _Space() for f in FLAGS},
+                                               encodings=type("E", (), {"embeddings": {f: None for f in FLAGS}})())
     with pytest.raises(Stop):
         ctx.search.query(ctx)
     (name, kw), = calls

@@ -107,7 +107,8 @@ def test_summary_headline_is_the_picks_retrained_score_beside_the_baselines(tmp_
     from types import SimpleNamespace
 
     from medcore.cell_genotype import CellArchitecture
-    from orchestrator.searches.ode import ODESearch
+    from orchestrator.search import RunContext
+    from orchestrator.searches.ode import ODEBaselineOutput, ODERetrainOutput, ODESearch, ODESearchOutput
 
     arch = CellArchitecture(nodes=((1, "conv3_in_relu"),), edges=((0, 1), (0, 6), (1, 6)), n_stacks=1,
                             n_modules=1, n_f_init=8).to_config()
@@ -118,16 +119,16 @@ def test_summary_headline_is_the_picks_retrained_score_beside_the_baselines(tmp_
                  "params": 1000, "flops": 2e7, "epoch": 3, "val_pred_classes": 1, "test_pred_classes": 1}
     baseline = {"status": "ok", "val_acc": 0.8, "val_auc": 0.8236, "test_acc": 0.79, "test_auc": 0.8, "params": 5000,
                 "flops": 1e7, "epoch": 3, "val_pred_classes": 2, "test_pred_classes": 2}
-    searcher = SimpleNamespace(history=[record], generation=0, restarts=0, rungs=None,
-                               best_per_generation=lambda: [(0, 0.8236)],
-                               rungs_reached=lambda: [{"epochs": 3, "candidates": 1}], epochs_trained=lambda: 3)
-    cfg = ODESearchConfig(baseline="tiny_cnn", fit=FitOptions(metric="val_auc"), fraction=0.1, val_fraction=1.0)
-    ctx = SimpleNamespace(cfg=cfg, out=tmp_path, experiment_path=lambda name: str(tmp_path / name),
-                          data=SimpleNamespace(info=SimpleNamespace(flag="adrenalmnist3d", size=28, synthetic=False,
-                                                                    path="x.npz")),
-                          state={"searcher": searcher, "top": [record],
-                                 "retrained": {json.dumps(arch, sort_keys=True): (retrained, None)},
-                                 "baseline": (baseline, None)})
+    outputs = {"search": ODESearchOutput(history=[record], best_per_generation=[(0, 0.8236)], generation=0, restarts=0,
+                                         rungs=[{"epochs": 3, "candidates": 1}], epochs_trained=3, ended="",
+                                         top=[record]),
+               "retrain": ODERetrainOutput({json.dumps(arch, sort_keys=True): {"report": retrained, "weights": None}}),
+               "baseline": ODEBaselineOutput(baseline)}
+    cfg = ODESearchConfig(out=str(tmp_path), baseline="tiny_cnn", fit=FitOptions(metric="val_auc"), fraction=0.1,
+                          val_fraction=1.0)
+    ctx = RunContext(search=ODESearch(), cfg=cfg, run_id="r", outputs=outputs,
+                     data=SimpleNamespace(info=SimpleNamespace(flag="adrenalmnist3d", size=28, synthetic=False,
+                                                               path="x.npz")))
     search = ODESearch()
     s = search.summarize(ctx)
     pick, base = s["pick"], s["baseline"]

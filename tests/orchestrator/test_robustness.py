@@ -128,9 +128,13 @@ def test_an_errored_trial_is_not_retrained_on_resume(ray_local, tmp_path, toy):
     assert s["n_ok"] == 2 and list(s["failure_reasons"].values()) == [1]
     runs = (tmp_path / "runs.log").read_text().split()
     assert runs.count("1") == 3  # the first attempt and TRIAL_RETRIES (2) retries
+    # the stage's output, as the driver wrote it when the stage finished
+    rows = json.loads((tmp_path / "stages" / "search.json").read_text())["rows"]
+    assert sorted(r["status"] for r in rows) == ["failed", "ok", "ok"]
     cfg.resume = True
     assert run_search("toy", cfg)["n_ok"] == 2
     assert (tmp_path / "runs.log").read_text().split() == runs  # nothing ran again
+    assert json.loads((tmp_path / "stages" / "search.json").read_text())["rows"] == rows
 
 
 def test_an_unexpected_error_is_one_line_with_the_resume_hint(tmp_path, capsys, toy, monkeypatch):

@@ -73,7 +73,7 @@ def test_batches_that_fit_no_node_are_dropped_from_the_space_and_the_default_is_
     assert r.lowered and r.batch_size == 64 and r.requested_batch == 128 and r.bytes <= limit
     assert "default recipe's batch lowered from 128 to 64" in r.describe()
     search.stages(ctx)
-    assert ctx.state["space"]["batch_size"] == ("choice", (32, 64))
+    assert ctx.setup.space["batch_size"] == ("choice", (32, 64))
     assert search._default(ctx)["batch_size"] == 64
 
 
@@ -120,7 +120,7 @@ def test_each_trial_requests_its_own_strategy_in_both_stages(data, monkeypatch):
     r_cost = ctx.memory["retrain"].cost
     assert granted(kw["resources"], {"label": "best"}) == whole(r_cost(32, "none"))
     assert granted(kw["resources"], {"label": "default"}) == whole(r_cost(64, "keep"))
-    assert ctx.state["retrain_strategies"]["default"]["batch_size"] == 64
+    assert search._default(ctx)["batch_size"] == 64  # the strategy the retrain's "default" trains
 
 
 def test_a_fixed_memory_per_trial_overrides_the_estimates(data, monkeypatch):

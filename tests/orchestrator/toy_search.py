@@ -15,6 +15,13 @@ from orchestrator.search import Search, Stage, result_trial_id, trial_errors
 
 
 @dataclass
+class ToyOutput:
+    """The search stage's output: one row (index, status, reason) per trial."""
+
+    rows: list[dict]
+
+
+@dataclass
 class ToyConfig(SearchConfig):
     out: str = opt("results/toy", "run folder")
     n_trials: int = opt(3, "trials")
@@ -56,7 +63,7 @@ class ToySearch(Search):
         return None  # the toy reads no data
 
     def stages(self, ctx):
-        return [Stage("search", self.search)]
+        return [Stage("search", self.search, ToyOutput)]
 
     def search(self, ctx):
         from ray import tune
@@ -68,11 +75,11 @@ class ToySearch(Search):
                              metric="score")
         errors = trial_errors(grid)
         # a restored errored trial's Result has no config: its index is not needed to count it
-        ctx.state["rows"] = [{"i": (r.config or {}).get("i"), "status": FAILED if r.error else OK,
-                              "reason": errors.get(result_trial_id(r), "")} for r in grid]
+        return ToyOutput([{"i": (r.config or {}).get("i"), "status": FAILED if r.error else OK,
+                           "reason": errors.get(result_trial_id(r), "")} for r in grid])
 
     def summarize(self, ctx):
-        rows = ctx.state["rows"]
+        rows = ctx.output(ToyOutput).rows
         failed = [r for r in rows if r["status"] == FAILED]
         reasons = {}
         for r in failed:

@@ -189,12 +189,14 @@ def test_stage3_factory_and_zoo_builder_rebuild_the_same_form(implant):
 
 def test_the_search_threads_implant_into_stage3_runs_and_the_zoo():
     from orchestrator.config import DartsSearchConfig
-    from orchestrator.searches.darts import DartsSearch
+    from orchestrator.search import RunContext
+    from orchestrator.searches.darts import DartsSearch, Stage1Output, Stage2Output, Stage3Output
 
     cfg = DartsSearchConfig(implant="residual", search_epochs=2, warmup=1, snapshots="2",
                             baselines="attention").validate()
     genotype = GENOTYPE.to_dict()
-    ctx = SimpleNamespace(cfg=cfg, state={"history": [{"backbone": "unet", "epoch": 2, "genotype": genotype}]})
+    ctx = RunContext(search=DartsSearch(), cfg=cfg, data=None, run_id="r", outputs={
+        "stage2": Stage2Output([{"backbone": "unet", "epoch": 2, "genotype": genotype}], {})})
     runs = DartsSearch().candidates(ctx)
     iac = [r for r in runs if r["skip"] == "iac"]
     baselines = [r for r in runs if r["skip"] != "iac"]
@@ -206,7 +208,8 @@ def test_the_search_threads_implant_into_stage3_runs_and_the_zoo():
                "implant": "residual", "trial_id": "t0", "status": "ok", "val_dice": 0.5},
               {"backbone": "unet", "skip": "attention", "seed": 0, "snapshot_epochs": [], "genotype": None,
                "implant": None, "trial_id": "t1", "status": "ok", "val_dice": 0.4}]
-    ctx.state.update(stage1=[], stage3=stage3, unets={"unet": SimpleNamespace(build=build)})
+    ctx.outputs.update(stage1=Stage1Output([], {}, unets={"unet": SimpleNamespace(build=build)}),
+                       stage3=Stage3Output(stage3))
     iac_rec, att_rec = DartsSearch().zoo_records(ctx)
     assert iac_rec.architecture["implant"] == "residual"
     assert iac_rec.build["kwargs"]["skip_kwargs"] == {"genotype": genotype, "implant": "residual"}
@@ -218,9 +221,10 @@ def test_summary_json_and_stage3_csv_record_the_implant(tmp_path):
     import pandas as pd
 
     from orchestrator.config import DartsSearchConfig
-    from orchestrator.searches.darts import DartsSearch
+    from orchestrator.search import RunContext
+    from orchestrator.searches.darts import DartsSearch, Stage1Output, Stage2Output, Stage3Output
 
-    cfg = DartsSearchConfig(implant="residual", search_epochs=2, warmup=1, snapshots="2",
+    cfg = DartsSearchConfig(out=str(tmp_path), implant="residual", search_epochs=2, warmup=1, snapshots="2",
                             baselines="attention").validate()
     genotype = GENOTYPE.to_dict()
     history = [{"backbone": "unet", "epoch": e, "search_dice": 0.3, "searching": e > 1, "genotype": genotype,
@@ -232,9 +236,10 @@ def test_summary_json_and_stage3_csv_record_the_implant(tmp_path):
                "implant": None, "trial_id": "t1", "status": "ok", "reason": "", "val_dice": 0.45,
                "test_dice": 0.45, "baseline_dice": 0.4, "dice_gain": 0.05, "checkpoint": None}]
     data = SimpleNamespace(info=SimpleNamespace(synthetic=True, flag="synthetic"), describe=lambda: {})
-    ctx = SimpleNamespace(cfg=cfg, data=data, out=tmp_path, state={
-        "stage1": [{"backbone": "unet", "val_dice": 0.4, "test_dice": 0.4, "best_epoch": 1, "params": 1}],
-        "history": history, "stage3": stage3, "unets": {"unet": SimpleNamespace(build=_unet(2).build)}})
+    ctx = RunContext(search=DartsSearch(), cfg=cfg, data=data, run_id="r", outputs={
+        "stage1": Stage1Output([{"backbone": "unet", "val_dice": 0.4, "test_dice": 0.4, "best_epoch": 1, "params": 1}],
+                               {}, unets={"unet": SimpleNamespace(build=_unet(2).build)}),
+        "stage2": Stage2Output(history, {}), "stage3": Stage3Output(stage3)})
     summary = DartsSearch().summarize(ctx)
     assert summary["implant"] == "residual" and summary["config"]["implant"] == "residual"
     table = pd.read_csv(tmp_path / "stage3.csv")
