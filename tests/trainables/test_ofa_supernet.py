@@ -153,3 +153,18 @@ def test_supernet_training_zoo_rows_and_finetune(tiny, tmp_path):
     out = run_candidates(candidates, tiny, {"epochs": 2, "report_epochs": [1, 2], "batch_size": 16})
     assert out["chosen"] in (0, 1) and len(out["first_epoch_val_acc"]) == 2 and len(out["test_acc_curve"]) == 2
     assert set(out["acc_at"]) == {"1", "2"} and out["acc_at"]["2"] == out["test_acc_curve"][1]
+
+
+@pytest.mark.parametrize("cut", ["stages", "blocks"])
+def test_a_config_that_does_not_fit_the_slots_is_one_config_error(cut):
+    """Too few slot values (a 2-stage config against the 4-stage space) is refused in one line,
+    not a RuntimeError from a generator that ran out."""
+    space = OFASpace()
+    largest = space.largest()
+    if cut == "stages":
+        config = SubnetConfig(largest.depths[:2], largest.expands[:2], largest.widths[:2])
+    else:
+        config = SubnetConfig(largest.depths, (largest.expands[0][:-1],) + largest.expands[1:], largest.widths)
+    with pytest.raises(ConfigError, match="does not fit the supernet's slots"):
+        space.check(config)
+    assert space.check(largest) == largest

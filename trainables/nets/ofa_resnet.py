@@ -130,12 +130,9 @@ class OFASpace:
 
     def check(self, config: SubnetConfig) -> SubnetConfig:
         slots = self.slots()
-        try:
-            values = list(config.depths) + [e for row in config.expands for e in row] + list(config.widths)
-            shaped = self.from_slots(values) == config and len(values) == len(slots)
-        except StopIteration:
-            shaped = False
-        if not shaped:
+        values = list(config.depths) + [e for row in config.expands for e in row] + list(config.widths)
+        # the count first: from_slots on too few values would end a generator early (a RuntimeError)
+        if len(values) != len(slots) or self.from_slots(values) != config:
             raise ConfigError(f"subnet config {config.to_dict()} does not fit the supernet's slots")
         for (kind, s, i, choices), v in zip(slots, values):
             if kind == "expand" and i >= config.depths[s] and v == 0.0:
