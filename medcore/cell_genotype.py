@@ -71,6 +71,18 @@ class CellArchitecture:
                    edges=tuple((int(i), int(j)) for i, j in d["edges"]),
                    n_stacks=int(d["n_stacks"]), n_modules=int(d["n_modules"]), n_f_init=int(d["n_f_init"]))
 
+    def encoding(self) -> list[float]:
+        """Fixed-length numeric encoding (zoo ``cell3d`` family, 99 numbers): the 21 upper-triangle
+        adjacency bits, a one-hot operation per intermediate node (5 x 15), then n_stacks,
+        n_modules and n_f_init."""
+        pairs = [(i, j) for i in range(N_NODES) for j in range(i + 1, N_NODES)]
+        edges = set(self.edges)
+        ops = dict(self.nodes)
+        vec = [float(p in edges) for p in pairs]
+        for node in range(1, N_NODES - 1):
+            vec += [float(ops.get(node) == op) for op in OPERATIONS]
+        return vec + [float(self.n_stacks), float(self.n_modules), float(self.n_f_init)]
+
     def describe(self) -> str:
         ops = ",".join(f"{i}:{op}" for i, op in self.nodes) or "-"
         edges = " ".join(f"{i}>{j}" for i, j in self.edges)

@@ -21,6 +21,7 @@ import json
 import math
 from dataclasses import dataclass
 
+from medcore.cell_genotype import CellArchitecture
 from medcore.records import FAILED, INFEASIBLE, DUPLICATE, OK, ModelRecord, one_class
 from orchestrator import reports
 from orchestrator.config import ODESearchConfig
@@ -78,21 +79,6 @@ def top_architectures(records: list[dict], k: int, rank_key=None) -> list[dict]:
     key = rank_key or (lambda r: (-r["fitness"],))
     trained.sort(key=lambda r: (*key(r), r["metrics"].get("params", 0), r["candidate"]))
     return trained[:k]
-
-
-def cell_encoding(architecture: dict) -> list[float]:
-    """Fixed-length numeric encoding of a cell (zoo ``cell3d`` family): the 21 upper-triangle
-    adjacency bits, a one-hot operation per intermediate node (5 x 15), then n_stacks,
-    n_modules and n_f_init."""
-    from medcore.cell_genotype import N_NODES, OPERATIONS
-
-    pairs = [(i, j) for i in range(N_NODES) for j in range(i + 1, N_NODES)]
-    edges = {tuple(e) for e in architecture["edges"]}
-    ops = dict((int(i), op) for i, op in architecture["nodes"])
-    vec = [float(p in edges) for p in pairs]
-    for node in range(1, N_NODES - 1):
-        vec += [float(ops.get(node) == op) for op in OPERATIONS]
-    return vec + [float(architecture["n_stacks"]), float(architecture["n_modules"]), float(architecture["n_f_init"])]
 
 
 class ODESearch(Search):
@@ -294,14 +280,16 @@ class ODESearch(Search):
             # the learning curve (the selection metric per epoch) and the epochs its score stands for
             metrics = dict(_vocabulary(r["metrics"]), val_curve=r.get("curve") or [], fidelity=r.get("fidelity"))
             records.append(ModelRecord(
-                search="ode", stage="search", family=FAMILY, architecture=arch, encoding=cell_encoding(arch),
+                search="ode", stage="search", family=FAMILY, architecture=arch,
+                encoding=CellArchitecture.from_config(arch).encoding(),
                 status=r["status"], reason=r.get("reason", ""), metrics=metrics,
                 build={"builder": BUILDER, "kwargs": build_kwargs({"architecture": arch}, info)},
                 trial_id=r.get("trial_id")))
         for key, trained in ctx.output(ODERetrainOutput).retrained.items():
             arch, m = json.loads(key), trained["report"]
             records.append(ModelRecord(
-                search="ode", stage="retrain", family=FAMILY, architecture=arch, encoding=cell_encoding(arch),
+                search="ode", stage="retrain", family=FAMILY, architecture=arch,
+                encoding=CellArchitecture.from_config(arch).encoding(),
                 status=m.get("status", FAILED), reason=m.get("reason", ""), metrics=_vocabulary(m),
                 build={"builder": BUILDER, "kwargs": build_kwargs({"architecture": arch}, info)},
                 weights=trained["weights"], trial_id=m.get("trial_id")))
@@ -391,8 +379,6 @@ def pick_entry(best: dict, cfg: ODESearchConfig) -> dict:
     are its retrained scores, the ones to read beside ``baseline.val_auc`` (trained the same way);
     ``search_val_metric`` is its short search-phase score on the low-fidelity data (the fitness
     the search ranked by, named by ``search_val_metric_name``), not comparable with either."""
-    from medcore.cell_genotype import CellArchitecture
-
     entry = {"architecture": best["architecture"],
              "description": CellArchitecture.from_config(best["architecture"]).describe(),
              **{k: best.get(k) for k in RETRAINED_KEYS}, "epochs": best.get("epochs"),

@@ -107,3 +107,20 @@ def test_bad_genomes_are_refused():
         cs.decode(np.zeros(28))
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         cs.decode(np.full(29, 1.5))
+
+
+def test_a_cell_encodes_as_its_adjacency_operations_and_macro_variables():
+    """The zoo's ``cell3d`` encoding (99 numbers) is a method of the record it encodes."""
+    from medcore.cell_genotype import N_NODES, OPERATIONS, CellArchitecture
+
+    arch = CellArchitecture(nodes=((1, OPERATIONS[2]), (3, OPERATIONS[0])), edges=((0, 1), (1, 3), (3, 6)),
+                            n_stacks=2, n_modules=1, n_f_init=16)
+    vec = arch.encoding()
+    n_pairs = N_NODES * (N_NODES - 1) // 2
+    assert len(vec) == n_pairs + 5 * len(OPERATIONS) + 3 == 99
+    pairs = [(i, j) for i in range(N_NODES) for j in range(i + 1, N_NODES)]
+    assert [pairs[k] for k, bit in enumerate(vec[:n_pairs]) if bit] == [(0, 1), (1, 3), (3, 6)]
+    onehot = [vec[n_pairs + k * len(OPERATIONS):n_pairs + (k + 1) * len(OPERATIONS)] for k in range(5)]
+    assert [row.index(1.0) if 1.0 in row else None for row in onehot] == [2, None, 0, None, None]
+    assert vec[-3:] == [2.0, 1.0, 16.0]
+    assert CellArchitecture.from_config(arch.to_config()).encoding() == vec
