@@ -12,16 +12,30 @@ the summary's ``warning`` says what that does to the accuracy changes and the hy
 """
 from __future__ import annotations
 
+import copy
+import json
 import math
 from collections import Counter
 from dataclasses import dataclass
 
+import torch
+from ray import tune
+
+import trainables.compress_trial  # load_base looked up at call time: tests replace it on its module
 from medcore.compression_genome import (CONFIG_KEYS, CONV_INTENSITY, CONV_SCOPE, CONV_TYPE, LINEAR_INTENSITY,
-                                        LINEAR_SCOPE, LINEAR_TYPE, QUANTIZE, SUBSET_SEED)
+                                        LINEAR_SCOPE, LINEAR_TYPE, QUANTIZE, SUBSET_SEED, CompressionGenome)
+from medcore.errors import RunError
 from medcore.records import FAILED, OK, ModelRecord, one_class
 from orchestrator import reports
 from orchestrator.config import CompressSearchConfig
 from orchestrator.search import RunContext, Search, Stage, runtime, trial_errors
+from searchers.compression_space import encode
+from searchers.ctaea import CTAEASearcher
+from searchers.surrogate_ctaea import SurrogateCTAEASearcher
+from trainables.compress_trial import (ACCURACY_TOLERANCE, base_build, base_estimate, candidate_estimate,
+                                       compress_trial, read_build, train_base)
+from trainables.compression import apply_pruning
+from trainables.memory import plan_batch
 
 BASE_NAME, BASE_EVAL_NAME, SEARCH_NAME = "compress_base", "compress_base_eval", "compress_search"
 # No layer kind pruned (both scopes 0), not quantized: the base network measured by the same code
@@ -68,8 +82,6 @@ def constraint_of(metric: str, base_accuracy: float, base_eval: dict) -> dict:
         return {"constraint_metric": metric, "base_constraint": float(base_accuracy)}
     value = base_eval.get(metric)
     if base_eval.get("status") != OK or not _finite(value):
-        from medcore.errors import RunError
-
         why = base_eval.get("reason") or f"its test {metric} is {value}"
         raise RunError(f"the constraint is on {metric} but the base model's uncompressed evaluation gave none "
                        f"({why}); set constraint_metric to accuracy")
@@ -78,11 +90,7 @@ def constraint_of(metric: str, base_accuracy: float, base_eval: dict) -> dict:
 
 def make_searcher(cfg: CompressSearchConfig):
     if cfg.searcher == "ctaea":
-        from searchers.ctaea import CTAEASearcher
-
         return CTAEASearcher(pop_size=cfg.ctaea_pop, n_gen=cfg.ctaea_gens, seed=cfg.seed, objective_keys=OBJECTIVES)
-    from searchers.surrogate_ctaea import SurrogateCTAEASearcher
-
     return SurrogateCTAEASearcher(n_initial=cfg.initial, budget=cfg.budget, n_infill=cfg.infill,
                                   pop_size=cfg.ctaea_pop, n_gen=cfg.ctaea_gens, seed=cfg.seed,
                                   objective_keys=OBJECTIVES)
@@ -100,9 +108,6 @@ class CompressSearch(Search):
         :func:`~trainables.compress_trial.candidate_estimate`). The base trains at ``--batch-size``
         halved until it fits ``limit``; a candidate's batch is the timed inference batch, a measured
         setting of the search (inference_ms, Fig. 2), so it is never lowered: refused in one line."""
-        from trainables.compress_trial import base_build, base_estimate, candidate_estimate, read_build
-        from trainables.memory import plan_batch
-
         cfg, data = ctx.cfg, ctx.data
         jemalloc = cfg.resources.jemalloc
         build = read_build(cfg.base_checkpoint) if cfg.base_checkpoint else base_build(cfg.model, data.info)
@@ -121,13 +126,10 @@ class CompressSearch(Search):
         return [Stage("base", self.base, CompressBaseOutput), Stage("search", self.search, CompressSearchOutput)]
 
     def base(self, ctx: RunContext) -> CompressBaseOutput:
-        from ray import tune
-
-        from trainables.compress_trial import load_base, train_base
-
         cfg = ctx.cfg
         if cfg.base_checkpoint:
-            return CompressBaseOutput(str(cfg.base_checkpoint), load_base(cfg.base_checkpoint))
+            return CompressBaseOutput(str(cfg.base_checkpoint),
+                                      trainables.compress_trial.load_base(cfg.base_checkpoint))
         fit = cfg.fit
         batch, resources = ctx.stage_memory("base", fit.batch_size)
         grid = ctx.run_tuner(BASE_NAME, tune.with_parameters(train_base, data=ctx.data), resources=resources,
@@ -137,16 +139,10 @@ class CompressSearch(Search):
             "patience": fit.patience or fit.max_epochs}, metric="val_acc")
         result = grid[0]
         if result.error or result.checkpoint is None:
-            from medcore.errors import RunError
-
             raise RunError(f"training the base network failed: {trial_errors(grid) or result.error}")
-        return CompressBaseOutput(result.checkpoint.path, load_base(result.checkpoint))
+        return CompressBaseOutput(result.checkpoint.path, trainables.compress_trial.load_base(result.checkpoint))
 
     def search(self, ctx: RunContext) -> CompressSearchOutput:
-        from ray import tune
-
-        from trainables.compress_trial import compress_trial
-
         cfg, base = ctx.cfg, ctx.output(CompressBaseOutput).base
         base_accuracy = float(base.meta["metrics"]["test_acc"])
         # never lowered (plan_memory refuses instead): the timed batch is part of what is measured
@@ -178,8 +174,6 @@ class CompressSearch(Search):
 
     # ---- outputs -----------------------------------------------------------------------
     def summarize(self, ctx: RunContext) -> dict:
-        from trainables.compress_trial import ACCURACY_TOLERANCE
-
         cfg, data, base_out, found = ctx.cfg, ctx.data, ctx.output(CompressBaseOutput), ctx.output(CompressSearchOutput)
         base, base_eval, measured = base_out.base, found.base_eval, found.measured
         out, synthetic = ctx.out, bool(data.info.synthetic)
@@ -235,8 +229,6 @@ class CompressSearch(Search):
         return summary
 
     def zoo_records(self, ctx: RunContext) -> list[ModelRecord]:
-        from searchers.compression_space import encode
-
         base_out, found = ctx.output(CompressBaseOutput), ctx.output(CompressSearchOutput)
         base, base_eval = base_out.base, found.base_eval
         build = {"builder": BASE_BUILDER, "kwargs": base.build}
@@ -270,8 +262,6 @@ class CompressSearch(Search):
         return records
 
     def print_summary(self, summary: dict) -> None:
-        import json
-
         if summary.get("synthetic"):
             print("NOTE: results come from SYNTHETIC data")
         if summary.get("warning"):
@@ -304,13 +294,6 @@ def candidate_weights(ctx: RunContext, row: dict, genome: dict, in_pareto: bool)
         return None, ("weights not kept: an int8 model is an FX-quantized graph the build recipe cannot load; "
                       "apply this genome to the base's weights (trainables.compression.evaluate_compression) "
                       "to rebuild it")
-    import copy
-
-    import torch
-
-    from medcore.compression_genome import CompressionGenome
-    from trainables.compression import apply_pruning
-
     path = ctx.out / WEIGHTS_DIR / str(row["trial_id"]) / "model.pt"
     if not path.is_file():  # a resumed summary keeps what an earlier one saved
         model = copy.deepcopy(ctx.output(CompressBaseOutput).base.model).cpu()
