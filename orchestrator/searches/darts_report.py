@@ -10,8 +10,15 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
+import torch
+from scipy import stats
+
 from medcore.records import OK
 from orchestrator import reports
+from trainables.darts_trial import build_skip_model
+from trainables.nets.iac_cell import INPUT_NAMES, PRIMITIVES, STEPS, Genotype, node_slices
+from trainables.unet_trial import SKIPS_FILE
 
 IAC = "iac"  # the skip kind of a Stage III run with a searched cell (the baselines have their names)
 REPLACE = "replace"  # the paper's implant (rows written before --implant existed have none)
@@ -43,8 +50,6 @@ def genotype_row(h: dict, iac: list[dict]) -> dict:
     where it was a snapshot (``iac`` from :func:`by_genotype`)."""
     match = next((g for g in iac if g["backbone"] == h["backbone"] and _key(g["genotype"]) == _key(h["genotype"])
                   and h["epoch"] in g["epochs"]), None)
-    from trainables.nets.iac_cell import Genotype
-
     return {"backbone": h["backbone"], "epoch": h["epoch"], "searching": h["searching"],
             "search_dice": h["search_dice"], "genotype": str(Genotype.from_dict(h["genotype"])),
             "genotype_json": h["genotype"], "stage3_dice": match["dice"] if match else None,
@@ -61,8 +66,6 @@ def last_epoch(history: list[dict], backbone: str) -> dict | None:
 
 
 def _mean_var(values: list[float]) -> dict:
-    import numpy as np
-
     v = np.asarray(values, dtype=float)
     return {"mean": float(v.mean()), "variance": float(v.var(ddof=1)) if len(v) > 1 else 0.0, "n": int(len(v))}
 
@@ -98,8 +101,6 @@ def improvement_table(stage1: dict, rows: list[dict]) -> dict:
 def paired_tests(stage1: dict, rows: list[dict]) -> dict:
     """Paired t-test and Wilcoxon signed-rank test (scipy.stats) of each skip kind against the
     frozen Stage I U-Net, over the runs (backbone x seed): IAC is each backbone's best genotype."""
-    from scipy import stats
-
     out = {}
     kinds = [IAC] + sorted({r["skip"] for r in rows if r["skip"] != IAC})
     for kind in kinds:
@@ -130,8 +131,6 @@ def _finite(v) -> float | None:
 
 def plot_cell(genotype: dict, path, synthetic: bool, title: str = "IAC genotype"):
     """The cell as a DAG: the two inputs, four nodes (each with its two op-labelled edges), the output."""
-    from trainables.nets.iac_cell import INPUT_NAMES, STEPS, Genotype
-
     plt = reports._plt()
     g = Genotype.from_dict(genotype)
     pos = {0: (0.0, 2.2), 1: (0.0, 0.8)}
@@ -167,10 +166,6 @@ def plot_cell(genotype: dict, path, synthetic: bool, title: str = "IAC genotype"
 def plot_alpha_beta(history: list[dict], path, synthetic: bool):
     """Per search epoch: the edge weights Psi (normalised beta, one line per edge) and the op
     weights softmax(alpha) averaged over the 14 edges (one line per operation)."""
-    import numpy as np
-
-    from trainables.nets.iac_cell import PRIMITIVES, node_slices
-
     plt = reports._plt()
     history = sorted(history, key=lambda h: h["epoch"])
     epochs = [h["epoch"] for h in history]
@@ -197,8 +192,6 @@ def plot_alpha_beta(history: list[dict], path, synthetic: bool):
 def plot_dice_per_stage(summary: dict, stage3: list[dict], path, synthetic: bool):
     """Per backbone: Stage I val Dice, the last Stage II search Dice (val_search), the best IAC
     and each baseline (val Dice, mean over runs)."""
-    import numpy as np
-
     plt = reports._plt()
     backbones = [r["backbone"] for r in summary["stage1"]]
     kinds = ["stage I", "stage II (val_search)", "stage III IAC"] + sorted(
@@ -228,11 +221,6 @@ def plot_dice_per_stage(summary: dict, stage3: list[dict], path, synthetic: bool
 def _best_model(unet, stage3: list[dict], best: dict):
     """The frozen Stage I U-Net (``unet``, of ``best``'s backbone) and the best IAC model (its best
     run's weights, of the Stage III rows), both on CPU."""
-    import torch
-
-    from trainables.darts_trial import build_skip_model
-    from trainables.unet_trial import SKIPS_FILE
-
     runs = [r for r in stage3 if r["status"] == OK and r["skip"] == IAC
             and r["backbone"] == best["backbone"] and _key(r["genotype"]) == _key(best["genotype"])
             and r.get("checkpoint")]
@@ -247,9 +235,6 @@ def _best_model(unet, stage3: list[dict], best: dict):
 def plot_slices(data, unet, stage3: list[dict], best: dict, path, synthetic: bool, n: int = 4):
     """A few val_dt slices of ``data`` (those with the most foreground; 3D: the middle axial slice)
     with the ground truth, the Stage I U-Net's mask and the best IAC model's mask as contours."""
-    import numpy as np
-    import torch
-
     base, iac = _best_model(unet, stage3, best)
     if base is None:
         return None
