@@ -27,6 +27,9 @@ import json
 from collections import Counter
 from dataclasses import dataclass
 
+from ray import tune
+
+import trainables.darts_trial  # memory_estimates looked up at call time: tests replace it on its module
 from medcore.errors import RunError
 from medcore.records import FAILED, OK, ModelRecord
 from orchestrator import reports
@@ -35,6 +38,11 @@ from orchestrator.search import RunContext, Search, Stage, runtime
 from orchestrator.searches.darts_report import (IAC, REPLACE, by_genotype, genotype_row, improvement_table,
                                                 last_epoch, paired_tests, plot_alpha_beta, plot_cell,
                                                 plot_dice_per_stage, plot_slices)
+from orchestrator.segmentation_data import load_segmentation
+from trainables.darts_trial import search_trial, skips_trial
+from trainables.memory import plan_batch
+from trainables.nets.iac_cell import PRIMITIVES
+from trainables.unet_trial import load_unet, train_unet
 
 STAGE1, STAGE2, STAGE3 = "darts_stage1", "darts_stage2", "darts_stage3"
 
@@ -73,21 +81,16 @@ class DartsSearch(Search):
     stage_names = ("stage1", "stage2", "stage3")
 
     def load_data(self, cfg: DartsSearchConfig):
-        from orchestrator.segmentation_data import load_segmentation
-
         return load_segmentation(cfg.data, cfg.size, cfg.spatial_dims, cfg.max_cases or None, seed=cfg.seed)
 
     def plan_memory(self, ctx: RunContext, limit: float | None) -> dict:
         """Every stage's trials sized before Ray starts: per stage the largest backbone's
         estimate (:func:`trainables.darts_trial.memory_estimates`), the batch halved until it
         fits the largest node (the stage's trials all train at that batch)."""
-        from trainables.darts_trial import memory_estimates
-        from trainables.memory import plan_batch
-
         cfg = ctx.cfg
-        per_backbone = [memory_estimates(ctx.data, b, {"features": cfg.features()} if cfg.features() and b == "unet"
-                                         else {}, cfg.k, cfg.baseline_names(), cfg.resources.jemalloc)
-                        for b in cfg.backbones()]
+        per_backbone = [trainables.darts_trial.memory_estimates(
+            ctx.data, b, {"features": cfg.features()} if cfg.features() and b == "unet" else {}, cfg.k,
+            cfg.baseline_names(), cfg.resources.jemalloc) for b in cfg.backbones()]
         what = {"stage1": "a Stage I U-Net trial", "stage2": "a Stage II search trial",
                 "stage3": "a Stage III cell or baseline trial"}
         return {stage: plan_batch(f"{what[stage]} ({cfg.size} px)",
@@ -101,10 +104,6 @@ class DartsSearch(Search):
 
     # ---- Stage I: the U-Nets --------------------------------------------------------------
     def stage1(self, ctx: RunContext) -> Stage1Output:
-        from ray import tune
-
-        from trainables.unet_trial import load_unet, train_unet
-
         cfg = ctx.cfg
         features = cfg.features()
         batch, resources = ctx.stage_memory("stage1", cfg.batch_size)
@@ -131,10 +130,6 @@ class DartsSearch(Search):
 
     # ---- Stage II: one bilevel search per backbone ---------------------------------------------
     def stage2(self, ctx: RunContext) -> Stage2Output:
-        from ray import tune
-
-        from trainables.darts_trial import search_trial
-
         cfg, unets = ctx.cfg, ctx.output(Stage1Output).unets
         batch, resources = ctx.stage_memory("stage2", cfg.batch_size)
         grid = ctx.run_tuner(STAGE2, tune.with_parameters(search_trial, data=ctx.data, unets=unets),
@@ -182,10 +177,6 @@ class DartsSearch(Search):
         return runs
 
     def stage3(self, ctx: RunContext) -> Stage3Output:
-        from ray import tune
-
-        from trainables.darts_trial import skips_trial
-
         cfg = ctx.cfg
         runs = self.candidates(ctx)
         batch, resources = ctx.stage_memory("stage3", cfg.batch_size)
@@ -295,6 +286,4 @@ class DartsSearch(Search):
 
 def genotype_encoding(genotype: dict) -> list[float]:
     """A fixed-length vector of a genotype for the zoo: per edge, the op index and the input."""
-    from trainables.nets.iac_cell import PRIMITIVES
-
     return [float(v) for op, i in genotype["edges"] for v in (PRIMITIVES.index(op), i)]
