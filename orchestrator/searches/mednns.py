@@ -24,10 +24,20 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+from ray import tune
+
 from medcore.errors import RunError
 from medcore.records import OK, ModelRecord
+from orchestrator import reports
 from orchestrator.config import MedNNSSearchConfig
+from orchestrator.data import load_medmnist, stratified_indices
+from orchestrator.metaspace import MetaSpace, MetaSpaceOptions, load_or_encode, train_metaspace
 from orchestrator.search import RunContext, Search, Stage, runtime
+from orchestrator.zoo import read_zoo, rows_from_records, write_rows
+from trainables.memory import plan_batch
+from trainables.supernet_trial import (EXTRACT_BATCH, extract_zoo, extraction_memory, finetune, finetune_memory,
+                                       read_zoo_rows, supernet_checkpoint_ref, supernet_memory, train_supernet_for)
 
 SUPERNETS, ZOO, FINETUNE = "mednns_supernets", "mednns_zoo", "mednns_finetune"
 BUILDER = "ofa_subnet"  # trainables.builders name
@@ -94,8 +104,6 @@ class MedNNSSearch(Search):
 
     def load_data(self, cfg):
         """Every dataset of ``--datasets`` (name -> MedMNISTData)."""
-        from orchestrator.data import load_medmnist
-
         return {flag: load_medmnist(flag, cfg.size, cfg.data_root) for flag in cfg.dataset_list()}
 
     def plan_memory(self, ctx: RunContext, limit: float | None) -> dict:
@@ -118,10 +126,6 @@ class MedNNSSearch(Search):
 
         The meta-space trains in the driver, not in a trial: :func:`orchestrator.metaspace.check_memory`
         refuses it there when it would not fit the machine's available memory."""
-        from orchestrator.data import stratified_indices
-        from trainables.memory import plan_batch
-        from trainables.supernet_trial import EXTRACT_BATCH, extraction_memory, finetune_memory, supernet_memory
-
         cfg = ctx.cfg
         flags = [f for f in cfg.dataset_list() if f in ctx.data]
         if not flags:  # stages() names the missing data
@@ -151,10 +155,6 @@ class MedNNSSearch(Search):
 
     # ---- stages ----------------------------------------------------------------------------
     def supernets(self, ctx: RunContext) -> SupernetsOutput:
-        from ray import tune
-
-        from trainables.supernet_trial import supernet_checkpoint_ref, train_supernet_for
-
         cfg = ctx.cfg
         batch, resources = ctx.stage_memory("supernets", cfg.batch_size)
         grid = ctx.run_tuner(SUPERNETS, tune.with_parameters(train_supernet_for, datasets=ctx.data),
@@ -169,11 +169,6 @@ class MedNNSSearch(Search):
                                checkpoints=checkpoints)
 
     def zoo(self, ctx: RunContext) -> ZooOutput:
-        from ray import tune
-
-        from orchestrator import zoo
-        from trainables.supernet_trial import EXTRACT_BATCH, extract_zoo, read_zoo_rows
-
         cfg, supernets = ctx.cfg, ctx.output(SupernetsOutput)
         batch, resources = ctx.stage_memory("zoo", EXTRACT_BATCH)
         grid = ctx.run_tuner(ZOO, tune.with_parameters(extract_zoo, datasets=ctx.data, supernets=supernets.checkpoints),
@@ -189,18 +184,15 @@ class MedNNSSearch(Search):
             info = data.info
             ref = supernets.refs[flag]
             records = [_record(r, info, ref) for r in read_zoo_rows(checkpoint)]
-            rows += zoo.rows_from_records(records, dataset=flag, size=info.size, spatial_dims=info.spatial_dims,
+            rows += rows_from_records(records, dataset=flag, size=info.size, spatial_dims=info.spatial_dims,
                                           task=info.task, input_shape=list(info.input_shape), run=ctx.run_id,
                                           synthetic=bool(info.synthetic))
             m = next(o.metrics for o in outcomes if o.config["dataset"] == flag)
             throughput[flag] = {"subnets": m["n"], "seconds": m["seconds"], "subnets_per_s": m["subnets_per_s"]}
-        zoo.write_rows(cfg.zoo_path, rows, writer_id=f"{ctx.run_id}-mednns-zoo")
+        write_rows(cfg.zoo_path, rows, writer_id=f"{ctx.run_id}-mednns-zoo")
         return ZooOutput(len(rows), throughput)
 
     def metaspace(self, ctx: RunContext) -> MetaspaceOutput:
-        from orchestrator.metaspace import MetaSpace, MetaSpaceOptions, load_or_encode, train_metaspace
-        from orchestrator.zoo import read_zoo
-
         cfg = ctx.cfg
         flags = cfg.dataset_list()
         encodings = load_or_encode(ctx.out / "metaspace" / "encodings", ctx.data, cfg.seed, cfg.encode_images)
@@ -224,10 +216,6 @@ class MedNNSSearch(Search):
         return MetaspaceOutput(folders, encodings=encodings, spaces=spaces, zoo_rows=zoo_rows)
 
     def query(self, ctx: RunContext) -> QueryOutput:
-        from ray import tune
-
-        from trainables.supernet_trial import finetune
-
         cfg, metaspace = ctx.cfg, ctx.output(MetaspaceOutput)
         flags, k_max = cfg.dataset_list(), cfg.top_k
         strategies = _strategies(k_max)
@@ -269,8 +257,6 @@ class MedNNSSearch(Search):
 
     # ---- outputs -----------------------------------------------------------------------
     def summarize(self, ctx: RunContext) -> dict:
-        from orchestrator import reports
-
         cfg, out = ctx.cfg, ctx.out
         flags = cfg.dataset_list()
         synthetic = any(bool(d.info.synthetic) for d in ctx.data.values())
@@ -366,9 +352,7 @@ def _record(row: dict, info, supernet_ref: str) -> ModelRecord:
 
 def plot_fid(encodings, path: Path, synthetic: bool) -> Path:
     """FID between every pair of datasets (paper Fig. 1), with the extractor named."""
-    from orchestrator.reports import _plt, _title, save_figure
-
-    plt = _plt()
+    plt = reports._plt()
     names = list(encodings.fid.index)
     fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 1.0 * len(names) + 1.5))
     im = ax.imshow(encodings.fid.to_numpy(), cmap="viridis")
@@ -378,15 +362,13 @@ def plot_fid(encodings, path: Path, synthetic: bool) -> Path:
         for j in range(len(names)):
             ax.text(j, i, f"{encodings.fid.iat[i, j]:.1f}", ha="center", va="center", color="w", fontsize=8)
     fig.colorbar(im, ax=ax, label="FID")
-    _title(ax, f"FID between datasets ({encodings.extractor})", synthetic)
-    return save_figure(fig, path, dpi=120)
+    reports._title(ax, f"FID between datasets ({encodings.extractor})", synthetic)
+    return reports.save_figure(fig, path, dpi=120)
 
 
 def plot_curves(loo: list, path: Path, synthetic: bool) -> Path:
     """Test accuracy per fine-tuning epoch: T1/T5/T10 against scratch and the fixed ResNet."""
-    from orchestrator.reports import _plt, _title, save_figure
-
-    plt = _plt()
+    plt = reports._plt()
     fig, axes = plt.subplots(1, len(loo), figsize=(4 * len(loo), 3.2), squeeze=False)
     for ax, e in zip(axes[0], loo):
         for s, curve in e["curves"].items():
@@ -395,20 +377,18 @@ def plot_curves(loo: list, path: Path, synthetic: bool) -> Path:
         ax.set_xlabel("fine-tuning epoch")
         ax.set_ylabel("test accuracy")
         ax.legend(fontsize=7)
-        _title(ax, f"held out: {e['target']}", synthetic)
-    return save_figure(fig, path, dpi=120)
+        reports._title(ax, f"held out: {e['target']}", synthetic)
+    return reports.save_figure(fig, path, dpi=120)
 
 
 def plot_tsne(space, encodings, zoo_rows, target: str, path: Path, synthetic: bool, seed: int,
               max_models: int = 600) -> Path:
     """t-SNE of the meta-space (paper Fig. 3): model embeddings coloured by their accuracy,
     dataset embeddings (the held-out target starred)."""
-    import numpy as np
+    # local: summarize draws the plots under ``except ImportError`` (the numbers stand without them)
     from sklearn.manifold import TSNE
 
-    from orchestrator.reports import _plt, _title, save_figure
-
-    plt = _plt()
+    plt = reports._plt()
     rng = np.random.default_rng(seed)
     idx = np.arange(len(space.model_embeddings))
     if len(idx) > max_models:
@@ -427,5 +407,5 @@ def plot_tsne(space, encodings, zoo_rows, target: str, path: Path, synthetic: bo
         p = xy[len(models) + i]
         ax.scatter(*p, marker="*" if n == target else "s", s=160 if n == target else 60, c="red", edgecolors="k")
         ax.annotate(n + (" (held out)" if n == target else ""), p, fontsize=8)
-    _title(ax, f"meta-space without {target}: models and datasets (t-SNE)", synthetic)
-    return save_figure(fig, path, dpi=120)
+    reports._title(ax, f"meta-space without {target}: models and datasets (t-SNE)", synthetic)
+    return reports.save_figure(fig, path, dpi=120)
