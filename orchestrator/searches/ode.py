@@ -21,12 +21,17 @@ import json
 import math
 from dataclasses import dataclass
 
+from ray import tune
+
 from medcore.cell_genotype import CellArchitecture
 from medcore.records import FAILED, INFEASIBLE, DUPLICATE, OK, ModelRecord, one_class
 from orchestrator import reports
 from orchestrator.config import ODESearchConfig
+from orchestrator.runtime import largest_node_memory
 from orchestrator.search import RunContext, Search, Stage, result_trial_id, trial_errors
 from searchers.de import Infeasible
+from searchers.ode import ODESearcher, RungScheduler, rung_epochs
+from trainables.ode_trial import BUILDER, CandidateCost, build_kwargs, builder_of, train_candidate
 
 SEARCH_NAME, RETRAIN_NAME, BASELINE_NAME = "ode_search", "ode_retrain", "ode_baseline"
 FAMILY = "cell3d"
@@ -93,14 +98,10 @@ class ODESearch(Search):
 
     # ---- stages ------------------------------------------------------------------------
     def _cost(self, ctx: RunContext, data):
-        from trainables.ode_trial import CandidateCost
-
         return CandidateCost(data.info, ctx.cfg.fit.batch_size, len(data.labels["train"]),
                              n_eval=len(data.labels["val"]) + len(data.labels["test"]))
 
     def _searcher(self, ctx: RunContext, cost):
-        from searchers.ode import ODESearcher, rung_epochs
-
         cfg = ctx.cfg
         # paper: one rung, the full budget (a candidate a time budget cut short ranks below those
         # that finished); multi: successive-halving rungs
@@ -115,11 +116,6 @@ class ODESearch(Search):
         return None if ctx.cfg.resources.memory_per_trial_gb else cost.memory
 
     def search(self, ctx: RunContext) -> ODESearchOutput:
-        from ray import tune
-
-        from searchers.ode import RungScheduler
-        from trainables.ode_trial import train_candidate
-
         cfg = ctx.cfg
         data = ctx.data.low_fidelity(cfg.fraction, cfg.seed, cfg.val_fraction)
         cost = self._cost(ctx, data)
@@ -150,18 +146,12 @@ class ODESearch(Search):
     def _full_data_trial(self, ctx: RunContext):
         """The trainable and resources of a full-data training (the retrained picks and the
         baseline): the retrain's recipe, seed and epochs, weights kept."""
-        from ray import tune
-
-        from trainables.ode_trial import train_candidate
-
         cfg = ctx.cfg
         trainable = tune.with_parameters(train_candidate, data=ctx.data, keep_weights=True,
                                          fit_config=cfg.fit.fit_config(cfg.seed, cfg.retrain_epochs))
         return trainable, ctx.trial_resources(self._memory(ctx, self._cost(ctx, ctx.data)))
 
     def retrain(self, ctx: RunContext) -> ODERetrainOutput:
-        from ray import tune
-
         cfg = ctx.cfg
         top = ctx.output(ODESearchOutput).top
         out = ODERetrainOutput({})
@@ -181,8 +171,6 @@ class ODESearch(Search):
     def baseline(self, ctx: RunContext) -> ODEBaselineOutput:
         """Train ``--baseline`` as one more retrain trial: full data, the retrain's recipe,
         seed and epochs. Its own experiment, so a resumed run restores it like the others."""
-        from ray import tune
-
         cfg = ctx.cfg
         out = ODEBaselineOutput()
         if cfg.baseline == "none":
@@ -269,8 +257,6 @@ class ODESearch(Search):
         }
 
     def zoo_records(self, ctx: RunContext) -> list[ModelRecord]:
-        from trainables.ode_trial import BUILDER, build_kwargs, builder_of
-
         info = ctx.data.info
         records = []
         for r in ctx.output(ODESearchOutput).history:
@@ -342,8 +328,6 @@ class FeasibilityRule:
     not a closure: the searcher pickles it with its state."""
 
     def __init__(self, cfg: ODESearchConfig, cost):
-        from orchestrator.runtime import largest_node_memory
-
         self.cost, self.batch_size, self.max_gflops = cost, cfg.fit.batch_size, cfg.max_gflops
         self.min_gflops = cfg.min_gflops
         fixed = cfg.resources.memory_per_trial_gb or cfg.resources.autoscale
