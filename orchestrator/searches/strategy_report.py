@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import optuna
+from optuna.trial import TrialState
+
 from medcore.records import FAILED, OK
 from orchestrator import reports
 
@@ -36,8 +39,6 @@ def trial_rows(outcomes, study, numbers: dict, metrics: list[str], default: dict
     """(rows of trials.csv, rows of curves.csv) of the search's Tune ``outcomes``: each trial's
     strategy, Optuna state and values from ``study`` (``numbers``: Tune trial id -> Optuna trial
     number), its status and last metrics; ``default``: the default recipe, flagged in its row."""
-    from optuna.trial import TrialState
-
     by_number = {t.number: t for t in study.trials}
     rows, curves = [], []
     for o in outcomes:
@@ -92,8 +93,6 @@ def retrain_report(entry, metrics: list[str]) -> dict | None:
 # ---- importances and plots -------------------------------------------------------------------------
 def param_importances(study, metrics: list[str]) -> dict:
     """Optuna's parameter importances (fANOVA) per objective; needs two COMPLETE trials that differ."""
-    import optuna
-
     out: dict = {"evaluator": "optuna fANOVA"}
     try:
         if len(metrics) == 1:
