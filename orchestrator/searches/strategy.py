@@ -42,14 +42,30 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from medcore.errors import ConfigError, RunError
+import optuna
+from optuna.trial import TrialState
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search.optuna import OptunaSearch
+from torch import nn
+
+from medcore.errors import ConfigError, MedtuneError, RunError
 from medcore.records import FAILED, OK, ModelRecord
 from orchestrator import reports
 from orchestrator.config import StrategySearchConfig
+from orchestrator.export import read_state_dict
+from orchestrator.metaspace import MetaSpace
 from orchestrator.search import RunContext, Search, Stage, runtime
 from orchestrator.searches.strategy_report import (COMPLETE, PRUNED, network_label, param_importances,
                                                    plot_importances, plot_learning_curves, plot_pareto,
                                                    retrain_report, trial_rows)
+from orchestrator.zoo import get_model
+from trainables.initializers import SCHEMES
+from trainables.memory import plan_batch
+from trainables.strategy import (DEFAULT_SPACE, NORMS, OPTIMIZERS, POLICIES, SCHEDULES, Strategy, load_pretrained,
+                                 parse_objectives, parse_space)
+from trainables.strategy_trial import (BUILD_FILE, StrategyMemory, call_builder, memory_cost, network_build,
+                                       retrain_trial, strategy_trial, zoo_build)
 
 SEARCH_NAME, RETRAIN_NAME = "strategy_search", "strategy_retrain"
 FAMILY = "strategy"
@@ -57,47 +73,39 @@ STORAGE_FILE = "optuna.db"
 TUNE_TRIAL_ID = "tune_trial_id"  # the Optuna user attr naming the Tune trial of a study trial
 
 
-def _optuna_search_cls():
-    from optuna.trial import TrialState
-    from ray.tune.search.optuna import OptunaSearch
+class PruningOptunaSearch(OptunaSearch):
+    """OptunaSearch where a trial that ends before its last epoch (stopped by the scheduler:
+    its final result says ``finished=False``) is told to the study as PRUNED, not COMPLETE
+    with a premature value (Ray's OptunaSearch marks it COMPLETE); each study trial records
+    its Tune trial id (user attr :data:`TUNE_TRIAL_ID`), so the study alone, read back from
+    its storage after the run, maps Tune trials to Optuna numbers (:func:`trial_numbers`).
+    Ray's private attributes are read here only, in the subclass."""
 
-    class PruningOptunaSearch(OptunaSearch):
-        """OptunaSearch where a trial that ends before its last epoch (stopped by the scheduler:
-        its final result says ``finished=False``) is told to the study as PRUNED, not COMPLETE
-        with a premature value (Ray's OptunaSearch marks it COMPLETE); each study trial records
-        its Tune trial id (user attr :data:`TUNE_TRIAL_ID`), so the study alone, read back from
-        its storage after the run, maps Tune trials to Optuna numbers (:func:`trial_numbers`).
-        Ray's private attributes are read here only, in the subclass."""
+    def suggest(self, trial_id):
+        new = trial_id not in self._ot_trials
+        config = super().suggest(trial_id)
+        if new:  # asked just now: still running, so its attrs can be set (saved with the study)
+            self._ot_trials[trial_id].set_user_attr(TUNE_TRIAL_ID, trial_id)
+        return config
 
-        def suggest(self, trial_id):
-            new = trial_id not in self._ot_trials
-            config = super().suggest(trial_id)
-            if new:  # asked just now: still running, so its attrs can be set (saved with the study)
-                self._ot_trials[trial_id].set_user_attr(TUNE_TRIAL_ID, trial_id)
-            return config
+    @property
+    def study(self):
+        """The study as this searcher holds it (the only copy without an Optuna storage)."""
+        return self._ot_study
 
-        @property
-        def study(self):
-            """The study as this searcher holds it (the only copy without an Optuna storage)."""
-            return self._ot_study
-
-        def on_trial_complete(self, trial_id, result=None, error=False):
-            if (result and not error and result.get("finished") is False and trial_id in self._ot_trials
-                    and trial_id not in self._completed_trials):
-                self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
-                self._completed_trials.add(trial_id)
-                return
-            super().on_trial_complete(trial_id, result=result, error=error)
-
-    return PruningOptunaSearch
+    def on_trial_complete(self, trial_id, result=None, error=False):
+        if (result and not error and result.get("finished") is False and trial_id in self._ot_trials
+                and trial_id not in self._completed_trials):
+            self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
+            self._completed_trials.add(trial_id)
+            return
+        super().on_trial_complete(trial_id, result=result, error=error)
 
 
 def tune_space(space: dict) -> dict:
     """A parsed space (:func:`trainables.strategy.parse_space`) as Tune's own domains: a choice
     is ``tune.choice``, a float range ``tune.loguniform`` on a log scale, else ``tune.quniform``
     with a step or ``tune.uniform``."""
-    from ray import tune
-
     out = {}
     for name, spec in space.items():
         if spec[0] == "choice":
@@ -112,8 +120,6 @@ def tune_space(space: dict) -> dict:
 def optuna_space(space: dict) -> dict:
     """The Optuna distributions OptunaSearch makes of :func:`tune_space` (its own converter, given
     explicitly: handed Tune domains, the searcher converts them but logs a warning each run)."""
-    from ray.tune.search.optuna import OptunaSearch
-
     return OptunaSearch.convert_search_space(tune_space(space))
 
 
@@ -129,16 +135,12 @@ def final_study(searcher, storage_url: str | None, study_name: str):
     the searcher in its final state), so it is the searcher's."""
     if storage_url is None:
         return searcher.study
-    import optuna
-
     return optuna.load_study(study_name=study_name, storage=storage_url)
 
 
 def default_strategy(cfg: StrategySearchConfig, batch_size: int | None = None) -> dict:
     """The default recipe (:class:`trainables.strategy.Strategy` defaults, with --lr,
     --batch-size and --weight-decay); ``batch_size``: the memory plan's, when it lowered --batch-size."""
-    from trainables.strategy import Strategy
-
     return Strategy(lr=cfg.fit.lr, batch_size=batch_size or cfg.fit.batch_size,
                     l2=cfg.fit.weight_decay).check().to_dict()
 
@@ -157,8 +159,6 @@ def in_space(point: dict, space: dict) -> bool:
 
 def objective_setup(cfg: StrategySearchConfig) -> tuple[list[str], list[str]]:
     """(metrics, modes) the searcher optimises: ``best_<metric>``, or the two objectives."""
-    from trainables.strategy import parse_objectives
-
     keys = parse_objectives(cfg.objectives, cfg.fit.max_epochs)
     return (keys, ["max"] * len(keys)) if keys else ([f"best_{cfg.fit.metric}"], ["max"])
 
@@ -187,8 +187,6 @@ def make_searcher(cfg: StrategySearchConfig, space: dict, storage_url: str | Non
                   default: dict | None = None):
     """The Optuna searcher over ``space``; ``default`` (the default recipe, :func:`default_strategy`
     unless given) is its first trial when the space holds it."""
-    import optuna
-
     metrics, modes = objective_setup(cfg)
     if len(metrics) == 2:
         population = max(4, min(50, cfg.budget // 3))
@@ -202,16 +200,13 @@ def make_searcher(cfg: StrategySearchConfig, space: dict, storage_url: str | Non
     storage = optuna.storages.RDBStorage(storage_url) if storage_url else None
     default = default or default_strategy(cfg)
     points = [default] if in_space(default, space) else []
-    return _optuna_search_cls()(space=optuna_space(space), metric=metric, mode=mode, sampler=sampler,
+    return PruningOptunaSearch(space=optuna_space(space), metric=metric, mode=mode, sampler=sampler,
                                 storage=storage, study_name=study_name, points_to_evaluate=points)
 
 
 def strategy_encoding(strategy: dict) -> list[float]:
     """Fixed-length numeric encoding of a strategy (zoo family ``strategy``): the index of each
     categorical choice, then dropout, log10 of L1/L2/lr (1e-12 for zero) and the batch size."""
-    from trainables.initializers import SCHEMES
-    from trainables.strategy import NORMS, OPTIMIZERS, POLICIES, SCHEDULES
-
     s = strategy
     return [float(SCHEMES.index(s["init"])), float(NORMS.index(s["norm"])), float(OPTIMIZERS.index(s["optimizer"])),
             float(SCHEDULES.index(s["schedule"])), float(list(POLICIES).index(s["augment"])), float(s["dropout"]),
@@ -267,8 +262,6 @@ class StrategySearch(Search):
 
     # ---- setup ---------------------------------------------------------------------------
     def stages(self, ctx: RunContext) -> list[Stage]:
-        from trainables.strategy_trial import StrategyMemory
-
         setup = self._prepare(ctx)
         plan = ctx.memory.get("search")
         if isinstance(plan, StrategyMemory) and plan.dropped:  # Optuna samples only batches that fit
@@ -278,8 +271,6 @@ class StrategySearch(Search):
     def _prepare(self, ctx: RunContext) -> StrategySetup:
         """The network to train, its pretrained weights and the space, once per run (the memory
         plan needs them before the stages)."""
-        from trainables.strategy import parse_space
-
         if ctx.setup is None:
             net, pretrained, source = self._network(ctx)
             ctx.setup = StrategySetup(net=net, pretrained=pretrained, source=source, space=parse_space(
@@ -296,9 +287,6 @@ class StrategySearch(Search):
         choices that do not (rather than training a trial at another batch than Optuna sampled).
         ``retrain``: the default recipe at --batch-size, halved until it fits. Trials of both
         request their own strategy's estimate (:meth:`_resources`)."""
-        from trainables.memory import plan_batch
-        from trainables.strategy_trial import StrategyMemory, memory_cost
-
         setup = self._prepare(ctx)
         cfg, space, info = ctx.cfg, setup.space, ctx.data.info
         net, pretrained = setup.net, setup.pretrained
@@ -334,16 +322,10 @@ class StrategySearch(Search):
 
     def _network(self, ctx: RunContext):
         """(build recipe, pretrained state dict or None, description) of the network to train."""
-        from orchestrator.export import read_state_dict
-        from trainables.strategy_trial import network_build
-
         cfg, info = ctx.cfg, ctx.data.info
         if cfg.metaspace:
             return self._recommended(ctx)
         if cfg.from_zoo:
-            from medcore.errors import MedtuneError
-            from orchestrator.zoo import get_model
-
             try:
                 row = get_model(cfg.zoo_path, cfg.from_zoo)
             except MedtuneError as exc:
@@ -363,9 +345,6 @@ class StrategySearch(Search):
             state = read_state_dict(str(Path(cfg.checkpoint).expanduser()))
             source["checkpoint"] = cfg.checkpoint
         if state is not None:  # the weights must fit before any trial starts
-            from trainables.strategy_trial import call_builder
-            from trainables.strategy import load_pretrained
-
             load_pretrained(call_builder(net), state)
         return net, state, source
 
@@ -373,11 +352,6 @@ class StrategySearch(Search):
         """The meta-space's top model for this dataset (MedNNS eq. 5, queried with the train
         images): its build recipe with this dataset's outputs, its weights without a classifier
         that does not fit (another dataset's classes), as ``pretrained``."""
-        from orchestrator.export import read_state_dict
-        from orchestrator.metaspace import MetaSpace
-        from trainables.strategy import load_pretrained
-        from trainables.strategy_trial import call_builder
-
         cfg, info = ctx.cfg, ctx.data.info
         top = MetaSpace.load(Path(cfg.metaspace).expanduser()).query_images(ctx.data.images["train"], top_k=1)
         row = top.iloc[0]
@@ -393,7 +367,7 @@ class StrategySearch(Search):
         model = call_builder(net)
         own = model.state_dict()
         state = {k: v for k, v in state.items() if k not in own or own[k].shape == v.shape or
-                 not any(k.startswith(f"{n}.") for n, m in model.named_modules() if isinstance(m, nn_linear()))}
+                 not any(k.startswith(f"{n}.") for n, m in model.named_modules() if isinstance(m, nn.Linear))}
         load_pretrained(model, state)
         return net, state, {"metaspace": str(cfg.metaspace), "recommended": row["model_id"],
                             "score": float(row["score"]), "source_dataset": row.get("dataset"),
@@ -401,10 +375,6 @@ class StrategySearch(Search):
 
     def _trainable(self, ctx: RunContext, strategies: dict | None = None):
         """The search's trainable, or with ``strategies`` (label -> strategy) the retrain's."""
-        from ray import tune
-
-        from trainables.strategy_trial import retrain_trial, strategy_trial
-
         cfg = ctx.cfg
         metrics, _ = objective_setup(cfg)
         kwargs = dict(data=ctx.data, net=ctx.setup.net, pretrained=ctx.setup.pretrained,
@@ -419,9 +389,6 @@ class StrategySearch(Search):
 
     # ---- stages --------------------------------------------------------------------------
     def search(self, ctx: RunContext) -> StrategySearchOutput:
-        from ray import tune
-        from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
         cfg = ctx.cfg
         metrics, modes = objective_setup(cfg)
         searcher = make_searcher(cfg, ctx.setup.space, self.storage_url(ctx), study_name=ctx.run_id,
@@ -459,10 +426,6 @@ class StrategySearch(Search):
         return max(pareto, key=lambda r: (r[f"value_{metrics[1]}"], r[f"value_{metrics[0]}"], -r["optuna_number"]))
 
     def retrain(self, ctx: RunContext) -> StrategyRetrainOutput:
-        from ray import tune
-
-        from trainables.strategy import DEFAULT_SPACE
-
         best = self.best_row(ctx)
         strategies = {"default": self._default(ctx)}
         if best is not None:
@@ -506,8 +469,6 @@ class StrategySearch(Search):
         failed = [r for r in rows if r["status"] == FAILED]
         retrained = retrain.retrained
         final_best, final_default = (retrain_report(retrained.get(label), metrics) for label in ("best", "default"))
-        from trainables.strategy import DEFAULT_SPACE
-
         summary = {
             "search": "strategy", "dataset": data.info.flag, "size": data.info.size, "synthetic": synthetic,
             "network": ctx.setup.source, "sampler": "NSGA-II" if len(metrics) == 2 else "TPE",
@@ -538,10 +499,6 @@ class StrategySearch(Search):
         return summary
 
     def zoo_records(self, ctx: RunContext) -> list[ModelRecord]:
-        from trainables.strategy import DEFAULT_SPACE
-        from trainables.strategy_trial import BUILD_FILE, zoo_build
-        from trainables.strategy import Strategy
-
         info, net = ctx.data.info, ctx.setup.net
         arch_net, retrain = ctx.setup.source, ctx.output(StrategyRetrainOutput)
         records = []
@@ -580,9 +537,3 @@ class StrategySearch(Search):
             print(f"best strategy: {json.dumps(best['strategy'])}")
             print(f"  test_acc={best.get('test_acc')} test_auc={best.get('test_auc')}; trial-epochs saved by "
                   f"early stopping: {summary['trial_epochs_saved']:.0%}")
-
-
-def nn_linear():
-    from torch import nn
-
-    return nn.Linear
