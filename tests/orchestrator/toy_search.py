@@ -32,12 +32,12 @@ class ToyConfig(SearchConfig):
         return []  # the toy reads no data
 
 
-def finished_trials(out: Path) -> set[int]:
+def finished_trials(out: Path, before: float | None = None) -> set[int]:
     """The toy index of every trial of the run in ``out`` whose result Tune recorded (its one
-    report: it finished)."""
+    report: it finished); with ``before`` (a time.time()), only those recorded before it."""
     done = set()
     for result in (Path(out) / "tune" / "toy").glob("*/result.json"):
-        if result.read_text().strip():
+        if result.read_text().strip() and (before is None or result.stat().st_mtime < before):
             done.add(json.loads((result.parent / "params.json").read_text())["i"])
     return done
 
