@@ -214,11 +214,12 @@ def test_a_sigkilled_driver_resumes_without_losing_or_repeating_candidates(tmp_p
     """The real risk of resume: the ODE searcher's own state and Tune's experiment restored after
     a SIGKILL, when nothing could be saved at the kill itself."""
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "orchestrator.cli", "search", "ode", *SAMPLE, "--budget", "12", "--pop-size", "6",
+    cmd = [sys.executable, "-m", "orchestrator.cli", "search", "ode", *SAMPLE, "--budget", "8", "--pop-size", "4",
            "--max-epochs", "1", "--fraction", "0.1", "--max-gflops", "0.1", "--top-k", "0", "--seed", "1",
            "--max-concurrent", "1", "--out", str(out)]
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS")}
 
+    # killed in the first generation: the resumed searcher finishes it and runs the second
     proc = _start(cmd, env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _wait_for_trials(proc, out, 4)  # one trial at a time: a 4th folder means 3 were evaluated
     os.killpg(proc.pid, signal.SIGKILL)

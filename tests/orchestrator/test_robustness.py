@@ -165,8 +165,9 @@ def _driver(out: Path, *extra: str) -> subprocess.Popen:
 
 @pytest.mark.ray
 def test_two_drivers_on_one_out_folder_one_is_refused(tmp_path):
-    """Started within milliseconds of each other, fresh (even attempts) or both --resume."""
-    for attempt in range(4):
+    """Started within milliseconds of each other, fresh or both --resume (the lock is an flock:
+    one race of each kind shows it)."""
+    for attempt in range(2):
         out = tmp_path / f"run{attempt}"
         extra = []
         if attempt % 2:
