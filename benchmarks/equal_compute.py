@@ -196,13 +196,15 @@ def budgeted_ode_search(budget: Budget, reserve_s: float):
     class BudgetedODESearch(ODESearch):
         def search(self, ctx):
             self.marks["search_start"] = budget.elapsed()
-            super().search(ctx)
+            output = super().search(ctx)
             self.marks["search_end"] = budget.elapsed()
+            return output
 
         def retrain(self, ctx):
             self.marks["retrain_start"] = budget.elapsed()
-            super().retrain(ctx)
+            output = super().retrain(ctx)
             self.marks["retrain_end"] = budget.elapsed()
+            return output
 
         def _full_data_trial(self, ctx):
             from ray import tune

@@ -81,3 +81,17 @@ def test_the_best_baseline_is_chosen_by_mean_not_by_the_best_run():
     assert best_baseline(by) == "random"
     assert best_baseline({"tiny_cnn": by["tiny_cnn"], "ode_multi": by["ode_multi"]}) == "tiny_cnn"
     assert best_baseline({"ode_multi": by["ode_multi"]}) is None
+
+
+def test_the_budgeted_ode_search_hands_on_its_stage_outputs_and_marks_their_times(monkeypatch):
+    """The benchmark's ODE subclass times the search and retrain stages; the driver keeps what
+    each stage returns, so the subclass must return the parent's output, not swallow it."""
+    from benchmarks.equal_compute import Budget, budgeted_ode_search
+    from orchestrator.searches import ode
+
+    monkeypatch.setattr(ode.ODESearch, "search", lambda self, ctx: "search output")
+    monkeypatch.setattr(ode.ODESearch, "retrain", lambda self, ctx: "retrain output")
+    search = budgeted_ode_search(Budget(60), reserve_s=1)
+    assert search.search(None) == "search output" and search.retrain(None) == "retrain output"
+    assert set(search.marks) == {"search_start", "search_end", "retrain_start", "retrain_end"}
+    assert search.marks["search_start"] <= search.marks["search_end"] <= search.marks["retrain_start"]
