@@ -31,9 +31,9 @@ def build(arch: dict | None, info):
         from trainables.nets.tiny_cnn import TinyCNN
 
         return TinyCNN(info.n_channels, info.n_outputs, info.spatial_dims)
-    from trainables.ode_trial import build_candidate
+    from trainables.ode_trial import build_from_config
 
-    return build_candidate({"architecture": arch}, info)
+    return build_from_config({"architecture": arch}, info)
 
 
 def main():
