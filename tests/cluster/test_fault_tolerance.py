@@ -15,9 +15,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import psutil
 import pytest
 
-from tests.cluster.conftest import LocalCluster
+from tests.cluster.conftest import LocalCluster, Node
 
 pytestmark = pytest.mark.cluster
 
@@ -77,6 +78,19 @@ def check_outcome(out: Path) -> Counter:
     return starts
 
 
+def lost_machine(node: Node) -> None:
+    """What losing the node's machine does: its raylet and every process of it die at once. (A
+    raylet killed alone leaves its workers running for a moment: a trial in the middle of a
+    short sleep can still report its result to the driver, which then never sees the loss.)"""
+    raylet = node.raylet()
+    doomed = [raylet, *raylet.children(recursive=True), *node.processes()]  # workers are the raylet's children
+    for p in doomed:
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+
+
 def retried_trials(out: Path) -> list[Path]:
     """Trial folders with a recorded failure (Tune writes ``error.txt`` on each one)."""
     return [p.parent for p in (out / "tune" / "toy").glob("*/error.txt")]
@@ -94,7 +108,7 @@ def test_losing_a_worker_node_mid_trial(two_nodes, tmp_path):
     proc = start_search(cluster, out)
     try:
         wait_for_training_on(cluster, worker.node_id, proc)
-        worker.raylet().send_signal(signal.SIGKILL)  # the node's workers go down with it
+        lost_machine(worker)
         finish(proc, out)
     finally:
         if proc.poll() is None:
