@@ -57,11 +57,6 @@ def output_to_json(output) -> dict:
     return {f.name: getattr(output, f.name) for f in dataclasses.fields(output) if not f.metadata.get(RUNTIME)}
 
 
-def output_from_json(cls: type, data: dict):
-    """A ``cls`` stage output from :func:`output_to_json`'s fields (runtime fields at their defaults)."""
-    return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if not f.metadata.get(RUNTIME)})
-
-
 @dataclass
 class Stage:
     """A named step of a search: ``run(ctx)`` returns an ``output`` instance (a dataclass of the

@@ -2,13 +2,14 @@
 ``ctx.output(cls)``) and writes to ``<out>/stages/<stage>.json``: the persisted fields round-trip
 through JSON, runtime fields stay out of the file, and a stage that returns something other than
 what it declares is refused."""
+import dataclasses
 import json
 from dataclasses import dataclass
 
 import pytest
 
 from orchestrator.driver import keep_output
-from orchestrator.search import RunContext, Stage, output_from_json, output_to_json, runtime
+from orchestrator.search import RUNTIME, RunContext, Stage, output_to_json, runtime
 from tests.orchestrator.toy_search import ToyConfig, ToyOutput, ToySearch
 
 
@@ -16,6 +17,12 @@ from tests.orchestrator.toy_search import ToyConfig, ToyOutput, ToySearch
 class _WithRuntime:
     ids: list[str]
     model: object = runtime()
+
+
+def output_from_json(cls: type, data: dict):
+    """A ``cls`` stage output from :func:`output_to_json`'s fields (runtime fields at their
+    defaults): what a reader of ``stages/<stage>.json`` gets back."""
+    return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if not f.metadata.get(RUNTIME)})
 
 
 def _ctx(tmp_path):
