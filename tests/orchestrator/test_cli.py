@@ -171,7 +171,7 @@ def test_ctrl_c_and_sigterm_stop_the_driver_cleanly_and_it_resumes(tmp_path):
     Driven by the toy plugin search (its trials only sleep): the real ODE search's
     kill-and-resume is the next test."""
     out = tmp_path / "run"
-    n = 24
+    n = 48
     cmd = [sys.executable, "-m", "orchestrator.cli", "search", "toy", "--n-trials", str(n), "--sleep", "0.5",
            "--max-concurrent", "1", "--out", str(out)]
     env = {**{k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS")},
